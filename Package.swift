@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Herald",
+    products: [
+        .library(name: "ZeroMQ", targets: ["ZeroMQ"]),
+        .library(name: "ZooKeeper", targets: ["ZooKeeper"]),
+        .library(name: "LocalZooKeeper", targets: ["LocalZooKeeper"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
+    ],
+    targets: [
+        // C shims: system libraries from Debian, reached through a module map and a tiny header each.
+        .systemLibrary(
+            name: "CZeroMQ",
+            providers: [.apt(["libzmq3-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZooKeeper",
+            providers: [.apt(["libzookeeper-mt-dev"])]
+        ),
+
+        // Thin safe Swift wrappers: the only modules that touch a C pointer or a C type.
+        .target(
+            name: "ZeroMQ",
+            dependencies: ["CZeroMQ"]
+        ),
+        .target(
+            name: "ZooKeeper",
+            dependencies: [
+                "CZooKeeper",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Starts a private ZooKeeper server from Debian's `zookeeper` package (tests, `herald demo`).
+        .target(
+            name: "LocalZooKeeper",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+
+        .testTarget(
+            name: "ZeroMQTests",
+            dependencies: ["ZeroMQ"]
+        ),
+        .testTarget(
+            name: "ZooKeeperTests",
+            dependencies: ["ZooKeeper", "LocalZooKeeper"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
