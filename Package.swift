@@ -7,9 +7,13 @@ let package = Package(
         .library(name: "ZeroMQ", targets: ["ZeroMQ"]),
         .library(name: "ZooKeeper", targets: ["ZooKeeper"]),
         .library(name: "LocalZooKeeper", targets: ["LocalZooKeeper"]),
+        .library(name: "Herald", targets: ["Herald"]),
+        .executable(name: "herald", targets: ["herald"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2")
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // C shims: system libraries from Debian, reached through a module map and a tiny header each.
@@ -41,6 +45,29 @@ let package = Package(
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
 
+        // The Herald core: wire protocol, leader election, broker, publisher and subscriber.
+        .target(
+            name: "Herald",
+            dependencies: [
+                "ZeroMQ",
+                "ZooKeeper",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The `herald` command: thin subcommands that wire the modules together.
+        .executableTarget(
+            name: "herald",
+            dependencies: [
+                "Herald",
+                "LocalZooKeeper",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         .testTarget(
             name: "ZeroMQTests",
             dependencies: ["ZeroMQ"]
@@ -48,6 +75,10 @@ let package = Package(
         .testTarget(
             name: "ZooKeeperTests",
             dependencies: ["ZooKeeper", "LocalZooKeeper"]
+        ),
+        .testTarget(
+            name: "HeraldTests",
+            dependencies: ["Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,103 @@
+import Foundation
+import ZooKeeper
+
+/// Everything a broker needs to know; the `herald broker` command fills it from flags and environment.
+public struct BrokerConfiguration: Sendable {
+    /// The default request port (ROUTER): fixed so containers can publish it; `0` picks any free port.
+    public static let defaultRequestPort = 5555
+    /// The default subscriber port (XPUB).
+    public static let defaultSubscriberPort = 5556
+    /// ZMTP heartbeat interval: a dead peer's connection is dropped after three silent intervals.
+    public static let defaultHeartbeatInterval: Duration = .seconds(1)
+    /// Per-peer queue limit in messages: a burst of about a second at high rates, bounded memory per peer.
+    public static let defaultHighWaterMark: Int32 = 100_000
+
+    /// The ZooKeeper ensemble and session timeout.
+    public var zookeeper: ZooKeeperConfiguration
+    /// The cluster's place in ZooKeeper.
+    public var layout: ClusterLayout
+    /// The dissemination mode this broker expects the cluster to have.
+    public var mode: DisseminationMode
+    /// This broker's identity, unique in the cluster.
+    public var brokerID: String
+    /// The local address to listen on (`0.0.0.0`: every interface).
+    public var bindHost: String
+    /// The host clients use to reach this broker; `nil` derives it from ``bindHost`` or the host's address.
+    public var advertiseHost: String?
+    /// The request port; `0` picks any free port, and the bound one is announced.
+    public var requestPort: Int
+    /// The subscriber port; `0` picks any free port.
+    public var subscriberPort: Int
+    /// ZMTP heartbeat interval on client connections.
+    public var heartbeatInterval: Duration
+    /// Per-peer queue limit in messages.
+    public var highWaterMark: Int32
+
+    /// Creates a configuration with defaults for everything but the essentials.
+    /// - Parameters:
+    ///   - zookeeper: the ZooKeeper ensemble.
+    ///   - layout: the cluster.
+    ///   - mode: the expected dissemination mode.
+    ///   - brokerID: a unique identity; defaults to host name and process id.
+    public init(
+        zookeeper: ZooKeeperConfiguration,
+        layout: ClusterLayout,
+        mode: DisseminationMode = .broker,
+        brokerID: String = BrokerConfiguration.defaultBrokerID()
+    ) {
+        self.zookeeper = zookeeper
+        self.layout = layout
+        self.mode = mode
+        self.brokerID = brokerID
+        self.bindHost = "0.0.0.0"
+        self.advertiseHost = nil
+        self.requestPort = Self.defaultRequestPort
+        self.subscriberPort = Self.defaultSubscriberPort
+        self.heartbeatInterval = Self.defaultHeartbeatInterval
+        self.highWaterMark = Self.defaultHighWaterMark
+    }
+
+    /// `<host>-<pid>`: unique among live brokers, readable in `herald status`.
+    public static func defaultBrokerID() -> String {
+        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+    }
+
+    /// A bound endpoint rewritten with the host clients should use.
+    func advertised(_ bound: String) -> String {
+        NetworkAddress.advertised(bound, bindHost: bindHost, advertiseHost: advertiseHost)
+    }
+}
+
+/// Turns endpoints a socket bound into endpoints other hosts can connect to.
+enum NetworkAddress {
+    static func advertised(_ bound: String, bindHost: String, advertiseHost: String?) -> String {
+        guard let colon = bound.lastIndex(of: ":") else { return bound }
+        let port = bound[bound.index(after: colon)...]
+        let host = advertiseHost ?? (isWildcard(bindHost) ? defaultHost() : bindHost)
+        return "tcp://\(host):\(port)"
+    }
+
+    static func isWildcard(_ host: String) -> Bool { host == "0.0.0.0" || host == "*" || host == "::" }
+
+    /// The first non-loopback IPv4 address, which is what containers and hosts on a LAN reach; loopback
+    /// when there is none.
+    static func defaultHost() -> String {
+        var head: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&head) == 0, let first = head else { return "127.0.0.1" }
+        defer { freeifaddrs(head) }
+        for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                (entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK)) == 0,
+                (entry.pointee.ifa_flags & UInt32(IFF_UP)) != 0
+            else { continue }
+            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            let rc = getnameinfo(
+                address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
+                NI_NUMERICHOST)
+            if rc == 0 {
+                return String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+        return "127.0.0.1"
+    }
+}

@@ -1,0 +1,303 @@
+import Foundation
+import Logging
+import Synchronization
+import ZeroMQ
+
+/// The leader broker's data plane: one thread that owns the request socket (ROUTER, where publishers send
+/// and clients ask) and the subscriber socket (XPUB, where subscribers connect), and forwards between them.
+///
+/// Both sockets live on the thread for their whole life, as ZeroMQ requires; the thread polls them with a
+/// short timeout so that it notices ``stop()`` and expires direct-mode registrations without a wake-up socket.
+final class BrokerEngine: Sendable {
+    /// Where the engine listens, as actually bound.
+    struct Endpoints: Sendable {
+        var request: String
+        var subscriber: String
+    }
+
+    /// How often the thread looks at its stop flag and its registrations when idle.
+    static let pollInterval: Duration = .milliseconds(50)
+    /// A direct-mode publisher unheard of for this long is dropped from discovery: three missed heartbeats.
+    static let registrationTimeToLive: Duration = .seconds(3)
+    /// A broker-mode publisher unheard of for this long no longer counts in the status.
+    static let publisherActivityWindow: Duration = .seconds(10)
+
+    let endpoints: Endpoints
+    private let stopRequested: Atomic<Bool>
+    private let finished: Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>
+    let counters: BrokerCounters
+
+    private init(endpoints: Endpoints, counters: BrokerCounters) {
+        self.endpoints = endpoints
+        self.stopRequested = Atomic(false)
+        self.finished = Mutex((false, []))
+        self.counters = counters
+    }
+
+    /// Binds the sockets on a new thread and starts forwarding.
+    /// - Parameters:
+    ///   - context: the ZeroMQ context.
+    ///   - configuration: what to bind and advertise.
+    ///   - identity: the broker's identity and mode, for status replies.
+    ///   - counters: where to count traffic.
+    ///   - logger: for per-connection problems.
+    /// - Returns: the running engine, with the endpoints to advertise.
+    static func start(
+        context: ZMQContext, configuration: BrokerConfiguration, counters: BrokerCounters, logger: Logger
+    ) async throws -> BrokerEngine {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<BrokerEngine, any Error>) in
+            let thread = Thread {
+                let loop: EngineLoop
+                let engine: BrokerEngine
+                do {
+                    loop = try EngineLoop(
+                        context: context, configuration: configuration, counters: counters, logger: logger)
+                    engine = BrokerEngine(endpoints: loop.advertised, counters: counters)
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                continuation.resume(returning: engine)
+                loop.run(until: engine)
+                engine.markFinished()
+            }
+            thread.name = "herald-broker"
+            thread.start()
+        }
+    }
+
+    /// Whether ``stop()`` was called; read by the thread between polls.
+    var isStopRequested: Bool { stopRequested.load(ordering: .acquiring) }
+
+    /// Stops forwarding, closes both sockets (clients see their connections drop) and waits for the thread.
+    func stop() async {
+        stopRequested.store(true, ordering: .releasing)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = finished.withLock { state -> Bool in
+                if state.done { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func markFinished() {
+        let waiters = finished.withLock { state in
+            state.done = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Traffic counters shared between the broker thread and readers such as `/metrics` and `herald status`.
+final class BrokerCounters: Sendable {
+    struct Snapshot: Sendable {
+        var forwardedPerTopic: [String: UInt64] = [:]
+        var subscribedTopics: Set<String> = []
+        var publishers: [String: ContinuousClock.Instant] = [:]
+        var registrations: [PublisherRegistration] = []
+        var malformed: UInt64 = 0
+        var leaderSince: ContinuousClock.Instant?
+    }
+
+    let state = Mutex(Snapshot())
+
+    func snapshot() -> Snapshot { state.withLock { $0 } }
+}
+
+// MARK: - The thread's loop
+
+/// Everything the broker thread owns. Not `Sendable`: it is created and used on that thread only.
+private final class EngineLoop {
+    let request: ZMQSocket
+    let subscribers: ZMQSocket
+    let advertised: BrokerEngine.Endpoints
+    let configuration: BrokerConfiguration
+    let counters: BrokerCounters
+    let logger: Logger
+    let clock = ContinuousClock()
+    let startedAt: ContinuousClock.Instant
+
+    /// Direct-mode registrations, by publisher, with when each was last heard.
+    var registrations: [PublisherID: (registration: PublisherRegistration, lastSeen: ContinuousClock.Instant)] = [:]
+    /// Counts kept on the thread and published to ``BrokerCounters`` in batches, to keep the lock off the
+    /// per-message path.
+    var forwarded: [String: UInt64] = [:]
+    var recentPublishers: [PublisherID: ContinuousClock.Instant] = [:]
+    var subscribedTopics: Set<String> = []
+    var malformed: UInt64 = 0
+    var lastHousekeeping: ContinuousClock.Instant
+
+    init(context: ZMQContext, configuration: BrokerConfiguration, counters: BrokerCounters, logger: Logger) throws {
+        self.configuration = configuration
+        self.counters = counters
+        self.logger = logger
+        request = try ZMQSocket(context: context, type: .router)
+        subscribers = try ZMQSocket(context: context, type: .xpub)
+        for socket in [request, subscribers] {
+            try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
+            try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+            try socket.set(.linger(.zero))
+        }
+        // Subscriptions must reach this thread even when another subscriber already asked for the topic,
+        // so the status can list every subscribed topic.
+        try subscribers.set(.xpubVerbose(true))
+        try subscribers.set(.sendHighWaterMark(configuration.highWaterMark))
+        try request.set(.receiveHighWaterMark(configuration.highWaterMark))
+        let requestBound = try request.bind("tcp://\(configuration.bindHost):\(configuration.requestPort)")
+        let subscriberBound = try subscribers.bind("tcp://\(configuration.bindHost):\(configuration.subscriberPort)")
+        advertised = .init(
+            request: configuration.advertised(requestBound),
+            subscriber: configuration.advertised(subscriberBound)
+        )
+        startedAt = clock.now
+        lastHousekeeping = startedAt
+        counters.state.withLock { $0 = .init(leaderSince: startedAt) }
+    }
+
+    func run(until engine: BrokerEngine) {
+        let poller = ZMQPoller()
+        let requestEntry = poller.register(request, for: .readable)
+        let subscriberEntry = poller.register(subscribers, for: .readable)
+        while !engine.isStopRequested {
+            do {
+                try poller.poll(timeout: BrokerEngine.pollInterval)
+            } catch where error.kind == .interrupted {
+                continue
+            } catch {
+                logger.error("broker sockets failed; stopping", metadata: ["error": "\(error)"])
+                break
+            }
+            if poller.readyEvents(requestEntry).contains(.readable) { drainRequests() }
+            if poller.readyEvents(subscriberEntry).contains(.readable) { drainSubscriptions() }
+            if clock.now - lastHousekeeping >= BrokerEngine.pollInterval { housekeeping() }
+        }
+        housekeeping()
+        request.close()
+        subscribers.close()
+    }
+
+    /// Handles what is queued on the request socket, up to a batch so subscriptions are not starved.
+    private func drainRequests() {
+        for _ in 0..<1024 {
+            guard let message = try? request.receive(dontWait: true) else { return }
+            handleRequest(message.frames)
+        }
+    }
+
+    private func handleRequest(_ frames: [[UInt8]]) {
+        // A ROUTER prepends the sender's routing id; what follows is the client's message.
+        guard frames.count >= 2, frames[1].count == 1, let kind = RequestKind(rawValue: frames[1][0]) else {
+            malformed += 1
+            return
+        }
+        let identity = frames[0]
+        let body = frames[2...]
+        switch kind {
+        case .publish:
+            guard let data = DataFrames(frames: body) else {
+                malformed += 1
+                return
+            }
+            // XPUB never blocks: a subscriber at its high-water mark loses messages, as in any ZeroMQ PUB.
+            do {
+                try subscribers.send(ZMQMessage(frames: Array(body)), dontWait: true)
+            } catch {
+                logger.debug("forwarding failed", metadata: ["error": "\(error)"])
+            }
+            forwarded[data.topic.name, default: 0] += 1
+            recentPublishers[data.header.publisher] = lastHousekeeping
+        case .register, .unregister:
+            guard let json = body.first, body.count == 1,
+                let registration = try? JSONDecoder().decode(PublisherRegistration.self, from: Data(json))
+            else {
+                malformed += 1
+                return
+            }
+            if kind == .register {
+                if registrations[registration.publisher] == nil {
+                    logger.info(
+                        "publisher registered",
+                        metadata: ["publisher": "\(registration.publisher.short)", "endpoint": "\(registration.endpoint)"])
+                }
+                registrations[registration.publisher] = (registration, clock.now)
+            } else if registrations.removeValue(forKey: registration.publisher) != nil {
+                logger.info("publisher left", metadata: ["publisher": "\(registration.publisher.short)"])
+            }
+        case .lookup:
+            guard let json = body.first, body.count == 1,
+                let query = try? JSONDecoder().decode(DiscoveryQuery.self, from: Data(json))
+            else {
+                malformed += 1
+                return
+            }
+            let wanted = Set(query.topics)
+            let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
+            let reply = DiscoveryReply(
+                publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
+                complete: clock.now - startedAt >= BrokerEngine.registrationTimeToLive
+            )
+            respond(to: identity, kind: .lookup, body: (try? JSONEncoder.herald.encode(reply)) ?? Data())
+        case .status:
+            housekeeping()
+            let snapshot = counters.snapshot()
+            let status = BrokerStatus(
+                broker: configuration.brokerID,
+                mode: configuration.mode,
+                leaderForSeconds: (clock.now - startedAt).seconds,
+                topics: snapshot.forwardedPerTopic,
+                subscribedTopics: snapshot.subscribedTopics.sorted(),
+                publishers: (configuration.mode == .direct
+                    ? snapshot.registrations.map { "\($0.publisher) \($0.endpoint) [\($0.topics.joined(separator: ","))]" }
+                    : snapshot.publishers.keys.sorted()),
+                malformedMessages: snapshot.malformed
+            )
+            respond(to: identity, kind: .status, body: (try? JSONEncoder.herald.encode(status)) ?? Data())
+        }
+    }
+
+    private func respond(to identity: [UInt8], kind: RequestKind, body: Data) {
+        do {
+            try request.send(ZMQMessage(frames: [identity, [kind.rawValue], Array(body)]), dontWait: true)
+        } catch {
+            logger.debug("reply dropped", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Reads subscription messages from the XPUB socket: a 1 (subscribe) or 0 (unsubscribe) byte and the key.
+    private func drainSubscriptions() {
+        for _ in 0..<1024 {
+            guard let message = try? subscribers.receive(dontWait: true) else { return }
+            guard message.frames.count == 1, let first = message.frames[0].first, first <= 1 else {
+                malformed += 1
+                continue
+            }
+            guard let topic = Topic(key: Array(message.frames[0].dropFirst())) else { continue }
+            if first == 1 { subscribedTopics.insert(topic.name) }
+        }
+    }
+
+    /// Expires silent registrations and publishes the thread's counts.
+    private func housekeeping() {
+        let now = clock.now
+        lastHousekeeping = now
+        for (publisher, entry) in registrations where now - entry.lastSeen > BrokerEngine.registrationTimeToLive {
+            registrations.removeValue(forKey: publisher)
+            logger.info("publisher silent; dropped from discovery", metadata: ["publisher": "\(publisher.short)"])
+        }
+        recentPublishers = recentPublishers.filter { now - $0.value <= BrokerEngine.publisherActivityWindow }
+        let registered = registrations.values.map(\.registration)
+        counters.state.withLock { state in
+            for (topic, count) in forwarded { state.forwardedPerTopic[topic, default: 0] += count }
+            state.subscribedTopics.formUnion(subscribedTopics)
+            state.publishers = Dictionary(uniqueKeysWithValues: recentPublishers.map { ($0.key.description, $0.value) })
+            state.registrations = registered
+            state.malformed += malformed
+        }
+        forwarded.removeAll(keepingCapacity: true)
+        malformed = 0
+    }
+}

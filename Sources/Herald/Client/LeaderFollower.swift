@@ -1,0 +1,50 @@
+import Logging
+import ZooKeeper
+
+/// Runs a client's per-leader work: one `attach` task for each leader record, cancelled and awaited when the
+/// leader changes, so a client is attached to at most one leader at a time.
+struct LeaderFollower: Sendable {
+    let watcher: ClusterWatcher
+    let logger: Logger
+
+    /// Runs until cancelled.
+    /// - Parameter attach: the work for one leader (`nil`: none right now); it runs until cancelled.
+    func run(attach: @escaping @Sendable (LeaderRecord?) async -> Void) async throws {
+        let (changes, continuation) = AsyncStream<LeaderRecord?>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                defer { continuation.finish() }
+                try await watcher.run { record in
+                    if let record {
+                        logger.info("leader found", metadata: ["leader": "\(record)"])
+                    } else {
+                        logger.warning("leader lost; waiting for the next one")
+                    }
+                    continuation.yield(record)
+                }
+            }
+            group.addTask {
+                var current: Task<Void, Never>?
+                for await record in changes {
+                    current?.cancel()
+                    await current?.value
+                    current = Task { await attach(record) }
+                }
+                current?.cancel()
+                await current?.value
+            }
+            try await group.next()
+            group.cancelAll()
+            try await group.waitForAll()
+        }
+    }
+}
+
+extension Task where Success == Never, Failure == Never {
+    /// Suspends until the task is cancelled.
+    static func sleepUntilCancelled() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(3600))
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import Herald
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show who leads, who waits, and the leader's topics, publishers and subscribers.")
+
+    @OptionGroup var cluster: ClusterOptions
+
+    @Flag(help: "Print the status as one JSON object.")
+    var json = false
+
+    func run() async throws {
+        let logger = try cluster.makeLogger("herald.status")
+        let status: ClusterStatus
+        do {
+            status = try await ClusterStatus.fetch(
+                zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(), logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("herald status: cannot read the cluster: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+            return
+        }
+        print("cluster:    \(status.cluster)")
+        print("mode:       \(status.mode?.description ?? "not set (no broker has started)")")
+        if let leader = status.leader {
+            print("leader:     \(leader.broker)")
+            print("  requests:    \(leader.requestEndpoint)")
+            print("  subscribers: \(leader.subscriberEndpoint)")
+        } else {
+            print("leader:     none")
+        }
+        let standbys = status.candidates.filter { $0 != status.leader?.broker }
+        print("standbys:   \(standbys.isEmpty ? "none" : standbys.joined(separator: ", "))")
+        if let report = status.leaderStatus {
+            print(String(format: "leading for: %.1f s", report.leaderForSeconds))
+            let topics = Set(report.topics.keys).union(report.subscribedTopics).sorted()
+            print("topics:     \(topics.isEmpty ? "none" : "")")
+            for topic in topics {
+                let subscribed = report.subscribedTopics.contains(topic) ? "subscribed" : "no subscribers"
+                print("  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)")
+            }
+            print("publishers: \(report.publishers.isEmpty ? "none" : "")")
+            for publisher in report.publishers { print("  \(publisher)") }
+            if report.malformedMessages > 0 { print("malformed messages dropped: \(report.malformedMessages)") }
+        }
+    }
+}
