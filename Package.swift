@@ -14,6 +14,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         // C shims: system libraries from Debian, reached through a module map and a tiny header each.
@@ -29,7 +33,7 @@ let package = Package(
         // Thin safe Swift wrappers: the only modules that touch a C pointer or a C type.
         .target(
             name: "ZeroMQ",
-            dependencies: ["CZeroMQ"]
+            dependencies: ["CZeroMQ", .product(name: "DequeModule", package: "swift-collections")]
         ),
         .target(
             name: "ZooKeeper",
@@ -51,6 +55,21 @@ let package = Package(
             dependencies: [
                 "ZeroMQ",
                 "ZooKeeper",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The HTTP surface of every Herald process: health, readiness and Prometheus metrics.
+        .target(
+            name: "HeraldHTTP",
+            dependencies: [
+                "Herald",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -61,6 +80,7 @@ let package = Package(
             name: "herald",
             dependencies: [
                 "Herald",
+                "HeraldHTTP",
                 "LocalZooKeeper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -79,6 +99,13 @@ let package = Package(
         .testTarget(
             name: "HeraldTests",
             dependencies: ["Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper"]
+        ),
+        .testTarget(
+            name: "HeraldHTTPTests",
+            dependencies: [
+                "HeraldHTTP", "Herald",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

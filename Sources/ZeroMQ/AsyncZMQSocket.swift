@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import Synchronization
 
@@ -161,9 +162,9 @@ extension AsyncZMQSocket {
     }
 
     struct State: ~Copyable {
-        var inbox = FIFO<ZMQMessage>()
+        var inbox = Deque<ZMQMessage>()
         var consumers: [(id: UInt64, continuation: CheckedContinuation<ZMQMessage?, Never>)] = []
-        var outbox = FIFO<Outgoing>()
+        var outbox = Deque<Outgoing>()
         var senders: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var nextWaiterID: UInt64 = 0
         var closing = false
@@ -408,32 +409,5 @@ extension Array {
     fileprivate mutating func removeAllReturning() -> [Element] {
         defer { removeAll() }
         return self
-    }
-}
-
-/// A first-in first-out queue with amortised O(1) operations.
-struct FIFO<Element> {
-    private var storage: [Element?] = []
-    private var head = 0
-
-    var count: Int { storage.count - head }
-    var isEmpty: Bool { count == 0 }
-    var first: Element? { isEmpty ? nil : storage[head] }
-
-    mutating func append(_ element: Element) { storage.append(element) }
-
-    mutating func popFirst() -> Element? {
-        guard head < storage.count else { return nil }
-        let element = storage[head]
-        storage[head] = nil
-        head += 1
-        if head == storage.count {
-            storage.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head > 1024 && head * 2 > storage.count {
-            storage.removeFirst(head)
-            head = 0
-        }
-        return element
     }
 }

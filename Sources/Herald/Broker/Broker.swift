@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -13,7 +14,7 @@ import ZooKeeper
 /// once, so a standby takes over without waiting for the session timeout.
 public final class Broker: Service, Sendable {
     /// What the broker is doing now.
-    public enum Role: String, Sendable {
+    public enum Role: String, Sendable, CaseIterable {
         /// Connecting to ZooKeeper or preparing the cluster.
         case starting
         /// A warm standby waiting in the election.
@@ -133,6 +134,7 @@ public final class Broker: Service, Sendable {
         }
 
         state.withLock { $0.leaderChanges += 1 }
+        Counter(label: Instruments.leaderChanges).increment()
         var engine = try await startServing(session, context: context)
         defer { logger.info("no longer serving") }
         do {
@@ -215,6 +217,10 @@ public final class Broker: Service, Sendable {
             $0.role = role
             $0.sessionState = session
         }
+        for each in Role.allCases {
+            Gauge(label: Instruments.brokerRole, dimensions: [("role", each.rawValue)]).record(each == role ? 1 : 0)
+        }
+        Instruments.recordZooKeeper(connected: session.isConnected)
     }
 
     /// The first session state that matches, or `nil` when `within` passes first or the task is cancelled.

@@ -11,6 +11,8 @@ public struct BrokerConfiguration: Sendable {
     public static let defaultHeartbeatInterval: Duration = .seconds(1)
     /// Per-peer queue limit in messages: a burst of about a second at high rates, bounded memory per peer.
     public static let defaultHighWaterMark: Int32 = 100_000
+    /// The most messages a broker keeps per topic for late joiners: bounded memory whatever publishers ask.
+    public static let defaultHistoryLimit = 100_000
 
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
@@ -32,6 +34,8 @@ public struct BrokerConfiguration: Sendable {
     public var heartbeatInterval: Duration
     /// Per-peer queue limit in messages.
     public var highWaterMark: Int32
+    /// The most messages kept per topic for late joiners, whatever publishers offer.
+    public var historyLimit: Int
 
     /// Creates a configuration with defaults for everything but the essentials.
     /// - Parameters:
@@ -55,6 +59,7 @@ public struct BrokerConfiguration: Sendable {
         self.subscriberPort = Self.defaultSubscriberPort
         self.heartbeatInterval = Self.defaultHeartbeatInterval
         self.highWaterMark = Self.defaultHighWaterMark
+        self.historyLimit = Self.defaultHistoryLimit
     }
 
     /// `<host>-<pid>`: unique among live brokers, readable in `herald status`.

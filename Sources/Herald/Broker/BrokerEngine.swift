@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import Synchronization
@@ -17,10 +18,11 @@ final class BrokerEngine: Sendable {
 
     /// How often the thread looks at its stop flag and its registrations when idle.
     static let pollInterval: Duration = .milliseconds(50)
-    /// A direct-mode publisher unheard of for this long is dropped from discovery: three missed heartbeats.
+    /// A publisher unheard of for this long is dropped from discovery and status: three missed heartbeats.
     static let registrationTimeToLive: Duration = .seconds(3)
-    /// A broker-mode publisher unheard of for this long no longer counts in the status.
-    static let publisherActivityWindow: Duration = .seconds(10)
+    /// Messages kept per topic whatever publishers offer, so that a subscriber re-attaching after a failover,
+    /// or one whose subscription took effect after the first messages, can recover what it missed.
+    static let recoveryHistory = 10_000
 
     let endpoints: Endpoints
     private let stopRequested: Atomic<Bool>
@@ -97,7 +99,6 @@ final class BrokerCounters: Sendable {
     struct Snapshot: Sendable {
         var forwardedPerTopic: [String: UInt64] = [:]
         var subscribedTopics: Set<String> = []
-        var publishers: [String: ContinuousClock.Instant] = [:]
         var registrations: [PublisherRegistration] = []
         var malformed: UInt64 = 0
         var leaderSince: ContinuousClock.Instant?
@@ -121,15 +122,21 @@ private final class EngineLoop {
     let clock = ContinuousClock()
     let startedAt: ContinuousClock.Instant
 
-    /// Direct-mode registrations, by publisher, with when each was last heard.
+    /// Publishers' registrations, by publisher, with when each was last heard.
     var registrations: [PublisherID: (registration: PublisherRegistration, lastSeen: ContinuousClock.Instant)] = [:]
     /// Counts kept on the thread and published to ``BrokerCounters`` in batches, to keep the lock off the
     /// per-message path.
     var forwarded: [String: UInt64] = [:]
-    var recentPublishers: [PublisherID: ContinuousClock.Instant] = [:]
+    var dropped: [String: UInt64] = [:]
+    let messagesIn = TopicCounters(label: Instruments.brokerMessagesIn)
+    let messagesOut = TopicCounters(label: Instruments.brokerMessagesOut)
     var subscribedTopics: Set<String> = []
     var malformed: UInt64 = 0
     var lastHousekeeping: ContinuousClock.Instant
+    /// The last messages of each topic, as their three data frames.
+    var histories: [String: Ring<[[UInt8]]>] = [:]
+    /// The most history any publisher of a topic has offered during this term.
+    var offers: [String: Int] = [:]
 
     init(context: ZMQContext, configuration: BrokerConfiguration, counters: BrokerCounters, logger: Logger) throws {
         self.configuration = configuration
@@ -203,13 +210,15 @@ private final class EngineLoop {
                 return
             }
             // XPUB never blocks: a subscriber at its high-water mark loses messages, as in any ZeroMQ PUB.
+            let frames = Array(body)
+            histories[data.topic.name, default: Ring(capacity: historyCapacity(data.topic.name))].append(frames)
             do {
-                try subscribers.send(ZMQMessage(frames: Array(body)), dontWait: true)
+                try subscribers.send(ZMQMessage(frames: frames), dontWait: true)
+                forwarded[data.topic.name, default: 0] += 1
             } catch {
+                dropped[data.topic.name, default: 0] += 1
                 logger.debug("forwarding failed", metadata: ["error": "\(error)"])
             }
-            forwarded[data.topic.name, default: 0] += 1
-            recentPublishers[data.header.publisher] = lastHousekeeping
         case .register, .unregister:
             guard let json = body.first, body.count == 1,
                 let registration = try? JSONDecoder().decode(PublisherRegistration.self, from: Data(json))
@@ -218,6 +227,10 @@ private final class EngineLoop {
                 return
             }
             if kind == .register {
+                for topic in registration.topics where (registration.history ?? 0) > offers[topic] ?? 0 {
+                    offers[topic] = registration.history
+                    histories[topic, default: Ring(capacity: 0)].resize(to: historyCapacity(topic))
+                }
                 if registrations[registration.publisher] == nil {
                     logger.info(
                         "publisher registered",
@@ -241,6 +254,16 @@ private final class EngineLoop {
                 complete: clock.now - startedAt >= BrokerEngine.registrationTimeToLive
             )
             respond(to: identity, kind: .lookup, body: (try? JSONEncoder.herald.encode(reply)) ?? Data())
+        case .history:
+            guard let json = body.first, body.count == 1,
+                let query = try? JSONDecoder().decode(HistoryRequest.self, from: Data(json))
+            else {
+                malformed += 1
+                return
+            }
+            serveHistory(query, to: identity)
+        case .historyEnd:
+            malformed += 1
         case .status:
             housekeeping()
             let snapshot = counters.snapshot()
@@ -250,13 +273,50 @@ private final class EngineLoop {
                 leaderForSeconds: (clock.now - startedAt).seconds,
                 topics: snapshot.forwardedPerTopic,
                 subscribedTopics: snapshot.subscribedTopics.sorted(),
-                publishers: (configuration.mode == .direct
-                    ? snapshot.registrations.map { "\($0.publisher) \($0.endpoint) [\($0.topics.joined(separator: ","))]" }
-                    : snapshot.publishers.keys.sorted()),
+                publishers: snapshot.registrations.map { registration in
+                    let endpoint = registration.endpoint.isEmpty ? "" : " \(registration.endpoint)"
+                    return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]"
+                }.sorted(),
                 malformedMessages: snapshot.malformed
             )
             respond(to: identity, kind: .status, body: (try? JSONEncoder.herald.encode(status)) ?? Data())
         }
+    }
+
+    /// How many messages to keep for a topic.
+    private func historyCapacity(_ topic: String) -> Int {
+        max(BrokerEngine.recoveryHistory, min(offers[topic] ?? 0, configuration.historyLimit))
+    }
+
+    /// Sends kept messages to one subscriber, then the end marker with what publishers offer.
+    private func serveHistory(_ query: HistoryRequest, to identity: [UInt8]) {
+        var sent = 0
+        for topic in query.topics {
+            guard let kept = histories[topic]?.elements, !kept.isEmpty else { continue }
+            let selected: ArraySlice<[[UInt8]]>
+            if let limit = query.limit {
+                selected = kept.suffix(max(0, limit))
+            } else {
+                selected = kept.filter { frames in
+                    guard frames.count == 3, let header = MessageHeader(decoding: frames[1]),
+                        let next = query.after[header.publisher.description]?[topic]
+                    else { return false }
+                    return header.sequence >= next
+                }[...]
+            }
+            for frames in selected {
+                do {
+                    try request.send(ZMQMessage(frames: [identity, [RequestKind.history.rawValue]] + frames), dontWait: true)
+                    sent += 1
+                } catch {
+                    logger.debug("history reply cut short", metadata: ["error": "\(error)"])
+                    break
+                }
+            }
+        }
+        let end = HistoryEnd(
+            offered: Dictionary(uniqueKeysWithValues: query.topics.map { ($0, offers[$0] ?? 0) }), sent: sent)
+        respond(to: identity, kind: .historyEnd, body: (try? JSONEncoder.herald.encode(end)) ?? Data())
     }
 
     private func respond(to identity: [UInt8], kind: RequestKind, body: Data) {
@@ -288,16 +348,24 @@ private final class EngineLoop {
             registrations.removeValue(forKey: publisher)
             logger.info("publisher silent; dropped from discovery", metadata: ["publisher": "\(publisher.short)"])
         }
-        recentPublishers = recentPublishers.filter { now - $0.value <= BrokerEngine.publisherActivityWindow }
         let registered = registrations.values.map(\.registration)
+        for (topic, count) in forwarded {
+            messagesIn.increment(topic, by: Int(count))
+            messagesOut.increment(topic, by: Int(count))
+        }
+        for (topic, count) in dropped { messagesIn.increment(topic, by: Int(count)) }
+        if malformed > 0 { Counter(label: Instruments.brokerMalformed).increment(by: Int(malformed)) }
+        Gauge(label: Instruments.brokerClients, dimensions: [("kind", "publishers")])
+            .record(registrations.count)
+        Gauge(label: Instruments.brokerClients, dimensions: [("kind", "subscribed_topics")]).record(subscribedTopics.count)
         counters.state.withLock { state in
             for (topic, count) in forwarded { state.forwardedPerTopic[topic, default: 0] += count }
             state.subscribedTopics.formUnion(subscribedTopics)
-            state.publishers = Dictionary(uniqueKeysWithValues: recentPublishers.map { ($0.key.description, $0.value) })
             state.registrations = registered
             state.malformed += malformed
         }
         forwarded.removeAll(keepingCapacity: true)
+        dropped.removeAll(keepingCapacity: true)
         malformed = 0
     }
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import ZooKeeper
 
@@ -27,12 +28,14 @@ struct ClusterWatcher: Sendable {
             do throws(ZooKeeperError) {
                 try await session.waitUntilConnected(timeout: Self.connectTimeout)
                 logger.info("connected to ZooKeeper", metadata: ["zookeeper": "\(zookeeper.connectionString)"])
+                Instruments.recordZooKeeper(connected: true)
                 backoff.reset()
                 try await followLeader(session, report: deduplicator)
             } catch where error.code == .cancelled || Task.isCancelled {
                 await session.close()
                 return
             } catch {
+                Instruments.recordZooKeeper(connected: false)
                 let delay = backoff.nextDelay()
                 logger.warning(
                     "ZooKeeper unavailable; retrying",

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import ZooKeeper
 
@@ -17,6 +18,7 @@ struct LeaderFollower: Sendable {
                 try await watcher.run { record in
                     if let record {
                         logger.info("leader found", metadata: ["leader": "\(record)"])
+                        Counter(label: Instruments.leaderChanges).increment()
                     } else {
                         logger.warning("leader lost; waiting for the next one")
                     }

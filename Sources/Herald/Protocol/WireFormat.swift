@@ -40,7 +40,7 @@ public struct MessageHeader: Sendable, Hashable {
 
     /// Who published the message.
     public var publisher: PublisherID
-    /// The publisher's sequence number, from 1, increasing by one per message across all its topics.
+    /// The publisher's sequence number on this topic, from 1, increasing by one per message.
     public var sequence: UInt64
     /// When the publisher sent it, in nanoseconds since the Unix epoch.
     public var sentAt: UInt64
@@ -104,21 +104,48 @@ struct DataFrames {
 enum RequestKind: UInt8 {
     /// Broker mode: `[kind, topic key, header, payload]`, forwarded to subscribers.
     case publish = 1
-    /// Direct mode: `[kind, JSON PublisherRegistration]`, sent on attaching and then as a heartbeat.
+    /// `[kind, JSON PublisherRegistration]`, sent by publishers on attaching and then as a heartbeat.
     case register = 2
-    /// Direct mode: `[kind, JSON PublisherRegistration]`, sent by a publisher that stops cleanly.
+    /// `[kind, JSON PublisherRegistration]`, sent by a publisher that stops cleanly.
     case unregister = 3
     /// Direct mode: `[kind, JSON DiscoveryQuery]`; the reply is `[kind, JSON DiscoveryReply]`.
     case lookup = 4
     /// `[kind]`; the reply is `[kind, JSON BrokerStatus]`.
     case status = 5
+    /// Broker mode: `[kind, JSON HistoryRequest]`; the reply is any number of `[kind, topic key, header,
+    /// payload]` followed by `[historyEnd, JSON HistoryEnd]`.
+    case history = 6
+    /// The last frame sequence of a history reply.
+    case historyEnd = 7
 }
 
-/// A direct-mode publisher's announcement to the leader.
+/// A subscriber's request for messages a broker kept.
+struct HistoryRequest: Codable, Sendable, Equatable {
+    /// The topics asked about.
+    var topics: [String]
+    /// For late joiners: the last `limit` messages of each topic. `nil` asks only for recovery (`after`).
+    var limit: Int?
+    /// For recovery after a failover or a gap: per publisher (UUID text) and topic, the next sequence number
+    /// still owed; the broker sends what it kept from there on.
+    var after: [String: [String: UInt64]]
+}
+
+/// The end of a history reply.
+struct HistoryEnd: Codable, Sendable, Equatable {
+    /// How many messages of history each topic's publishers offer (the most any of them declared).
+    var offered: [String: Int]
+    /// Messages sent in this reply.
+    var sent: Int
+}
+
+/// A publisher's announcement to the leader.
 struct PublisherRegistration: Codable, Sendable, Equatable {
     var publisher: PublisherID
+    /// Direct mode: where subscribers connect; empty in broker mode.
     var endpoint: String
     var topics: [String]
+    /// How many messages per topic the publisher asks brokers to keep for late joiners.
+    var history: Int?
 }
 
 /// A direct-mode subscriber's question to the leader.

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -17,6 +18,10 @@ public struct SubscriberConfiguration: Sendable {
     public var discoveryInterval: Duration = .milliseconds(500)
     /// Per-connection queue limit in messages.
     public var receiveHighWaterMark: Int32 = BrokerConfiguration.defaultHighWaterMark
+    /// Broker mode: how many of the last messages of each topic to receive before live ones (0: none).
+    public var history: Int = 0
+    /// How long a gap in a publisher's numbering may wait to be filled before its messages count as lost.
+    public var gapTimeout: Duration = Sequencer.defaultGapTimeout
 
     /// Creates a configuration.
     /// - Parameters:
@@ -52,6 +57,14 @@ public struct ReceivedMessage: Sendable, Hashable {
 /// connects to the leader broker; in direct mode it asks the leader for the publishers of its topics and
 /// connects straight to them, keeping those connections through leader changes.
 ///
+/// ## Exactly once, in order
+/// Every message passes a ``Sequencer``: the application gets each publisher's messages on a topic once and
+/// in order. In broker mode, after attaching to a leader (first or after a failover), after its first live
+/// message there, and whenever a gap stays open, the subscriber asks the leader for what it kept from the next
+/// number owed onwards; together with publishers replaying their retention buffers this closes the window in
+/// which a new SUB connection misses messages (the slow-joiner problem) and the messages a dead leader never
+/// forwarded. What is still missing when a gap times out is counted as lost (``statistics``), never silent.
+///
 /// ```swift
 /// let subscriber = try Subscriber(configuration: config, topics: ["weather"], logger: logger)
 /// try await withThrowingDiscardingTaskGroup { group in
@@ -70,12 +83,34 @@ public final class Subscriber: Service, Sendable {
     private let context: ZMQContext
     private let socket: AsyncZMQSocket
     private let state = Mutex(State())
+    /// Everything the delivery pipeline reacts to, in arrival order.
+    private let inputs = AsyncBuffer<Input>(limit: 4096)
+    /// What the application gets.
+    private let output = AsyncBuffer<ReceivedMessage>(limit: 4096)
+    private let receivedCounters = TopicCounters(label: Instruments.received)
+    private let latencyTimer = CoreMetrics.Timer(label: Instruments.latency)
+
+    /// How often gaps are checked and, while one is open, the leader asked to fill it.
+    static let recoveryInterval: Duration = .milliseconds(250)
+    /// How long to wait for requested history before delivering live messages without it.
+    static let historyTimeout: Duration = .seconds(3)
 
     private struct State {
         var leader: String?
         /// Direct mode: the publishers connected to, by endpoint.
         var publishers: [String: PublisherID] = [:]
         var malformed: UInt64 = 0
+        var statistics = Sequencer.Statistics()
+        var historyNotice: String?
+    }
+
+    enum Input: Sendable {
+        case live(ZMQMessage)
+        /// Broker mode: a connection to a new leader for history requests, or `nil` when detached.
+        case attached(AsyncZMQSocket?)
+        case history(ZMQMessage)
+        case historyEnd(HistoryEnd)
+        case tick
     }
 
     /// Creates a subscriber; it connects when ``run()`` starts.
@@ -85,6 +120,9 @@ public final class Subscriber: Service, Sendable {
     ///   - logger: where it logs its steps.
     public init(configuration: SubscriberConfiguration, topics: [Topic], logger: Logger) throws {
         guard !topics.isEmpty else { throw HeraldConfigurationError("a subscriber needs at least one --topic") }
+        guard configuration.history >= 0 else {
+            throw HeraldConfigurationError("history must not be negative, got \(configuration.history)")
+        }
         self.configuration = configuration
         self.topics = Set(topics)
         self.logger = logger
@@ -106,35 +144,102 @@ public final class Subscriber: Service, Sendable {
     /// Messages dropped because they were malformed or of a topic not asked for.
     public var malformedCount: UInt64 { state.withLock { $0.malformed } }
 
-    /// The received messages of the subscribed topics, in arrival order; ends when the subscriber stops.
-    public var messages: some AsyncSequence<ReceivedMessage, Never> & Sendable {
-        socket.messages.compactMap { @Sendable [self] message in self.decode(message) }
-    }
+    /// Delivered, lost, duplicate and reordered messages so far.
+    public var statistics: Sequencer.Statistics { state.withLock { $0.statistics } }
 
-    private func decode(_ message: ZMQMessage) -> ReceivedMessage? {
-        let now = Clock.nanosecondsSinceEpoch()
-        guard let data = DataFrames(frames: message.frames[...]), topics.contains(data.topic) else {
-            state.withLock { $0.malformed += 1 }
-            return nil
-        }
-        return ReceivedMessage(topic: data.topic, header: data.header, payload: data.payload, receivedAt: now)
-    }
+    /// Why requested history could not be served in full, if it could not (for example, publishers offer less).
+    public var historyNotice: String? { state.withLock { $0.historyNotice } }
 
-    /// Follows the leader until cancelled or shut down gracefully; then ends ``messages``.
+    /// Each publisher's messages on the subscribed topics, once and in order; ends when the subscriber stops.
+    /// One consumer at a time.
+    public var messages: some AsyncSequence<ReceivedMessage, Never> & Sendable { output.elements }
+
+    /// Follows the leader and delivers messages until cancelled or shut down gracefully; then ends ``messages``.
     public func run() async throws {
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
             logger: logger)
-        do {
-            try await cancelWhenGracefulShutdown {
-                try await follower.run { record in await self.attach(record) }
+        defer { output.finish() }
+        try await cancelWhenGracefulShutdown {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await self.deliver() }
+                group.addTask {
+                    for await message in self.socket.messages { await self.inputs.push(.live(message)) }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: Self.recoveryInterval)
+                        await self.inputs.push(.tick)
+                    }
+                }
+                group.addTask { try await follower.run { record in await self.attach(record) } }
+                try await group.next()
+                group.cancelAll()
             }
-        } catch {
-            await socket.close()
-            throw error
         }
         await socket.close()
+        inputs.finish()
         logger.info("subscriber stopped")
+    }
+
+    // MARK: Delivery
+
+    /// The one task that owns the sequencer: it orders what arrives and hands it to the application.
+    private func deliver() async {
+        var pipeline = DeliveryPipeline(
+            sequencer: Sequencer(gapTimeout: configuration.gapTimeout), topics: topics.map(\.name).sorted(),
+            initialHistory: configuration.history)
+        for await input in inputs.elements {
+            let now = ContinuousClock.now
+            let before = pipeline.sequencer.statistics
+            let (delivered, request) = pipeline.handle(input, decode: decode, now: now)
+            if let request, let connection = pipeline.connection {
+                try? await connection.send(
+                    ZMQMessage(frames: [[RequestKind.history.rawValue], Array((try? JSONEncoder.herald.encode(request)) ?? Data())]))
+            }
+            if case .historyEnd(let end) = input { noteHistoryEnd(end) }
+            for message in delivered {
+                receivedCounters.increment(message.topic.name)
+                latencyTimer.recordNanoseconds(Int64(message.receivedAt) - Int64(message.header.sentAt))
+                await output.push(message)
+            }
+            let after = pipeline.sequencer.statistics
+            if after != before { record(before, after) }
+        }
+    }
+
+    private func record(_ before: Sequencer.Statistics, _ after: Sequencer.Statistics) {
+        state.withLock { $0.statistics = after }
+        if after.lost > before.lost {
+            Counter(label: Instruments.lost).increment(by: Int(after.lost - before.lost))
+            logger.warning("messages lost", metadata: ["count": "\(after.lost - before.lost)", "total": "\(after.lost)"])
+        }
+        if after.duplicates > before.duplicates {
+            Counter(label: Instruments.duplicated).increment(by: Int(after.duplicates - before.duplicates))
+        }
+        if after.reordered > before.reordered {
+            Counter(label: Instruments.reordered).increment(by: Int(after.reordered - before.reordered))
+        }
+    }
+
+    private func noteHistoryEnd(_ end: HistoryEnd) {
+        guard configuration.history > 0 else { return }
+        let short = end.offered.filter { $0.value < configuration.history }.sorted { $0.key < $1.key }
+        guard !short.isEmpty else { return }
+        let detail = short.map { "'\($0.key)' at most \($0.value)" }.joined(separator: ", ")
+        let notice =
+            "asked for \(configuration.history) messages of history, but publishers offer \(detail); ask for less, or start publishers with a larger --history"
+        logger.warning("\(notice)")
+        state.withLock { $0.historyNotice = notice }
+    }
+
+    private func decode(_ message: ZMQMessage, _ frames: ArraySlice<[UInt8]>) -> ReceivedMessage? {
+        guard let data = DataFrames(frames: frames), topics.contains(data.topic) else {
+            state.withLock { $0.malformed += 1 }
+            return nil
+        }
+        return ReceivedMessage(
+            topic: data.topic, header: data.header, payload: data.payload, receivedAt: Clock.nanosecondsSinceEpoch())
     }
 
     // MARK: Attachment
@@ -152,50 +257,82 @@ public final class Subscriber: Service, Sendable {
             }
             state.withLock { $0.leader = record.broker }
             logger.info("attached to leader", metadata: ["leader": "\(record.broker)", "endpoint": "\(endpoint)"])
-            await Task.sleepUntilCancelled()
+            await withLeaderConnection(record) { dealer in
+                await self.inputs.push(.attached(dealer))
+                await Task.sleepUntilCancelled()
+                await self.inputs.push(.attached(nil))
+            }
             state.withLock { $0.leader = nil }
             _ = try? await socket.withSocket { try $0.disconnect(endpoint) }
         case .direct:
+            if configuration.history > 0 {
+                logger.warning("history is kept by brokers, and this cluster runs in direct mode: --history is ignored")
+            }
             state.withLock { $0.leader = record.broker }
             logger.info("using leader for discovery", metadata: ["leader": "\(record.broker)"])
-            await discover(through: record)
+            await withLeaderConnection(record) { dealer in await self.discover(through: dealer) }
             state.withLock { $0.leader = nil }
+        }
+    }
+
+    /// Opens a request connection to the leader, reads its replies into the pipeline, and runs `body` with it
+    /// until cancelled.
+    private func withLeaderConnection(
+        _ record: LeaderRecord, _ body: @escaping @Sendable (AsyncZMQSocket) async -> Void
+    ) async {
+        let dealer: AsyncZMQSocket
+        do {
+            dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-requests") {
+                try $0.set(.heartbeatInterval(self.configuration.heartbeatInterval))
+                try $0.set(.heartbeatTimeout(self.configuration.heartbeatInterval * 3))
+                try $0.set(.receiveHighWaterMark(BrokerConfiguration.defaultHighWaterMark))
+                try $0.connect(record.requestEndpoint)
+            }
+        } catch {
+            logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
+            return await Task.sleepUntilCancelled()
+        }
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await reply in dealer.messages { await self.handleReply(reply) }
+            }
+            group.addTask {
+                await body(dealer)
+                await dealer.close()
+            }
+        }
+    }
+
+    private func handleReply(_ reply: ZMQMessage) async {
+        guard let kind = reply.frames.first.flatMap({ $0.count == 1 ? RequestKind(rawValue: $0[0]) : nil }) else {
+            state.withLock { $0.malformed += 1 }
+            return
+        }
+        switch kind {
+        case .history:
+            await inputs.push(.history(reply))
+        case .historyEnd:
+            if reply.frames.count == 2, let end = try? JSONDecoder().decode(HistoryEnd.self, from: Data(reply.frames[1])) {
+                await inputs.push(.historyEnd(end))
+            }
+        case .lookup:
+            if reply.frames.count == 2,
+                let answer = try? JSONDecoder().decode(DiscoveryReply.self, from: Data(reply.frames[1]))
+            {
+                await apply(answer)
+            }
+        case .publish, .register, .unregister, .status:
+            state.withLock { $0.malformed += 1 }
         }
     }
 
     /// Direct mode: asks the leader for publishers until cancelled, connecting to new ones and dropping
     /// departed ones. Connections already made stay up when the leader changes.
-    private func discover(through record: LeaderRecord) async {
-        let dealer: AsyncZMQSocket
-        do {
-            dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-discovery") {
-                try $0.set(.heartbeatInterval(self.configuration.heartbeatInterval))
-                try $0.set(.heartbeatTimeout(self.configuration.heartbeatInterval * 3))
-                // Queued lookups are worthless once a fresher one can be sent.
-                try $0.set(.sendHighWaterMark(4))
-                try $0.connect(record.requestEndpoint)
-            }
-        } catch {
-            logger.error("cannot reach leader for discovery", metadata: ["error": "\(error)"])
-            return await Task.sleepUntilCancelled()
-        }
+    private func discover(through dealer: AsyncZMQSocket) async {
         let query = Array((try? JSONEncoder.herald.encode(DiscoveryQuery(topics: topics.map(\.name).sorted()))) ?? Data())
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                for await reply in dealer.messages {
-                    guard reply.frames.count == 2, reply.frames[0] == [RequestKind.lookup.rawValue],
-                        let answer = try? JSONDecoder().decode(DiscoveryReply.self, from: Data(reply.frames[1]))
-                    else { continue }
-                    await self.apply(answer)
-                }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await dealer.send(ZMQMessage(frames: [[RequestKind.lookup.rawValue], query]))
-                    try? await Task.sleep(for: self.configuration.discoveryInterval)
-                }
-                await dealer.close()
-            }
+        while !Task.isCancelled {
+            try? await dealer.send(ZMQMessage(frames: [[RequestKind.lookup.rawValue], query]))
+            try? await Task.sleep(for: configuration.discoveryInterval)
         }
     }
 
@@ -221,5 +358,98 @@ public final class Subscriber: Service, Sendable {
             let publisher = state.withLock { $0.publishers.removeValue(forKey: endpoint) }
             logger.info("publisher departed", metadata: ["publisher": "\(publisher?.short ?? "?")", "endpoint": "\(endpoint)"])
         }
+    }
+}
+
+/// The subscriber's delivery logic without its I/O: what to deliver and which history to ask for, given what
+/// arrived. Owned by one task.
+struct DeliveryPipeline {
+    var sequencer: Sequencer
+    let topics: [String]
+    /// Late-joiner history still to be asked for (0: none, or already served).
+    var initialHistory: Int
+    /// The current leader's request connection, if attached in broker mode.
+    var connection: AsyncZMQSocket?
+    /// While initial history is on its way: what it brought so far, and live messages held behind it.
+    var awaitingHistory: (since: ContinuousClock.Instant, history: [ReceivedMessage], live: [ReceivedMessage])?
+    /// Whether the first live message since attaching should trigger a recovery request.
+    var recoverOnFirstLive = false
+    var lastRecoveryRequest: ContinuousClock.Instant?
+
+    init(sequencer: Sequencer, topics: [String], initialHistory: Int) {
+        self.sequencer = sequencer
+        self.topics = topics
+        self.initialHistory = initialHistory
+    }
+
+    /// Handles one input.
+    /// - Returns: the messages to deliver now, in order, and a history request to send to the leader, if any.
+    mutating func handle(
+        _ input: Subscriber.Input, decode: (ZMQMessage, ArraySlice<[UInt8]>) -> ReceivedMessage?,
+        now: ContinuousClock.Instant
+    ) -> ([ReceivedMessage], HistoryRequest?) {
+        switch input {
+        case .live(let raw):
+            guard let message = decode(raw, raw.frames[...]) else { return ([], nil) }
+            if awaitingHistory != nil {
+                awaitingHistory?.live.append(message)
+                return ([], nil)
+            }
+            var request: HistoryRequest?
+            if recoverOnFirstLive {
+                // The subscription at this leader is in effect now: whatever the leader forwarded before that
+                // moment is in its history.
+                recoverOnFirstLive = false
+                request = recoveryRequest(now: now)
+            }
+            return (sequencer.accept(message, now: now), request)
+        case .attached(let connection):
+            self.connection = connection
+            guard connection != nil else { return ([], nil) }
+            recoverOnFirstLive = true
+            if initialHistory > 0 {
+                defer { initialHistory = 0 }
+                awaitingHistory = (now, [], [])
+                return ([], HistoryRequest(topics: topics, limit: initialHistory, after: [:]))
+            }
+            return ([], recoveryRequest(now: now))
+        case .history(let raw):
+            guard let message = decode(raw, raw.frames.dropFirst()) else { return ([], nil) }
+            if awaitingHistory != nil {
+                awaitingHistory?.history.append(message)
+                return ([], nil)
+            }
+            return (sequencer.accept(message, now: now), nil)
+        case .historyEnd:
+            return (releaseHeldHistory(now: now), nil)
+        case .tick:
+            if let waiting = awaitingHistory, now - waiting.since > Subscriber.historyTimeout {
+                return (releaseHeldHistory(now: now), nil)
+            }
+            let delivered = sequencer.expireGaps(now: now)
+            let request: HistoryRequest? =
+                sequencer.hasOpenGaps && (lastRecoveryRequest.map { now - $0 >= Subscriber.recoveryInterval } ?? true)
+                ? recoveryRequest(now: now) : nil
+            return (delivered, request)
+        }
+    }
+
+    /// Feeds held history (oldest first, so streams start there) and then the live messages held behind it.
+    private mutating func releaseHeldHistory(now: ContinuousClock.Instant) -> [ReceivedMessage] {
+        guard let waiting = awaitingHistory else { return [] }
+        awaitingHistory = nil
+        var delivered: [ReceivedMessage] = []
+        for message in waiting.history + waiting.live { delivered += sequencer.accept(message, now: now) }
+        return delivered
+    }
+
+    /// Asks for what the leader kept from each stream's next owed number on; `nil` when no stream is known.
+    private mutating func recoveryRequest(now: ContinuousClock.Instant) -> HistoryRequest? {
+        let expectations = sequencer.expectations
+        guard !expectations.isEmpty, connection != nil else { return nil }
+        lastRecoveryRequest = now
+        var after: [String: [String: UInt64]] = [:]
+        for (key, next) in expectations { after[key.publisher.description, default: [:]][key.topic.name] = next }
+        return HistoryRequest(topics: topics, limit: nil, after: after)
     }
 }
