@@ -232,9 +232,9 @@ private final class EngineLoop {
                     histories[topic, default: Ring(capacity: 0)].resize(to: historyCapacity(topic))
                 }
                 if registrations[registration.publisher] == nil {
-                    logger.info(
-                        "publisher registered",
-                        metadata: ["publisher": "\(registration.publisher.short)", "endpoint": "\(registration.endpoint)"])
+                    var metadata: Logger.Metadata = ["publisher": "\(registration.publisher.short)"]
+                    if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
+                    logger.info("publisher registered", metadata: metadata)
                 }
                 registrations[registration.publisher] = (registration, clock.now)
             } else if registrations.removeValue(forKey: registration.publisher) != nil {

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Logging
+import Synchronization
 import ZooKeeper
 
 /// Runs a client's per-leader work: one `attach` task for each leader record, cancelled and awaited when the
@@ -15,13 +16,17 @@ struct LeaderFollower: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 defer { continuation.finish() }
+                let hadLeader = Mutex(false)
                 try await watcher.run { record in
                     if let record {
                         logger.info("leader found", metadata: ["leader": "\(record)"])
                         Counter(label: Instruments.leaderChanges).increment()
-                    } else {
+                    } else if hadLeader.withLock({ $0 }) {
                         logger.warning("leader lost; waiting for the next one")
+                    } else {
+                        logger.info("no leader yet; waiting for a broker")
                     }
+                    hadLeader.withLock { $0 = record != nil }
                     continuation.yield(record)
                 }
             }
