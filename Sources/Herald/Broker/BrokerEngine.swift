@@ -197,20 +197,15 @@ private final class EngineLoop {
 
     private func handleRequest(_ frames: [[UInt8]]) {
         // A ROUTER prepends the sender's routing id; what follows is the client's message.
-        guard frames.count >= 2, frames[1].count == 1, let kind = RequestKind(rawValue: frames[1][0]) else {
+        guard frames.count >= 2, let parsed = BrokerRequest(frames: frames[1...]) else {
             malformed += 1
             return
         }
         let identity = frames[0]
-        let body = frames[2...]
-        switch kind {
-        case .publish:
-            guard let data = DataFrames(frames: body) else {
-                malformed += 1
-                return
-            }
+        switch parsed {
+        case .publish(let data):
             // XPUB never blocks: a subscriber at its high-water mark loses messages, as in any ZeroMQ PUB.
-            let frames = Array(body)
+            let frames = Array(frames[2...])
             histories[data.topic.name, default: Ring(capacity: historyCapacity(data.topic.name))].append(frames)
             do {
                 try subscribers.send(ZMQMessage(frames: frames), dontWait: true)
@@ -219,34 +214,22 @@ private final class EngineLoop {
                 dropped[data.topic.name, default: 0] += 1
                 logger.debug("forwarding failed", metadata: ["error": "\(error)"])
             }
-        case .register, .unregister:
-            guard let json = body.first, body.count == 1,
-                let registration = try? JSONDecoder().decode(PublisherRegistration.self, from: Data(json))
-            else {
-                malformed += 1
-                return
+        case .register(let registration):
+            for topic in registration.topics where (registration.history ?? 0) > offers[topic] ?? 0 {
+                offers[topic] = registration.history
+                histories[topic, default: Ring(capacity: 0)].resize(to: historyCapacity(topic))
             }
-            if kind == .register {
-                for topic in registration.topics where (registration.history ?? 0) > offers[topic] ?? 0 {
-                    offers[topic] = registration.history
-                    histories[topic, default: Ring(capacity: 0)].resize(to: historyCapacity(topic))
-                }
-                if registrations[registration.publisher] == nil {
-                    var metadata: Logger.Metadata = ["publisher": "\(registration.publisher.short)"]
-                    if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
-                    logger.info("publisher registered", metadata: metadata)
-                }
-                registrations[registration.publisher] = (registration, clock.now)
-            } else if registrations.removeValue(forKey: registration.publisher) != nil {
+            if registrations[registration.publisher] == nil {
+                var metadata: Logger.Metadata = ["publisher": "\(registration.publisher.short)"]
+                if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
+                logger.info("publisher registered", metadata: metadata)
+            }
+            registrations[registration.publisher] = (registration, clock.now)
+        case .unregister(let registration):
+            if registrations.removeValue(forKey: registration.publisher) != nil {
                 logger.info("publisher left", metadata: ["publisher": "\(registration.publisher.short)"])
             }
-        case .lookup:
-            guard let json = body.first, body.count == 1,
-                let query = try? JSONDecoder().decode(DiscoveryQuery.self, from: Data(json))
-            else {
-                malformed += 1
-                return
-            }
+        case .lookup(let query):
             let wanted = Set(query.topics)
             let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
             let reply = DiscoveryReply(
@@ -254,16 +237,8 @@ private final class EngineLoop {
                 complete: clock.now - startedAt >= BrokerEngine.registrationTimeToLive
             )
             respond(to: identity, kind: .lookup, body: (try? JSONEncoder.herald.encode(reply)) ?? Data())
-        case .history:
-            guard let json = body.first, body.count == 1,
-                let query = try? JSONDecoder().decode(HistoryRequest.self, from: Data(json))
-            else {
-                malformed += 1
-                return
-            }
+        case .history(let query):
             serveHistory(query, to: identity)
-        case .historyEnd:
-            malformed += 1
         case .status:
             housekeeping()
             let snapshot = counters.snapshot()

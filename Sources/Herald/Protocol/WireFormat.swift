@@ -68,7 +68,8 @@ public struct MessageHeader: Sendable, Hashable {
     }
 
     init?(decoding bytes: [UInt8]) {
-        guard bytes.count == Self.encodedSize, bytes[0] == Self.version,
+        // No flags are defined in version 1; a message with any set is from a future or broken sender.
+        guard bytes.count == Self.encodedSize, bytes[0] == Self.version, bytes[1] == 0,
             let publisher = PublisherID(bytes: bytes[2..<18])
         else { return nil }
         self.publisher = publisher
@@ -185,4 +186,53 @@ extension JSONEncoder {
         encoder.outputFormatting = [.sortedKeys]
         return encoder
     }()
+}
+
+/// A client's message to the leader's request socket, parsed and validated; anything else is malformed.
+enum BrokerRequest {
+    case publish(DataFrames)
+    case register(PublisherRegistration)
+    case unregister(PublisherRegistration)
+    case lookup(DiscoveryQuery)
+    case status
+    case history(HistoryRequest)
+
+    /// Parses the frames a ROUTER delivers after the sender's routing id; `nil` for anything malformed.
+    init?(frames: ArraySlice<[UInt8]>) {
+        guard let first = frames.first, first.count == 1, let kind = RequestKind(rawValue: first[0]) else {
+            return nil
+        }
+        let body = frames.dropFirst()
+        switch kind {
+        case .publish:
+            guard let data = DataFrames(frames: body) else { return nil }
+            self = .publish(data)
+        case .register:
+            guard let registration = Self.json(PublisherRegistration.self, body) else { return nil }
+            self = .register(registration)
+        case .unregister:
+            guard let registration = Self.json(PublisherRegistration.self, body) else { return nil }
+            self = .unregister(registration)
+        case .lookup:
+            guard let query = Self.json(DiscoveryQuery.self, body) else { return nil }
+            self = .lookup(query)
+        case .status:
+            guard body.isEmpty else { return nil }
+            self = .status
+        case .history:
+            guard let query = Self.json(HistoryRequest.self, body) else { return nil }
+            self = .history(query)
+        case .historyEnd:
+            return nil
+        }
+    }
+
+    /// Decodes a single JSON frame, refusing oversized ones before parsing.
+    private static func json<T: Decodable>(_ type: T.Type, _ body: ArraySlice<[UInt8]>) -> T? {
+        guard body.count == 1, let frame = body.first, frame.count <= maximumControlFrame else { return nil }
+        return try? JSONDecoder().decode(type, from: Data(frame))
+    }
+
+    /// Control messages are small; a bigger one is garbage or an attack on the parser.
+    static let maximumControlFrame = 1 << 20
 }
