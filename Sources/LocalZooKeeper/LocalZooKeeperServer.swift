@@ -37,6 +37,8 @@ public final class LocalZooKeeperServer: Sendable {
     /// The PID of the running server (the `java` process itself), or `nil` when halted or stopped.
     public var processID: Int32? { process.withLock { $0.pid } }
 
+    /// For a member of an ensemble: its id and every member's `server.N` line; `nil` for a standalone server.
+    let membership: EnsembleMembership?
     private let logger: Logger
     private let process = Mutex(ProcessState())
 
@@ -126,10 +128,13 @@ public final class LocalZooKeeperServer: Sendable {
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(count).joined(separator: "\n")
     }
 
-    private init(port: UInt16, tickTime: Duration, directory: String, logger: Logger) {
+    private init(
+        port: UInt16, tickTime: Duration, directory: String, membership: EnsembleMembership? = nil, logger: Logger
+    ) {
         self.port = port
         self.tickTime = tickTime
         self.directory = directory
+        self.membership = membership
         var logger = logger
         logger[metadataKey: "zookeeper.port"] = "\(port)"
         self.logger = logger
@@ -197,10 +202,13 @@ extension LocalZooKeeperServer {
             4lw.commands.whitelist=ruok,srvr,mntr
             preAllocSize=1024
 
-            """
+            """ + (membership.map { "initLimit=10\nsyncLimit=5\n" + $0.serverLines.joined(separator: "\n") + "\n" } ?? "")
         do {
             try FileManager.default.createDirectory(atPath: directory + "/data", withIntermediateDirectories: true)
             try configuration.write(toFile: configurationPath, atomically: true, encoding: .utf8)
+            if let membership {
+                try "\(membership.id)\n".write(toFile: directory + "/data/myid", atomically: true, encoding: .utf8)
+            }
         } catch {
             throw LocalZooKeeperError("cannot write the ZooKeeper configuration in \(directory): \(error)")
         }
@@ -407,4 +415,76 @@ private func makeTemporaryDirectory() throws -> String {
         throw LocalZooKeeperError("cannot create a temporary directory in \(base): \(String(cString: strerror(errno)))")
     }
     return String(cString: result)
+}
+
+/// A member's place in an ensemble.
+struct EnsembleMembership: Sendable {
+    var id: Int
+    var serverLines: [String]
+}
+
+/// Several private ZooKeeper servers forming one ensemble on loopback, for tests of quorum behaviour: any one
+/// member can be halted and restarted while the others keep serving.
+public final class LocalZooKeeperEnsemble: Sendable {
+    /// The members, in id order (id 1 first).
+    public let members: [LocalZooKeeperServer]
+
+    /// Every member's address, for clients: `127.0.0.1:P1,127.0.0.1:P2,...`.
+    public var connectionString: String { members.map(\.connectionString).joined(separator: ",") }
+
+    /// Starts `size` servers and waits until each serves (which needs a quorum).
+    /// - Parameters:
+    ///   - size: the number of members, 3 or more for a quorum that survives one loss.
+    ///   - logger: receives start and stop messages.
+    ///   - tickTime: the servers' tick.
+    public static func start(
+        size: Int = 3, logger: Logger, tickTime: Duration = LocalZooKeeperServer.defaultTickTime
+    ) async throws -> LocalZooKeeperEnsemble {
+        let ports = try (0..<size).map { _ in try (freeLoopbackPort(), freeLoopbackPort(), freeLoopbackPort()) }
+        let lines = ports.enumerated().map { index, port in
+            "server.\(index + 1)=127.0.0.1:\(port.1):\(port.2)"
+        }
+        var members: [LocalZooKeeperServer] = []
+        for (index, port) in ports.enumerated() {
+            members.append(
+                try LocalZooKeeperServer.member(
+                    port: port.0, tickTime: tickTime,
+                    membership: EnsembleMembership(id: index + 1, serverLines: lines), logger: logger))
+        }
+        let ensemble = LocalZooKeeperEnsemble(members: members)
+        do {
+            // A member reports a mode only once a quorum formed, so they must start together.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for member in members { group.addTask { try await member.launchMember() } }
+                try await group.waitForAll()
+            }
+        } catch {
+            await ensemble.stop()
+            throw error
+        }
+        return ensemble
+    }
+
+    private init(members: [LocalZooKeeperServer]) { self.members = members }
+
+    /// Stops every member and removes their directories. Idempotent.
+    public func stop() async {
+        for member in members { await member.stop() }
+    }
+}
+
+extension LocalZooKeeperServer {
+    static func member(
+        port: UInt16, tickTime: Duration, membership: EnsembleMembership, logger: Logger
+    ) throws -> LocalZooKeeperServer {
+        let server = LocalZooKeeperServer(
+            port: port, tickTime: tickTime, directory: try makeTemporaryDirectory(), membership: membership,
+            logger: logger)
+        try server.writeConfiguration()
+        return server
+    }
+
+    func launchMember() async throws {
+        try await launch()
+    }
 }

@@ -41,3 +41,33 @@ struct LocalZooKeeperServerTests {
         }
     }
 }
+
+@Suite("LocalZooKeeperEnsemble")
+struct LocalZooKeeperEnsembleTests {
+    @Test func aSessionOutlivesTheLossOfTheMemberItIsConnectedTo() async throws {
+        let ensemble = try await LocalZooKeeperEnsemble.start(logger: testLogger("LocalZooKeeper"))
+        do {
+            let session = try ZooKeeperSession(
+                configuration: ZooKeeperConfiguration(connectionString: ensemble.connectionString, sessionTimeout: .seconds(4)),
+                logger: testLogger())
+            try await session.waitUntilConnected(timeout: .seconds(10))
+            try await session.create("/survivor", data: [1], mode: .ephemeral)
+            // Halt each member in turn: whichever the client uses, it moves to another and keeps its session.
+            for member in ensemble.members {
+                await member.halt()
+                #expect(try await within(.seconds(15), "read after losing a member") {
+                    while true {
+                        if let data = try? await session.get("/survivor").data { return data }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                } == [UInt8(1)])
+                try await member.restart()
+            }
+            await session.close()
+        } catch {
+            await ensemble.stop()
+            throw error
+        }
+        await ensemble.stop()
+    }
+}
