@@ -105,6 +105,7 @@ let package = Package(
             dependencies: [
                 "HeraldHTTP", "Herald",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
     ],

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Herald
+import HeraldHTTP
 import Logging
 import ServiceLifecycle
 
@@ -10,6 +11,7 @@ struct BrokerCommand: AsyncParsableCommand {
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var network: NetworkOptions
+    @OptionGroup var http: HTTPOptions
 
     @Option(help: "Dissemination mode, fixed by the cluster's first broker: broker or direct. (env: HERALD_MODE; default: broker)")
     var mode: String?
@@ -37,10 +39,15 @@ struct BrokerCommand: AsyncParsableCommand {
         configuration.subscriberPort = try Setting.port(
             subscriberPort, "HERALD_SUBSCRIBER_PORT", default: BrokerConfiguration.defaultSubscriberPort)
         let logger = try cluster.makeLogger("herald.broker")
+        // Before the broker exists: swift-metrics binds each metric to the backend when the metric is made.
+        HeraldMetrics.bootstrap()
         let broker = Broker(configuration: configuration, logger: logger)
+        let httpServices = try http.services(reportingOn: broker, logger: logger)
         try await reportingConfigurationErrors {
             let group = ServiceGroup(
-                configuration: .init(services: [.init(service: broker)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                configuration: .init(
+                    services: httpServices + [.init(service: broker)], gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
             try await group.run()
         }
     }

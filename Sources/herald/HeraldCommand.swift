@@ -9,7 +9,8 @@ struct HeraldCommand: AsyncParsableCommand {
             Every option can also be set by the environment variable named in its help; a flag beats its variable.
             """,
         subcommands: [
-            BrokerCommand.self, PublishCommand.self, SubscribeCommand.self, StatusCommand.self, DemoCommand.self,
+            BrokerCommand.self, PublishCommand.self, SubscribeCommand.self, StatusCommand.self, HealthCommand.self,
+            DemoCommand.self,
         ]
     )
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Herald
+import HeraldHTTP
 import Logging
 import ServiceLifecycle
 
@@ -11,6 +12,7 @@ struct PublishCommand: AsyncParsableCommand {
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var network: NetworkOptions
+    @OptionGroup var http: HTTPOptions
 
     @Option(help: "Topic to publish on. (env: HERALD_TOPIC)")
     var topic: String?
@@ -52,11 +54,13 @@ struct PublishCommand: AsyncParsableCommand {
                 "size \(size) exceeds the maximum payload of \(configuration.maximumPayloadSize) bytes; lower --size or raise --max-payload")
         }
         let logger = try cluster.makeLogger("herald.publisher")
+        // Before the publisher exists: swift-metrics binds each metric to the backend when the metric is made.
+        HeraldMetrics.bootstrap()
         let publisher = try Publisher(configuration: configuration, topics: [topic], logger: logger)
         let driver = PublishLoop(publisher: publisher, topic: topic, rate: rate, count: count, size: size, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [
+                services: try http.services(reportingOn: publisher, logger: logger) + [
                     .init(service: publisher),
                     .init(service: driver, successTerminationBehavior: .gracefullyShutdownGroup),
                 ],

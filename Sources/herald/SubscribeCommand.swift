@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Herald
+import HeraldHTTP
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -11,6 +12,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         abstract: "Print the messages of one or more topics as they arrive, with end-to-end latency.")
 
     @OptionGroup var cluster: ClusterOptions
+    @OptionGroup var http: HTTPOptions
 
     @Option(help: "Topic to receive; repeat for several. (env: HERALD_TOPIC, comma-separated)")
     var topic: [String] = []
@@ -31,6 +33,8 @@ struct SubscribeCommand: AsyncParsableCommand {
         let count = try Setting.integer(count, "HERALD_COUNT", default: nil, range: 1...Int.max)
         let json = json || ["1", "true", "yes"].contains(Setting.value(nil, "HERALD_JSON")?.lowercased() ?? "")
         let logger = try cluster.makeLogger("herald.subscriber")
+        // Before the subscriber exists: swift-metrics binds each metric to the backend when the metric is made.
+        HeraldMetrics.bootstrap()
         let subscriber = try Subscriber(
             configuration: SubscriberConfiguration(
                 zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout()),
@@ -38,7 +42,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         let printer = MessagePrinter(subscriber: subscriber, count: count, json: json)
         let group = ServiceGroup(
             configuration: .init(
-                services: [
+                services: try http.services(reportingOn: subscriber, logger: logger) + [
                     .init(service: subscriber),
                     .init(service: printer, successTerminationBehavior: .gracefullyShutdownGroup),
                 ],
