@@ -1,0 +1,141 @@
+import Foundation
+import LocalZooKeeper
+import Logging
+import Synchronization
+import Testing
+import ZooKeeper
+
+@testable import Herald
+
+/// A broker, a publisher and a subscriber running as tasks of the test process against a real ZooKeeper, for
+/// faults that are injected into ZooKeeper rather than into Herald's processes.
+final class InProcessCluster: Sendable {
+    let broker: Broker
+    let publisher: Publisher
+    let subscriber: Subscriber
+    let received = Mutex<[UInt64]>([])
+    private let tasks = Mutex<[Task<Void, Never>]>([])
+
+    init(zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2)) throws {
+        let configuration = ZooKeeperConfiguration(connectionString: zookeeper, sessionTimeout: sessionTimeout)
+        let layout = try ClusterLayout(cluster: cluster)
+        var brokerConfiguration = BrokerConfiguration(zookeeper: configuration, layout: layout, brokerID: "b1")
+        brokerConfiguration.bindHost = "127.0.0.1"
+        brokerConfiguration.requestPort = 0
+        brokerConfiguration.subscriberPort = 0
+        broker = Broker(configuration: brokerConfiguration, logger: testLogger("broker"))
+        var publisherConfiguration = PublisherConfiguration(zookeeper: configuration, layout: layout)
+        publisherConfiguration.retentionAge = .seconds(60)
+        publisher = try Publisher(configuration: publisherConfiguration, topics: ["t"], logger: testLogger("publisher"))
+        subscriber = try Subscriber(
+            configuration: SubscriberConfiguration(zookeeper: configuration, layout: layout), topics: ["t"],
+            logger: testLogger("subscriber"))
+    }
+
+    /// Starts everything, with the publisher sending every 10 ms.
+    func start() {
+        let tasks = [
+            Task { _ = try? await self.broker.run() },
+            Task { _ = try? await self.publisher.run() },
+            Task { _ = try? await self.subscriber.run() },
+            Task {
+                for await message in self.subscriber.messages {
+                    self.received.withLock { $0.append(message.header.sequence) }
+                }
+            },
+            Task {
+                while !Task.isCancelled {
+                    _ = try? await self.publisher.publish([1], on: "t")
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+            },
+        ]
+        self.tasks.withLock { $0 = tasks }
+    }
+
+    func stop() async {
+        let tasks = self.tasks.withLock { $0 }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    var count: Int { received.withLock { $0.count } }
+
+    /// Waits until the subscriber received `more` messages beyond what it had.
+    func waitForMore(_ more: Int, within limit: Duration, _ what: String) async throws {
+        let target = count + more
+        try await eventually(limit, what) { self.count >= target }
+    }
+
+    /// The subscriber got every message from the first one on, once and in order; duplicates that replays
+    /// caused were dropped before the application, so they do not show in `received`.
+    func expectExactlyOnceInOrder() {
+        let sequences = received.withLock { $0 }
+        let first = sequences.first ?? 1
+        #expect(subscriber.statistics.lost == 0)
+        #expect(sequences == Array(first..<(first + UInt64(sequences.count))))
+    }
+}
+
+@Suite("ZooKeeper faults", .serialized)
+struct ZooKeeperFaultTests {
+    @Test func aBrokerWhoseSessionExpiresStepsDownAndRejoinsWithoutARestart() async throws {
+        try await withServer { server in
+            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "expiry")
+            cluster.start()
+            try await cluster.waitForMore(20, within: .seconds(20), "first messages")
+            #expect(cluster.broker.leadershipCount == 1)
+            // Longer than the session timeout (2 s): the server expires every session once it runs again.
+            try server.pause()
+            try await eventually(.seconds(10), "broker stops serving") { cluster.broker.role != .leader }
+            try await Task.sleep(for: .seconds(3))
+            try server.resume()
+            try await eventually(.seconds(20), "broker leads again on a new session") {
+                cluster.broker.role == .leader && cluster.broker.leadershipCount == 2
+            }
+            try await cluster.waitForMore(50, within: .seconds(20), "messages after the expiry")
+            await cluster.stop()
+            cluster.expectExactlyOnceInOrder()
+        }
+    }
+
+    @Test func aZooKeeperRestartLeavesEveryPartRunningAndReattached() async throws {
+        try await withServer { server in
+            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "restart")
+            cluster.start()
+            try await cluster.waitForMore(20, within: .seconds(20), "first messages")
+            await server.halt()
+            try await Task.sleep(for: .milliseconds(500))
+            try await server.restart()
+            try await eventually(.seconds(20), "broker leads again") { cluster.broker.role == .leader }
+            try await cluster.waitForMore(50, within: .seconds(20), "messages after the restart")
+            #expect(cluster.subscriber.attachedLeader != nil)
+            #expect(cluster.publisher.attachedLeader != nil)
+            await cluster.stop()
+            cluster.expectExactlyOnceInOrder()
+        }
+    }
+
+    @Test func losingOneMemberOfAThreeNodeEnsembleChangesNothingForUsers() async throws {
+        let ensemble = try await LocalZooKeeperEnsemble.start(logger: testLogger("LocalZooKeeper"))
+        do {
+            let cluster = try InProcessCluster(
+                zookeeper: ensemble.connectionString, cluster: "ensemble", sessionTimeout: .seconds(4))
+            cluster.start()
+            try await cluster.waitForMore(20, within: .seconds(20), "first messages")
+            for member in ensemble.members {
+                await member.halt()
+                try await cluster.waitForMore(100, within: .seconds(20), "messages with a member down")
+                try await member.restart()
+            }
+            // The leader never changed: losing one member of three keeps the quorum, and so every session.
+            #expect(cluster.broker.leadershipCount == 1)
+            await cluster.stop()
+            cluster.expectExactlyOnceInOrder()
+        } catch {
+            await ensemble.stop()
+            throw error
+        }
+        await ensemble.stop()
+    }
+}
