@@ -4,6 +4,7 @@ import Herald
 import HeraldHTTP
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 struct PublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,6 +33,15 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Direct mode: port subscribers connect to; 0 picks a free one. (env: HERALD_PUBLISHER_PORT; default: 5557)")
     var port: Int?
 
+    @Option(help: "Messages per topic brokers keep for late joiners (herald subscribe --history). (env: HERALD_HISTORY; default: 0)")
+    var history: Int?
+
+    @Option(help: "Broker mode: messages kept for replay after a leader failover. (env: HERALD_RETENTION_COUNT; default: 100000)")
+    var retentionCount: Int?
+
+    @Option(help: "Broker mode: seconds a message is kept for replay; an outage longer than this loses older messages, and subscribers count them. (env: HERALD_RETENTION_AGE; default: 10)")
+    var retentionAge: Double?
+
     func run() async throws {
         guard let name = Setting.value(topic, "HERALD_TOPIC") else {
             throw ValidationError("a topic is required: --topic NAME or HERALD_TOPIC")
@@ -49,6 +59,16 @@ struct PublishCommand: AsyncParsableCommand {
         configuration.maximumPayloadSize =
             try Setting.integer(maxPayload, "HERALD_MAX_PAYLOAD", default: configuration.maximumPayloadSize, range: 1...Int(Int32.max))
             ?? configuration.maximumPayloadSize
+        configuration.historyOffered =
+            try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
+        configuration.retentionCount =
+            try Setting.integer(retentionCount, "HERALD_RETENTION_COUNT", default: configuration.retentionCount, range: 0...10_000_000)
+            ?? configuration.retentionCount
+        let retentionAge = try Setting.double(retentionAge, "HERALD_RETENTION_AGE", default: configuration.retentionAge.seconds)
+        guard retentionAge >= 0, retentionAge <= 3600 else {
+            throw ValidationError("retention age must be between 0 and 3600 seconds, got \(retentionAge)")
+        }
+        configuration.retentionAge = .milliseconds(Int(retentionAge * 1000))
         guard size <= configuration.maximumPayloadSize else {
             throw ValidationError(
                 "size \(size) exceeds the maximum payload of \(configuration.maximumPayloadSize) bytes; lower --size or raise --max-payload")
@@ -84,21 +104,26 @@ struct PublishLoop: Service {
     func run() async throws {
         let clock = ContinuousClock()
         let start = clock.now
-        let sent = try await cancelWhenGracefulShutdown {
-            var sent = 0
-            while count.map({ sent < $0 }) ?? true {
-                if rate > 0 {
-                    try await clock.sleep(until: start + .seconds(Double(sent) / rate))
+        let sent = Mutex(0)
+        do {
+            try await cancelWhenGracefulShutdown {
+                while count.map({ sent.withLock { $0 } < $0 }) ?? true {
+                    let number = sent.withLock { $0 }
+                    if rate > 0 { try await clock.sleep(until: start + .seconds(Double(number) / rate)) }
+                    let sequence = try await publisher.publish(payload(number + 1), on: topic)
+                    sent.withLock { $0 += 1 }
+                    if sequence % 1000 == 0 { logger.debug("published", metadata: ["sequence": "\(sequence)"]) }
                 }
-                let sequence = try await publisher.publish(payload(sent + 1), on: topic)
-                sent += 1
-                if sequence % 1000 == 0 { logger.debug("published", metadata: ["sequence": "\(sequence)"]) }
             }
-            return sent
+        } catch is CancellationError {
+            // A graceful shutdown (SIGTERM, SIGINT) ends the loop by cancellation: a normal stop.
         }
-        if count.map({ sent >= $0 }) ?? false {
+        let total = sent.withLock { $0 }
+        if let count, total >= count {
+            // Messages wait in the retention buffer while no leader is known: give them a chance to leave.
+            await publisher.waitUntilAttached()
             try? await Task.sleep(for: Self.drainPause)
-            logger.info("published every message", metadata: ["count": "\(sent)"])
+            logger.info("published every message", metadata: ["count": "\(total)"])
         }
     }
 

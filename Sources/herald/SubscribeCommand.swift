@@ -20,6 +20,9 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(help: "Stop after this many messages. (env: HERALD_COUNT; default: no limit)")
     var count: Int?
 
+    @Option(help: "Broker mode: first receive up to the last N messages of each topic the broker kept. (env: HERALD_HISTORY; default: 0)")
+    var history: Int?
+
     @Flag(help: "Print one JSON object per message per line (topic, publisher, seq, latency_us, payload). (env: HERALD_JSON=1)")
     var json = false
 
@@ -35,10 +38,11 @@ struct SubscribeCommand: AsyncParsableCommand {
         let logger = try cluster.makeLogger("herald.subscriber")
         // Before the subscriber exists: swift-metrics binds each metric to the backend when the metric is made.
         HeraldMetrics.bootstrap()
-        let subscriber = try Subscriber(
-            configuration: SubscriberConfiguration(
-                zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout()),
-            topics: topics, logger: logger)
+        var configuration = SubscriberConfiguration(
+            zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
+        configuration.history =
+            try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
+        let subscriber = try Subscriber(configuration: configuration, topics: topics, logger: logger)
         let printer = MessagePrinter(subscriber: subscriber, count: count, json: json)
         let group = ServiceGroup(
             configuration: .init(
@@ -72,7 +76,15 @@ struct MessagePrinter: Service {
             }
         }
         let (received, publishers) = tally.withLock { ($0.received, $0.publishers.count) }
-        FileHandle.standardError.write(Data("herald subscribe: received \(received) messages from \(publishers) publishers\n".utf8))
+        let statistics = subscriber.statistics
+        if let notice = subscriber.historyNotice {
+            FileHandle.standardError.write(Data("herald subscribe: \(notice)\n".utf8))
+        }
+        // Received is what was printed, each once and in order; the sequencer counted what did not make it.
+        FileHandle.standardError.write(
+            Data(
+                "herald subscribe: received \(received), lost \(statistics.lost), duplicates \(statistics.duplicates), reordered \(statistics.reordered) (from \(publishers) publishers)\n"
+                    .utf8))
     }
 
     static func line(_ message: ReceivedMessage) -> String {

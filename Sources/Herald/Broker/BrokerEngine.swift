@@ -270,7 +270,8 @@ private final class EngineLoop {
             guard let kept = histories[topic]?.elements, !kept.isEmpty else { continue }
             let selected: ArraySlice<[[UInt8]]>
             if let limit = query.limit {
-                selected = kept.suffix(max(0, limit))
+                // Late joiners get what publishers offered, even though more is kept for recovery.
+                selected = kept.suffix(max(0, min(limit, offers[topic] ?? 0)))
             } else {
                 selected = kept.filter { frames in
                     guard frames.count == 3, let header = MessageHeader(decoding: frames[1]),
