@@ -90,17 +90,23 @@ let package = Package(
             ]
         ),
 
+        // Helpers the test targets share: private ZooKeeper servers, deadlines, a quiet logger.
+        .target(
+            name: "TestSupport",
+            dependencies: ["LocalZooKeeper", "ZooKeeper", .product(name: "Logging", package: "swift-log")]
+        ),
+
         .testTarget(
             name: "ZeroMQTests",
-            dependencies: ["ZeroMQ"]
+            dependencies: ["ZeroMQ", "TestSupport"]
         ),
         .testTarget(
             name: "ZooKeeperTests",
-            dependencies: ["ZooKeeper", "LocalZooKeeper"]
+            dependencies: ["ZooKeeper", "LocalZooKeeper", "TestSupport"]
         ),
         .testTarget(
             name: "HeraldTests",
-            dependencies: ["Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper"]
+            dependencies: ["Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper", "TestSupport"]
         ),
         .testTarget(
             name: "HeraldHTTPTests",

@@ -1,6 +1,7 @@
 import Herald
 import LocalZooKeeper
 import Synchronization
+import TestSupport
 import Testing
 import ZooKeeper
 

@@ -2,6 +2,7 @@ import Foundation
 import LocalZooKeeper
 import Logging
 import Synchronization
+import TestSupport
 import Testing
 import ZooKeeper
 

@@ -1,5 +1,6 @@
 import Foundation
 import LocalZooKeeper
+import TestSupport
 import Testing
 import ZooKeeper
 

@@ -1,4 +1,5 @@
 import LocalZooKeeper
+import TestSupport
 import Testing
 import ZooKeeper
 

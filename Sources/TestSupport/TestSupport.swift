@@ -1,14 +1,12 @@
+// Helpers shared by the test targets (they cannot import one another): a quiet logger, private ZooKeeper
+// servers and sessions that are always cleaned up, and deadlines that turn a hang into a failure.
 import Foundation
 import LocalZooKeeper
 import Logging
-import Testing
 import ZooKeeper
 
-// Copied from Tests/ZooKeeperTests/TestSupport.swift (test targets cannot import each other); keep the
-// names identical so tests read the same in both targets.
-
 /// Quiet by default; `HERALD_TEST_LOG_LEVEL=debug` shows session and server messages (tests never bootstrap).
-func testLogger(_ label: String = "HeraldTests") -> Logger {
+public func testLogger(_ label: String = "HeraldTests") -> Logger {
     var logger = Logger(label: label)
     let level = ProcessInfo.processInfo.environment["HERALD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:))
     logger.logLevel = level ?? .notice
@@ -16,7 +14,7 @@ func testLogger(_ label: String = "HeraldTests") -> Logger {
 }
 
 /// Runs `body` with a fresh private ZooKeeper server, stopped afterwards whatever happens.
-func withServer<T>(
+public func withServer<T>(
     tickTime: Duration = LocalZooKeeperServer.defaultTickTime,
     _ body: (LocalZooKeeperServer) async throws -> T
 ) async throws -> T {
@@ -24,7 +22,7 @@ func withServer<T>(
 }
 
 /// Runs `body` with a connected session to `server`, closed afterwards whatever happens.
-func withSession<T>(
+public func withSession<T>(
     _ server: LocalZooKeeperServer,
     sessionTimeout: Duration = .seconds(4),
     _ body: (ZooKeeperSession) async throws -> T
@@ -45,14 +43,28 @@ func withSession<T>(
     }
 }
 
-struct DeadlineExceeded: Error, CustomStringConvertible {
-    let what: String
-    let limit: Duration
-    var description: String { "\(what) did not happen within \(limit)" }
+/// What a test waited for in vain.
+public struct DeadlineExceeded: Error, CustomStringConvertible {
+    /// What did not happen.
+    public let what: String
+    /// How long the test waited.
+    public let limit: Duration
+
+    /// Creates the error.
+    /// - Parameters:
+    ///   - what: what did not happen.
+    ///   - limit: how long the test waited.
+    public init(what: String, limit: Duration) {
+        self.what = what
+        self.limit = limit
+    }
+
+    /// A sentence for the test report.
+    public var description: String { "\(what) did not happen within \(limit)" }
 }
 
 /// Runs `operation`, failing with `DeadlineExceeded` if it takes longer than `limit`.
-func within<T: Sendable>(
+public func within<T: Sendable>(
     _ limit: Duration,
     _ what: String,
     _ operation: @escaping @Sendable () async throws -> T
@@ -72,7 +84,7 @@ func within<T: Sendable>(
 }
 
 /// Polls `condition` every 50 ms until it holds, failing after `limit`.
-func eventually(
+public func eventually(
     _ limit: Duration,
     _ what: String,
     _ condition: @escaping @Sendable () async throws -> Bool
