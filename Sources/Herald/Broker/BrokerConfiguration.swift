@@ -87,22 +87,10 @@ enum NetworkAddress {
     /// The first non-loopback IPv4 address, which is what containers and hosts on a LAN reach; loopback
     /// when there is none.
     static func defaultHost() -> String {
-        var head: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&head) == 0, let first = head else { return "127.0.0.1" }
-        defer { freeifaddrs(head) }
-        for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
-            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
-                (entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK)) == 0,
-                (entry.pointee.ifa_flags & UInt32(IFF_UP)) != 0
-            else { continue }
-            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            let rc = getnameinfo(
-                address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
-                NI_NUMERICHOST)
-            if rc == 0 {
-                return String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            }
+        let addresses = Host.current().addresses.filter { address in
+            let parts = address.split(separator: ".")
+            return parts.count == 4 && parts.allSatisfy { UInt8($0) != nil } && parts[0] != "127"
         }
-        return "127.0.0.1"
+        return addresses.first ?? "127.0.0.1"
     }
 }

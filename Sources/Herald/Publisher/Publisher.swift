@@ -352,9 +352,9 @@ public final class Publisher: Service, Sendable {
 
 enum Clock {
     /// Wall-clock time for message timestamps: subscribers on other hosts compare it with their own clock.
+    /// A `Double` of seconds keeps about a quarter of a microsecond of precision today, finer than any latency
+    /// Herald reports.
     static func nanosecondsSinceEpoch() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+        UInt64(Date().timeIntervalSince1970 * 1e9)
     }
 }
