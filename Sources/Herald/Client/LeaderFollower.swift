@@ -41,6 +41,7 @@ struct LeaderFollower: Sendable {
                 await current?.value
             }
             try await group.next()
+            if !Task.isCancelled { logger.error("leader following ended unexpectedly; stopping") }
             group.cancelAll()
             try await group.waitForAll()
         }

@@ -174,6 +174,9 @@ public final class Subscriber: Service, Sendable {
                 }
                 group.addTask { try await follower.run { record in await self.attach(record) } }
                 try await group.next()
+                // Every child runs until cancelled; one that ends on its own is a fault worth a log line,
+                // since the subscriber then stops.
+                if !Task.isCancelled { self.logger.error("a subscriber task ended unexpectedly; stopping") }
                 group.cancelAll()
             }
         }

@@ -1,0 +1,447 @@
+import Foundation
+import LocalZooKeeper
+import Synchronization
+import TestSupport
+import Testing
+
+/// A running `herald` child process whose standard output and error are captured line by line as they arrive.
+///
+/// Both streams are read on their own threads into buffers guarded by a `Mutex`, so a test can wait for a line
+/// while the process keeps writing. Start processes through a ``HeraldCluster`` (``withCluster(mode:_:)``),
+/// which kills whatever is still running when the test ends, even when it fails.
+final class HeraldProcess: Sendable {
+    /// A short name for messages: `broker b1`, `subscriber`, ...
+    let name: String
+    /// The arguments after `herald`.
+    let arguments: [String]
+    /// The process ID.
+    var pid: Int32 { process.withLock { $0.processIdentifier } }
+
+    private let process: Mutex<Process>
+    private let output = Mutex(Captured())
+    private let exit = Mutex<Int32?>(nil)
+
+    private struct Captured {
+        var stdout: [String] = []
+        var stderr: [String] = []
+        var stdoutEnded = false
+    }
+
+    /// Which of the two captured streams.
+    enum Stream: Sendable { case stdout, stderr }
+
+    /// Starts `herald` with `arguments`, the test process's environment plus `environment`.
+    /// - Parameters:
+    ///   - name: a short name for messages.
+    ///   - arguments: the subcommand and its options.
+    ///   - environment: variables added to (or replacing) the inherited ones.
+    /// - Throws: ``HeraldBinaryMissing`` when the executable was not built; what `Process.run()` throws.
+    init(name: String, arguments: [String], environment: [String: String]) throws {
+        let process = Process()
+        process.executableURL = try heraldExecutable()
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        process.standardInput = FileHandle.nullDevice
+        self.name = name
+        self.arguments = arguments
+        self.process = Mutex(process)
+        process.terminationHandler = { [weak self] finished in
+            let code =
+                finished.terminationReason == .uncaughtSignal
+                ? 128 + finished.terminationStatus : finished.terminationStatus
+            self?.exit.withLock { $0 = code }
+        }
+        try process.run()
+        // The parent's copies of the write ends must go, or the readers would never see end of file.
+        try? stdout.fileHandleForWriting.close()
+        try? stderr.fileHandleForWriting.close()
+        startReader(stdout.fileHandleForReading, into: .stdout)
+        startReader(stderr.fileHandleForReading, into: .stderr)
+    }
+
+    // MARK: Output
+
+    /// The standard output lines so far.
+    var stdoutLines: [String] { output.withLock { $0.stdout } }
+
+    /// The standard error lines so far.
+    var stderrLines: [String] { output.withLock { $0.stderr } }
+
+    /// Whether standard output reached its end: every line the process printed is in ``stdoutLines``.
+    var stdoutEnded: Bool { output.withLock { $0.stdoutEnded } }
+
+    /// The lines of `stream` so far.
+    func lines(_ stream: Stream) -> [String] { stream == .stdout ? stdoutLines : stderrLines }
+
+    /// Waits for a line of `stream`, from index `start` on, that satisfies `matches`.
+    /// - Parameters:
+    ///   - stream: which stream.
+    ///   - start: the index of the first line to look at, to skip lines printed before some event.
+    ///   - timeout: how long to wait.
+    ///   - matches: the condition.
+    /// - Returns: the first matching line.
+    /// - Throws: ``DeadlineExceeded`` naming this process and showing its last stderr lines.
+    @discardableResult
+    func waitForLine(
+        in stream: Stream = .stderr, from start: Int = 0, timeout: Duration,
+        matching matches: @escaping @Sendable (String) -> Bool
+    ) async throws -> String {
+        try await waitFor("a matching \(stream) line", timeout: timeout) {
+            self.lines(stream).dropFirst(start).first(where: matches)
+        }
+    }
+
+    /// Waits for a line of `stream` containing `text`.
+    @discardableResult
+    func waitForLine(
+        in stream: Stream = .stderr, from start: Int = 0, containing text: String, timeout: Duration
+    ) async throws -> String {
+        try await waitFor("a \(stream) line containing '\(text)'", timeout: timeout) {
+            self.lines(stream).dropFirst(start).first { $0.contains(text) }
+        }
+    }
+
+    /// Polls `probe` every 20 ms until it returns a value.
+    func waitFor<T: Sendable>(
+        _ what: String, timeout: Duration, _ probe: @escaping @Sendable () async throws -> T?
+    ) async throws -> T {
+        do {
+            return try await within(timeout, "\(name): \(what)") {
+                while true {
+                    if let value = try await probe() { return value }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+        } catch let error as DeadlineExceeded {
+            throw DeadlineExceeded(what: "\(error.what)\n\(diagnostics())", limit: error.limit)
+        }
+    }
+
+    // MARK: Life
+
+    /// Whether the process is still running.
+    var isRunning: Bool { exit.withLock { $0 == nil } }
+
+    /// The exit code once it ended: its status, or 128 + the signal that killed it.
+    var exitCode: Int32? { exit.withLock { $0 } }
+
+    /// Sends `signal` (SIGKILL, SIGTERM, ...) if the process still runs.
+    func kill(_ signal: Int32) {
+        guard isRunning else { return }
+        _ = Glibc.kill(pid, signal)
+    }
+
+    /// Waits until the process ends.
+    /// - Returns: its exit code, or 128 + the signal that killed it.
+    @discardableResult
+    func waitForExit(timeout: Duration) async throws -> Int32 {
+        try await waitFor("exit", timeout: timeout) { self.exitCode }
+    }
+
+    /// The command line, exit state and last lines of stderr, for failure messages.
+    func diagnostics(lines count: Int = 15) -> String {
+        let state = exitCode.map { "exited with \($0)" } ?? "running"
+        let tail = stderrLines.suffix(count).map { "    \($0)" }.joined(separator: "\n")
+        return
+            "[\(name)] herald \(arguments.joined(separator: " ")) (pid \(pid), \(state)); last stderr lines:\n\(tail)"
+    }
+
+    // MARK: Reading
+
+    private func startReader(_ handle: FileHandle, into stream: Stream) {
+        let thread = Thread { [self] in
+            let descriptor = handle.fileDescriptor
+            var pending: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+            while true {
+                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { break }
+                pending.append(contentsOf: chunk[..<count])
+                var lines: [String] = []
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    lines.append(String(decoding: pending[..<newline], as: UTF8.self))
+                    pending.removeSubrange(...newline)
+                }
+                if !lines.isEmpty { self.output.withLock { Self.append(lines, to: &$0, stream) } }
+            }
+            self.output.withLock {
+                if !pending.isEmpty { Self.append([String(decoding: pending, as: UTF8.self)], to: &$0, stream) }
+                if stream == .stdout { $0.stdoutEnded = true }
+            }
+            try? handle.close()
+        }
+        thread.name = "herald-test-\(stream)"
+        thread.start()
+    }
+
+    private static func append(_ lines: [String], to captured: inout Captured, _ stream: Stream) {
+        switch stream {
+        case .stdout: captured.stdout += lines
+        case .stderr: captured.stderr += lines
+        }
+    }
+}
+
+// MARK: - Subscriber output
+
+/// One line of `herald subscribe --json`, reduced to what the tests check.
+struct SubscribedMessage: Decodable, Sendable, Equatable {
+    var topic: String
+    var publisher: String
+    var seq: UInt64
+    /// When the publisher sent it, in nanoseconds since the Unix epoch (same host, same clock).
+    var sentAt: UInt64
+
+    private enum CodingKeys: String, CodingKey {
+        case topic, publisher, seq
+        case sentAt = "sent_at_ns"
+    }
+
+    /// Parses one line; `nil` for anything that is not a message object.
+    init?(line: String) {
+        guard let message = try? JSONDecoder().decode(SubscribedMessage.self, from: Data(line.utf8)) else {
+            return nil
+        }
+        self = message
+    }
+}
+
+extension HeraldProcess {
+    /// The messages a `herald subscribe --json` process printed so far.
+    var messages: [SubscribedMessage] { stdoutLines.compactMap(SubscribedMessage.init(line:)) }
+
+    /// Waits for a message, among those printed after the first `start`, that satisfies `matches`.
+    @discardableResult
+    func waitForMessage(
+        after start: Int = 0, timeout: Duration, _ what: String = "a message",
+        where matches: @escaping @Sendable (SubscribedMessage) -> Bool = { _ in true }
+    ) async throws -> SubscribedMessage {
+        try await waitFor(what, timeout: timeout) {
+            let ended = self.stdoutEnded
+            if let message = self.messages.dropFirst(start).first(where: matches) { return message }
+            // Checked before reading the lines: once output ended and still no match, none can come.
+            if ended { throw HeraldProcessExited(waitingFor: what, diagnostics: self.diagnostics()) }
+            return nil
+        }
+    }
+}
+
+/// A process ended while a test waited for its output.
+struct HeraldProcessExited: Error, CustomStringConvertible {
+    let waitingFor: String
+    let diagnostics: String
+    var description: String { "exited while the test waited for \(waitingFor)\n\(diagnostics)" }
+}
+
+/// The wall clock, in nanoseconds since the Unix epoch, to compare with ``SubscribedMessage/sentAt``.
+func wallClockNanoseconds() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_REALTIME, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+}
+
+// MARK: - herald status
+
+/// What `herald status --json` prints, reduced to what the tests check.
+struct StatusReport: Decodable, Sendable {
+    struct Leader: Decodable, Sendable {
+        var broker: String
+        var mode: String
+        var requestEndpoint: String
+        var subscriberEndpoint: String
+    }
+
+    struct LeaderStatus: Decodable, Sendable {
+        var broker: String
+        var topics: [String: UInt64]
+        var publishers: [String]
+    }
+
+    var cluster: String
+    var mode: String?
+    var leader: Leader?
+    var candidates: [String]
+    var leaderStatus: LeaderStatus?
+}
+
+// MARK: - Clusters
+
+/// A Herald cluster under test: one ZooKeeper server, a unique cluster name, and every `herald` process
+/// started for it, all configured for one host with free ports.
+final class HeraldCluster: Sendable {
+    /// Session timeout the processes use, in seconds: short, so a killed broker is replaced quickly.
+    static let sessionTimeoutSeconds = 2
+    /// The session timeout as a duration.
+    static let sessionTimeout: Duration = .seconds(sessionTimeoutSeconds)
+
+    /// The ZooKeeper server.
+    let server: LocalZooKeeperServer
+    /// The cluster's name, unique per test.
+    let name: String
+    /// The dissemination mode brokers are started with unless told otherwise.
+    let mode: String
+    private let processes = Mutex<[HeraldProcess]>([])
+
+    init(server: LocalZooKeeperServer, mode: String) {
+        self.server = server
+        self.mode = mode
+        self.name = "it-\(mode)-\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    /// What every process gets: this cluster, loopback, free ports, the short session timeout.
+    var environment: [String: String] {
+        [
+            "HERALD_ZOOKEEPER": server.connectionString,
+            "HERALD_CLUSTER": name,
+            "HERALD_BIND_HOST": "127.0.0.1",
+            "HERALD_ADVERTISE_HOST": "127.0.0.1",
+            "HERALD_REQUEST_PORT": "0",
+            "HERALD_SUBSCRIBER_PORT": "0",
+            "HERALD_PUBLISHER_PORT": "0",
+            // Every process serves /healthz and /metrics; several on one host need free ports too.
+            "HERALD_HTTP_HOST": "127.0.0.1",
+            "HERALD_HTTP_PORT": "0",
+            "HERALD_SESSION_TIMEOUT": "\(Self.sessionTimeoutSeconds)",
+            "HERALD_LOG_LEVEL": "info",
+        ]
+    }
+
+    /// Starts `herald` with `arguments`; it is killed when the cluster's scope ends.
+    func start(_ name: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> HeraldProcess
+    {
+        let process = try HeraldProcess(
+            name: name, arguments: arguments, environment: environment.merging(extra) { _, new in new })
+        processes.withLock { $0.append(process) }
+        return process
+    }
+
+    /// Starts a broker with `--broker-id id` in `mode` (the cluster's mode by default).
+    func broker(_ id: String, mode: String? = nil) throws -> HeraldProcess {
+        try start("broker \(id)", ["broker", "--broker-id", id, "--mode", mode ?? self.mode])
+    }
+
+    /// Starts a publisher on `topic` at `rate` messages per second.
+    func publisher(_ topic: String, rate: Int = 50, name: String = "publisher") throws -> HeraldProcess {
+        try start(name, ["publish", "--topic", topic, "--rate", "\(rate)", "--size", "32"])
+    }
+
+    /// Starts `herald subscribe --json` for `topics`.
+    func subscriber(_ topics: [String], name: String = "subscriber") throws -> HeraldProcess {
+        try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] })
+    }
+
+    /// Runs `herald status --json` once.
+    /// - Returns: the status, or `nil` when the command failed or printed something else.
+    func status() async throws -> StatusReport? {
+        let process = try HeraldProcess(name: "status", arguments: ["status", "--json"], environment: environment)
+        let code = try await process.waitForExit(timeout: .seconds(15))
+        guard code == 0 else { return nil }
+        // The reader threads may still be draining after the exit.
+        try? await Task.sleep(for: .milliseconds(10))
+        for _ in 0..<50 {
+            let text = process.stdoutLines.joined(separator: "\n")
+            if let status = try? JSONDecoder().decode(StatusReport.self, from: Data(text.utf8)) { return status }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    /// Polls `herald status --json` until `condition` holds for it.
+    /// - Returns: the status that satisfied it.
+    @discardableResult
+    func waitForStatus(
+        _ what: String, timeout: Duration, where condition: @escaping @Sendable (StatusReport) -> Bool
+    ) async throws -> StatusReport {
+        do {
+            return try await within(timeout, what) {
+                while true {
+                    if let status = try await self.status(), condition(status) { return status }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        } catch let error as DeadlineExceeded {
+            throw DeadlineExceeded(what: "\(error.what)\n\(diagnostics())", limit: error.limit)
+        }
+    }
+
+    /// Waits for a leader, optionally one other than `previous`.
+    /// - Returns: the leader's broker ID.
+    func waitForLeader(otherThan previous: String? = nil, timeout: Duration) async throws -> String {
+        let status = try await waitForStatus(
+            "a leader other than \(previous ?? "none")", timeout: timeout,
+            where: { status in status.leader.map { $0.broker != previous } ?? false })
+        return status.leader!.broker
+    }
+
+    /// Every process's state and last stderr lines.
+    func diagnostics() -> String {
+        processes.withLock { $0 }.map { $0.diagnostics() }.joined(separator: "\n")
+    }
+
+    /// Writes every process's whole output to files in a new temporary directory.
+    /// - Returns: the directory.
+    func saveLogs() -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("herald-\(name)").path
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (index, process) in processes.withLock({ $0 }).enumerated() {
+            let base = "\(directory)/\(index)-\(process.name.replacingOccurrences(of: " ", with: "-"))"
+            let header = "herald \(process.arguments.joined(separator: " ")) (pid \(process.pid))\n"
+            try? (header + process.stderrLines.joined(separator: "\n")).write(
+                toFile: base + ".stderr", atomically: false, encoding: .utf8)
+            try? process.stdoutLines.joined(separator: "\n").write(
+                toFile: base + ".stdout", atomically: false, encoding: .utf8)
+        }
+        return directory
+    }
+
+    /// SIGKILLs every process still running and waits briefly for them to go.
+    func killAll() async {
+        let all = processes.withLock { $0 }
+        for process in all { process.kill(SIGKILL) }
+        for process in all { _ = try? await process.waitForExit(timeout: .seconds(5)) }
+    }
+}
+
+/// Runs `body` with a fresh ZooKeeper server and a new cluster; afterwards every process started through the
+/// cluster is killed and the server stopped, whether `body` succeeded, failed or threw.
+/// When `body` throws, the processes' last stderr lines are printed to help find out why.
+func withCluster<T>(
+    mode: String, _ body: (HeraldCluster) async throws -> T
+) async throws -> T {
+    try await withServer { server in
+        let cluster = HeraldCluster(server: server, mode: mode)
+        do {
+            let result = try await body(cluster)
+            await cluster.killAll()
+            return result
+        } catch {
+            await cluster.killAll()
+            FileHandle.standardError.write(
+                Data("cluster \(cluster.name) failed: \(error)\nwhole output in \(cluster.saveLogs())\n".utf8))
+            throw error
+        }
+    }
+}
+
+// MARK: - Locating the executable
+
+/// The `herald` executable was not built next to the tests.
+struct HeraldBinaryMissing: Error, CustomStringConvertible {
+    let path: String
+    var description: String {
+        "\(path) does not exist; build it together with the tests: run swift build --build-tests first"
+    }
+}
+
+/// The `herald` executable next to the running test bundle (both live in the build directory).
+func heraldExecutable() throws -> URL {
+    let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    let url = directory.appendingPathComponent("herald")
+    guard FileManager.default.isExecutableFile(atPath: url.path) else { throw HeraldBinaryMissing(path: url.path) }
+    return url
+}
