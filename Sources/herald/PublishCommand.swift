@@ -103,13 +103,19 @@ struct PublishLoop: Service {
 
     func run() async throws {
         let clock = ContinuousClock()
-        let start = clock.now
+        let start = clock.now  // the schedule starts now
         let sent = Mutex(0)
         do {
             try await cancelWhenGracefulShutdown {
+                var next = start
                 while count.map({ sent.withLock { $0 } < $0 }) ?? true {
                     let number = sent.withLock { $0 }
-                    if rate > 0 { try await clock.sleep(until: start + .seconds(Double(number) / rate)) }
+                    if rate > 0 {
+                        try await clock.sleep(until: next)
+                        // Keep the rate steady, but after a stall (waiting for the cluster's mode) do not burst
+                        // to catch up on more than a second's worth of messages.
+                        next = max(next + .seconds(1 / rate), clock.now - .seconds(1))
+                    }
                     let sequence = try await publisher.publish(payload(number + 1), on: topic)
                     sent.withLock { $0 += 1 }
                     if sequence % 1000 == 0 { logger.debug("published", metadata: ["sequence": "\(sequence)"]) }
