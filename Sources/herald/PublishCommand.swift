@@ -103,11 +103,10 @@ struct PublishLoop: Service {
 
     func run() async throws {
         let clock = ContinuousClock()
-        let start = clock.now  // the schedule starts now
         let sent = Mutex(0)
         do {
             try await cancelWhenGracefulShutdown {
-                var next = start
+                var next = clock.now
                 while count.map({ sent.withLock { $0 } < $0 }) ?? true {
                     let number = sent.withLock { $0 }
                     if rate > 0 {
