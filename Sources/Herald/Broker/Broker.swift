@@ -117,6 +117,14 @@ public final class Broker: Service, Sendable {
 
     /// One session's worth of work: stand by, lead when elected, and return when the session is lost.
     private func serveTerm(_ session: ZooKeeperSession, context: ZMQContext) async throws {
+        // Readiness and the session gauge follow the session as it changes, not only when the role does.
+        let sessionMonitor = Task {
+            for await sessionState in session.states() {
+                self.state.withLock { $0.sessionState = sessionState }
+                Instruments.recordZooKeeper(connected: sessionState.isConnected)
+            }
+        }
+        defer { sessionMonitor.cancel() }
         let layout = configuration.layout
         let presence = layout.brokersPath + "/" + configuration.brokerID
         try? await session.delete(presence)
