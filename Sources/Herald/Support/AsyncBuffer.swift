@@ -20,10 +20,13 @@ final class AsyncBuffer<Element: Sendable>: Sendable {
     init(limit: Int) { self.limit = max(1, limit) }
 
     /// Adds an element, waiting while the buffer is full.
-    /// - Returns: `false` when the buffer was finished and the element dropped.
+    /// - Returns: `false` when the buffer was finished, or the task cancelled while waiting, and the element
+    ///   dropped.
     @discardableResult
     func push(_ element: Element) async -> Bool {
         while true {
+            // A producer stuck behind a consumer that stopped reading must still be able to shut down.
+            if Task.isCancelled { return false }
             let outcome = state.withLock { state -> PushOutcome in
                 if state.finished { return .finished }
                 if let consumer = state.consumer {
@@ -43,13 +46,22 @@ final class AsyncBuffer<Element: Sendable>: Sendable {
             case .finished:
                 return false
             case .full:
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let resumeNow = state.withLock { state -> Bool in
-                        if state.finished || state.elements.count < limit { return true }
-                        state.producers.append(continuation)
-                        return false
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let resumeNow = state.withLock { state -> Bool in
+                            if state.finished || Task.isCancelled || state.elements.count < limit { return true }
+                            state.producers.append(continuation)
+                            return false
+                        }
+                        if resumeNow { continuation.resume() }
                     }
-                    if resumeNow { continuation.resume() }
+                } onCancel: {
+                    // Waking every waiting producer is simpler than finding this one; the others re-check.
+                    let producers = state.withLock { state in
+                        defer { state.producers = [] }
+                        return state.producers
+                    }
+                    for producer in producers { producer.resume() }
                 }
             }
         }
