@@ -236,20 +236,9 @@ public final class Broker: Service, Sendable {
         of session: ZooKeeperSession, where matches: @escaping @Sendable (SessionState) -> Bool,
         within limit: Duration? = nil
     ) async -> SessionState? {
-        await withTaskGroup(of: SessionState?.self) { group in
-            group.addTask {
-                for await state in session.states() where matches(state) { return state }
-                return nil
-            }
-            if let limit {
-                group.addTask {
-                    try? await Task.sleep(for: limit)
-                    return nil
-                }
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
+        await firstResult(within: limit) {
+            for await state in session.states() where matches(state) { return state }
+            return nil
         }
     }
 }

@@ -149,9 +149,13 @@ public final class Publisher: Service, Sendable {
     ///   - payload: the message body, at most ``PublisherConfiguration/maximumPayloadSize`` bytes.
     ///   - topic: the topic.
     /// - Returns: the message's sequence number on its topic.
-    /// - Throws: ``PublishError`` for an oversized payload (nothing is sent), or when the publisher stopped.
+    /// - Throws: ``PublishError`` for an oversized payload (nothing is sent), or when the publisher stopped;
+    ///   `CancellationError` when the task is cancelled.
     @discardableResult
     public func publish(_ payload: [UInt8], on topic: Topic) async throws -> UInt64 {
+        // Checked first: a send into a full queue returns at once once the task is cancelled, so without this a
+        // cancelled publishing loop would spin instead of stopping.
+        try Task.checkCancellation()
         guard payload.count <= configuration.maximumPayloadSize else {
             throw PublishError(
                 "payload of \(payload.count) bytes exceeds the maximum of \(configuration.maximumPayloadSize); send smaller messages or raise the limit (--max-payload)"

@@ -57,18 +57,9 @@ public struct ClusterStatus: Sendable, Codable {
             try $0.connect(endpoint)
         }
         try await dealer.send(ZMQMessage(frames: [[RequestKind.status.rawValue]]))
-        let reply = await withTaskGroup(of: ZMQMessage?.self) { group in
-            group.addTask {
-                var iterator = dealer.messages.makeAsyncIterator()
-                return await iterator.next()
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
+        let reply = await firstResult(within: timeout) {
+            var iterator = dealer.messages.makeAsyncIterator()
+            return await iterator.next()
         }
         await dealer.close()
         guard let reply, reply.frames.count == 2 else { return nil }
