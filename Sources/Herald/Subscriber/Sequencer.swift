@@ -74,7 +74,8 @@ public struct Sequencer: Sendable {
     public mutating func accept(_ message: ReceivedMessage, now: ContinuousClock.Instant) -> [ReceivedMessage] {
         let key = StreamKey(publisher: message.header.publisher, topic: message.topic)
         let sequence = message.header.sequence
-        guard var stream = streams[key] else {
+        // Taken out of the dictionary while it changes, so that its held messages are never copied on write.
+        guard var stream = streams.removeValue(forKey: key) else {
             statistics.streams += 1
             streams[key] = Stream(next: sequence &+ 1)
             statistics.delivered += 1
@@ -103,10 +104,9 @@ public struct Sequencer: Sendable {
     /// - Parameter now: the current time.
     public mutating func expireGaps(now: ContinuousClock.Instant) -> [ReceivedMessage] {
         var delivered: [ReceivedMessage] = []
-        for key in streams.keys {
-            guard var stream = streams[key], let opened = stream.gapOpenedAt, now - opened >= gapTimeout else {
-                continue
-            }
+        let expired = streams.filter { _, stream in stream.gapOpenedAt.map { now - $0 >= gapTimeout } ?? false }.keys
+        for key in expired {
+            guard var stream = streams.removeValue(forKey: key) else { continue }
             delivered += skipGap(&stream, now: now)
             streams[key] = stream
         }

@@ -260,6 +260,8 @@ struct StatusReport: Decodable, Sendable {
         var broker: String
         var topics: [String: UInt64]
         var publishers: [String]
+        /// Messages the leader dropped because they were malformed (optional: older brokers did not report it).
+        var malformedMessages: UInt64?
     }
 
     var cluster: String
@@ -444,4 +446,93 @@ func heraldExecutable() throws -> URL {
     let url = directory.appendingPathComponent("herald")
     guard FileManager.default.isExecutableFile(atPath: url.path) else { throw HeraldBinaryMissing(path: url.path) }
     return url
+}
+
+// MARK: - Subscriber summary and stream checks
+
+/// The line `herald subscribe` writes to stderr when it stops:
+/// `herald subscribe: received N, lost L, duplicates D, reordered R (from P publishers)`.
+struct SubscribeSummary: Sendable, Equatable, CustomStringConvertible {
+    var received: Int
+    var lost: Int
+    var duplicates: Int
+    var reordered: Int
+    var publishers: Int
+
+    /// Parses the summary line; `nil` for any other line.
+    init?(line: String) {
+        let prefix = "herald subscribe: received "
+        guard let start = line.range(of: prefix) else { return nil }
+        let numbers = line[start.upperBound...].split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        guard numbers.count == 5 else { return nil }
+        received = numbers[0]
+        lost = numbers[1]
+        duplicates = numbers[2]
+        reordered = numbers[3]
+        publishers = numbers[4]
+    }
+
+    var description: String {
+        "received \(received), lost \(lost), duplicates \(duplicates), reordered \(reordered) (from \(publishers) publishers)"
+    }
+}
+
+extension HeraldProcess {
+    /// The summary a `herald subscribe` process printed when it stopped, if it did.
+    var summary: SubscribeSummary? { stderrLines.lazy.compactMap(SubscribeSummary.init(line:)).last }
+
+    /// The `http://host:port` of the process's health server, from its "HTTP health server listening" log line.
+    var httpAddress: String? {
+        guard let line = stderrLines.first(where: { $0.contains("HTTP health server listening") }),
+            let start = line.range(of: "http.address=")
+        else { return nil }
+        let address = line[start.upperBound...].prefix { !$0.isWhitespace && $0 != "," }
+        return address.isEmpty ? nil : String(address)
+    }
+
+    /// Waits for the "HTTP health server listening" log line and returns the address it names.
+    func waitForHTTPAddress(timeout: Duration) async throws -> String {
+        try await waitFor("the HTTP health server's address", timeout: timeout) { self.httpAddress }
+    }
+}
+
+/// One publisher's stream on one topic, as a subscriber printed it.
+struct PrintedStream: Hashable, Sendable, CustomStringConvertible {
+    var publisher: String
+    var topic: String
+    var description: String { "\(publisher.prefix(8))/\(topic)" }
+}
+
+/// Checks that each (publisher, topic) stream of `messages` is contiguous: every seq from the first one
+/// printed to the last, each exactly once and in order.
+/// - Returns: one line per problem (a repeat, a step back, a gap), at most `limit` of them; empty when all is well.
+func sequenceProblems(in messages: [SubscribedMessage], limit: Int = 20) -> [String] {
+    var last: [PrintedStream: UInt64] = [:]
+    var problems: [String] = []
+    for (index, message) in messages.enumerated() {
+        let stream = PrintedStream(publisher: message.publisher, topic: message.topic)
+        if let previous = last[stream], message.seq != previous + 1 {
+            let kind =
+                message.seq == previous
+                ? "repeat" : message.seq < previous ? "step back" : "gap of \(message.seq - previous - 1)"
+            problems.append("\(stream): line \(index): seq \(previous) then \(message.seq) (\(kind))")
+            if problems.count >= limit { break }
+        }
+        last[stream] = message.seq
+    }
+    return problems
+}
+
+/// The first and last seq printed for each (publisher, topic) stream, and how many lines it had.
+func streamRanges(of messages: [SubscribedMessage]) -> [PrintedStream: (first: UInt64, last: UInt64, count: Int)] {
+    var ranges: [PrintedStream: (first: UInt64, last: UInt64, count: Int)] = [:]
+    for message in messages {
+        let stream = PrintedStream(publisher: message.publisher, topic: message.topic)
+        if let range = ranges[stream] {
+            ranges[stream] = (range.first, message.seq, range.count + 1)
+        } else {
+            ranges[stream] = (message.seq, message.seq, 1)
+        }
+    }
+    return ranges
 }

@@ -1,0 +1,315 @@
+import Foundation
+import TestSupport
+import Testing
+import ZeroMQ
+
+// Bad input from the network and from the command line: random bytes on every listening port, well-formed
+// ZeroMQ connections that send malformed frames, and invalid options. Nothing may crash, stall the traffic of
+// well-behaved clients, or lose their messages. Serialized for the same reason as the other process tests.
+@Suite("BadInput", .serialized)
+struct BadInputTests {
+    static let startup: Duration = .seconds(15)
+    /// Connections per port, and random bytes written on each.
+    static let garbageConnections = 20
+    static let garbageBytes = 64 * 1024
+
+    // MARK: Random bytes
+
+    @Test(
+        "Random bytes on every port of a broker and a publisher disturb neither them nor the traffic",
+        arguments: ["broker", "direct"])
+    func randomBytesOnEveryPort(mode: String) async throws {
+        try await withCluster(mode: mode) { cluster in
+            let broker = try cluster.broker("b1")
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let subscriber = try cluster.subscriber(["steady"])
+            let publisher = try cluster.publisher("steady", rate: 200)
+            try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
+
+            let status = try await cluster.waitForStatus("the publisher known to the leader", timeout: Self.startup) {
+                $0.leaderStatus?.publishers.isEmpty == false
+            }
+            let leader = try #require(status.leader)
+            let brokerHTTP = try await broker.waitForHTTPAddress(timeout: .seconds(5))
+            let publisherHTTP = try await publisher.waitForHTTPAddress(timeout: .seconds(5))
+            var targets: [(label: String, endpoint: String)] = [
+                ("broker request port", leader.requestEndpoint),
+                ("broker subscriber port", leader.subscriberEndpoint),
+                ("broker HTTP port", brokerHTTP),
+                ("publisher HTTP port", publisherHTTP),
+            ]
+            if mode == "direct" {
+                let registration = try #require(status.leaderStatus?.publishers.first)
+                let endpoint = try #require(registration.split(separator: " ").first { $0.hasPrefix("tcp://") })
+                targets.append(("publisher's subscriber port", String(endpoint)))
+            }
+
+            for (label, endpoint) in targets {
+                let number = try #require(port(of: endpoint), "no port in \(endpoint)")
+                let startedAt = ContinuousClock.now
+                let written = await sprayRandomBytes(
+                    port: number, connections: Self.garbageConnections, bytes: Self.garbageBytes)
+                print(
+                    "[bad input \(mode)] \(label) \(number): \(written) random bytes in \(ContinuousClock.now - startedAt)"
+                )
+                #expect(broker.isRunning, "the broker survives garbage on its \(label)\n\(broker.diagnostics())")
+                #expect(
+                    publisher.isRunning, "the publisher survives garbage on the \(label)\n\(publisher.diagnostics())")
+                #expect(subscriber.isRunning, "the subscriber survives garbage on the \(label)")
+            }
+
+            // Still serving: health over HTTP, and fresh messages.
+            let httpPort = try #require(port(of: brokerHTTP))
+            let health = await httpGet(port: httpPort, path: "/healthz")
+            #expect(health.hasPrefix("HTTP/1.1 200") || health.hasPrefix("HTTP/1.0 200"), "GET /healthz: \(health)")
+            let after = wallClockNanoseconds()
+            try await subscriber.waitForMessage(timeout: .seconds(5), "a message sent after the garbage") {
+                $0.sentAt > after
+            }
+            try await stopAndCheck(publisher: publisher, subscriber: subscriber)
+        }
+    }
+
+    // MARK: Malformed ZeroMQ messages
+
+    @Test("Malformed messages on the broker's request port are counted and dropped; other clients go on")
+    func malformedFramesAreCountedAndDropped() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            let broker = try cluster.broker("b1")
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let subscriber = try cluster.subscriber(["steady"])
+            let publisher = try cluster.publisher("steady", rate: 200)
+            try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
+            let before = try await cluster.waitForStatus("the leader's status", timeout: Self.startup) {
+                $0.leaderStatus != nil
+            }
+            let baseline = try #require(before.leaderStatus?.malformedMessages, "status reports malformedMessages")
+            let endpoint = try #require(before.leader?.requestEndpoint)
+
+            let malformed = Self.malformedRequests()
+            let context = try ZMQContext()
+            let dealer = try ZMQSocket(context: context, type: .dealer)
+            try dealer.set(.linger(.seconds(1)))
+            try dealer.connect(endpoint)
+            for request in malformed { try dealer.send(ZMQMessage(frames: request.frames)) }
+
+            let expected = baseline + UInt64(malformed.count)
+            let counted = try await cluster.waitForStatus(
+                "malformedMessages to reach \(expected)", timeout: .seconds(10)
+            ) { ($0.leaderStatus?.malformedMessages ?? 0) >= expected }
+            dealer.close()
+            context.terminate()
+
+            #expect(broker.isRunning, "\(broker.diagnostics())")
+            #expect(counted.leader?.broker == "b1", "no failover: the same broker still leads")
+            #expect(counted.leaderStatus?.topics["steady"] ?? 0 > 0)
+            let after = wallClockNanoseconds()
+            try await subscriber.waitForMessage(timeout: .seconds(5), "a message sent after the malformed ones") {
+                $0.sentAt > after
+            }
+            print(
+                "[bad input] \(malformed.count) malformed requests (\(malformed.map(\.label).joined(separator: ", "))); "
+                    + "malformedMessages \(baseline) -> \(counted.leaderStatus?.malformedMessages ?? 0)")
+            try await stopAndCheck(publisher: publisher, subscriber: subscriber)
+        }
+    }
+
+    /// A labelled malformed request.
+    struct Request: Sendable {
+        var label: String
+        var frames: [[UInt8]]
+    }
+
+    /// Requests the broker must refuse, one for each way its parser can say no.
+    static func malformedRequests() -> [Request] {
+        let topic = Array("steady".utf8) + [0]
+        let goodHeader: [UInt8] = [1, 0] + Array(repeating: 0xAB, count: 16) + Array(repeating: 0, count: 16)
+        var futureVersion = goodHeader
+        futureVersion[0] = 2
+        var flagsSet = goodHeader
+        flagsSet[1] = 0x80
+        func json(_ text: String) -> [UInt8] { Array(text.utf8) }
+        return [
+            Request(label: "unknown kind", frames: [[0xFF]]),
+            Request(label: "empty frame", frames: [[]]),
+            Request(label: "two-byte kind", frames: [[1, 1]]),
+            Request(label: "publish with one body frame", frames: [[1], [1, 2, 3]]),
+            Request(label: "publish with a short header", frames: [[1], topic, [1, 0, 9], Array("x".utf8)]),
+            Request(label: "publish of a future version", frames: [[1], topic, futureVersion, Array("x".utf8)]),
+            Request(label: "publish with flags set", frames: [[1], topic, flagsSet, Array("x".utf8)]),
+            Request(label: "publish with an unterminated topic", frames: [[1], Array("steady".utf8), goodHeader, []]),
+            Request(
+                label: "publish with a control character in the topic", frames: [[1], [0x61, 0x09, 0], goodHeader, []]),
+            Request(label: "publish with an extra frame", frames: [[1], topic, goodHeader, [], []]),
+            Request(label: "register with JSON garbage", frames: [[2], json("{not json")]),
+            Request(label: "register with the wrong shape", frames: [[2], json(#"{"publisher": 5}"#)]),
+            Request(label: "unregister with no body", frames: [[3]]),
+            Request(label: "lookup with JSON garbage", frames: [[4], json("[[[")]),
+            Request(label: "lookup with two bodies", frames: [[4], json(#"{"topics":[]}"#), json(#"{"topics":[]}"#)]),
+            Request(label: "status with a body", frames: [[5], [1]]),
+            Request(label: "history with the wrong shape", frames: [[6], json(#"{"topics": "steady"}"#)]),
+            Request(label: "history with random bytes", frames: [[6], randomBytes(512)]),
+            Request(label: "history end from a client", frames: [[7], json("{}")]),
+            Request(label: "2 MB register frame", frames: [[2], Array(repeating: UInt8(ascii: "{"), count: 2 << 20)]),
+        ]
+    }
+
+    // MARK: Command line
+
+    /// An invalid command line and what its error message must say.
+    struct Refusal: Sendable, CustomTestStringConvertible {
+        var label: String
+        var arguments: [String]
+        var message: String
+        var testDescription: String { label }
+    }
+
+    static let refusals = [
+        Refusal(label: "empty topic", arguments: ["publish", "--topic", ""], message: "must not be empty"),
+        Refusal(
+            label: "300-byte topic", arguments: ["publish", "--topic", String(repeating: "t", count: 300)],
+            message: "is 300 bytes long; the limit is 255"),
+        Refusal(
+            label: "topic with a tab", arguments: ["publish", "--topic", "a\tb"], message: "control character U+9"),
+        Refusal(
+            label: "payload above the maximum",
+            arguments: ["publish", "--topic", "ok", "--size", "2000", "--max-payload", "1000"],
+            message: "size 2000 exceeds the maximum payload of 1000 bytes"),
+        Refusal(
+            label: "subscriber topic with a control character", arguments: ["subscribe", "--topic", "a\u{1}b"],
+            message: "control character U+1"),
+    ]
+
+    @Test("Invalid options are refused with exit code 64 and a clear message, without a crash", arguments: refusals)
+    func invalidOptionsAreRefused(refusal: Refusal) async throws {
+        // Nothing listens on port 1: should the options get past validation, the process would wait, and fail
+        // the test on the deadline instead of finding some real ZooKeeper.
+        let process = try HeraldProcess(
+            name: refusal.label, arguments: refusal.arguments,
+            environment: ["HERALD_ZOOKEEPER": "127.0.0.1:1", "HERALD_HTTP_PORT": "off"])
+        defer { process.kill(SIGKILL) }
+        let code = try await process.waitForExit(timeout: .seconds(10))
+        _ = try await process.waitFor("the end of the output", timeout: .seconds(5)) {
+            process.stdoutEnded ? true : nil
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let stderr = process.stderrLines.joined(separator: "\n")
+
+        #expect(code == 64, "exit code \(code)\n\(stderr)")
+        #expect(stderr.contains(refusal.message), "stderr:\n\(stderr)")
+        let crash = ["Fatal error", "Stack dump", "stack trace", "Backtrace", "Segmentation fault", "Program crashed"]
+            .filter { stderr.contains($0) }
+        #expect(crash.isEmpty, "crash signs \(crash) in stderr:\n\(stderr)")
+        #expect(process.stdoutLines.allSatisfy { $0.isEmpty }, "nothing on stdout: \(process.stdoutLines)")
+    }
+
+    // MARK: Helpers
+
+    /// Stops the publisher cleanly, lets the subscriber catch up, stops it and checks that nothing was lost and
+    /// that what it printed is each message once, in order.
+    private func stopAndCheck(publisher: HeraldProcess, subscriber: HeraldProcess) async throws {
+        publisher.kill(SIGINT)
+        #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0, "\(publisher.diagnostics())")
+        try await Task.sleep(for: .seconds(1))
+        subscriber.kill(SIGINT)
+        #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
+        let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
+            subscriber.stdoutEnded ? subscriber.summary : nil
+        }
+        let messages = subscriber.messages
+        let problems = sequenceProblems(in: messages)
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
+        #expect(summary.lost == 0, "summary: \(summary)")
+        #expect(summary.received == messages.count, "summary: \(summary), \(messages.count) lines printed")
+        #expect(summary.publishers == 1, "summary: \(summary)")
+        print("[bad input] subscriber: \(summary), seq \(messages.first?.seq ?? 0)...\(messages.last?.seq ?? 0)")
+    }
+}
+
+// MARK: - Raw sockets
+
+/// The port of `tcp://host:port` or `http://host:port`.
+private func port(of endpoint: String) -> Int? {
+    guard let colon = endpoint.lastIndex(of: ":") else { return nil }
+    return Int(endpoint[endpoint.index(after: colon)...].prefix { $0.isNumber })
+}
+
+private func randomBytes(_ count: Int) -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+}
+
+/// Runs blocking socket work on its own thread, off the cooperative pool the test's waits run on.
+private func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: work()) }.start()
+    }
+}
+
+/// A TCP connection to 127.0.0.1:`port` with 2 s send and receive timeouts, or `nil` when refused.
+private func connectLoopback(port: Int) -> Int32? {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { return nil }
+    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard connected == 0 else {
+        close(descriptor)
+        return nil
+    }
+    return descriptor
+}
+
+/// Opens `connections` TCP connections to 127.0.0.1:`port` one after the other, writes `bytes` random bytes
+/// on each (stopping early when the peer closes or stops reading for 2 s) and closes it.
+/// - Returns: how many bytes were written in all.
+private func sprayRandomBytes(port: Int, connections: Int, bytes: Int) async -> Int {
+    await onThread {
+        var total = 0
+        for _ in 0..<connections {
+            guard let descriptor = connectLoopback(port: port) else { continue }
+            let garbage = randomBytes(bytes)
+            var offset = 0
+            while offset < garbage.count {
+                // MSG_NOSIGNAL: a peer that hangs up must not kill the test runner with SIGPIPE.
+                let sent = garbage[offset...].withUnsafeBytes {
+                    send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+                }
+                if sent <= 0 { break }
+                offset += sent
+            }
+            total += offset
+            close(descriptor)
+        }
+        return total
+    }
+}
+
+/// `GET path` over HTTP/1.0 to 127.0.0.1:`port`; the raw response, or what went wrong.
+private func httpGet(port: Int, path: String) async -> String {
+    await onThread {
+        guard let descriptor = connectLoopback(port: port) else { return "connection refused" }
+        defer { close(descriptor) }
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 else {
+            return "send failed: errno \(errno)"
+        }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { break }
+            response += chunk[..<count]
+        }
+        return String(decoding: response, as: UTF8.self)
+    }
+}
