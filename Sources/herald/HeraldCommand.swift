@@ -10,7 +10,7 @@ struct HeraldCommand: AsyncParsableCommand {
             """,
         subcommands: [
             BrokerCommand.self, PublishCommand.self, SubscribeCommand.self, StatusCommand.self, HealthCommand.self,
-            DemoCommand.self,
+            DemoCommand.self, BenchCommand.self,
         ]
     )
 }

@@ -1,0 +1,279 @@
+import Foundation
+import Histogram
+
+/// Percentiles of one latency distribution, in microseconds.
+struct LatencySummary: Codable, Sendable {
+    var count: UInt64
+    var p50: Double
+    var p90: Double
+    var p99: Double
+    var p999: Double
+    var max: Double
+    var mean: Double
+    /// Points of the cumulative distribution, for plots: (percentile, microseconds).
+    var cdf: [[Double]]
+
+    /// From a histogram of nanoseconds (the raw baseline, where microseconds would be too coarse).
+    init(nanoseconds histogram: Histogram<UInt64>) { self.init(histogram, unitsPerMicrosecond: 1000) }
+    /// From a histogram of microseconds (`latency_us` of `herald subscribe --json`).
+    init(microseconds histogram: Histogram<UInt64>) { self.init(histogram, unitsPerMicrosecond: 1) }
+
+    private init(_ histogram: Histogram<UInt64>, unitsPerMicrosecond: Double) {
+        func at(_ percentile: Double) -> Double { Double(histogram.valueAtPercentile(percentile)) / unitsPerMicrosecond }
+        count = histogram.totalCount
+        p50 = at(50)
+        p90 = at(90)
+        p99 = at(99)
+        p999 = at(99.9)
+        max = Double(histogram.max) / unitsPerMicrosecond
+        mean = histogram.mean / unitsPerMicrosecond
+        cdf = count == 0 ? [] : histogram.percentiles(ticksPerHalfDistance: 5).map {
+            [$0.percentile, Double($0.value) / unitsPerMicrosecond]
+        }
+    }
+}
+
+/// End-to-end latency of one mode, rate and size.
+struct LatencyPoint: Codable, Sendable {
+    var mode: String
+    var rate: Double
+    var size: Int
+    var sent: Int
+    var measured: Int
+    var missing: Int
+    var latency: LatencySummary
+}
+
+/// Broker throughput of one size and one publisher/subscriber shape.
+struct ThroughputPoint: Codable, Sendable {
+    var publishers: Int
+    var subscribers: Int
+    var size: Int
+    var windowSeconds: Double
+    /// Messages delivered to all subscribers per second.
+    var deliveredPerSecond: Double
+    /// Distinct messages through the broker per second: delivered / subscribers (each sees every message).
+    var messagesPerSecond: Double
+    var megabytesPerSecond: Double
+    /// Sums of the subscribers' closing summaries.
+    var received: Int
+    var lost: Int
+}
+
+/// One leader failover.
+struct FailoverRound: Codable, Sendable {
+    var signal: String
+    var round: Int
+    var killedLeader: String
+    var newLeader: String
+    /// Wall clock of the signal, nanoseconds since the epoch (for plots).
+    var killedAtNanoseconds: UInt64
+    /// Signal to a different leader record in ZooKeeper (what `herald status --json` shows).
+    var newLeaderMilliseconds: Double
+    /// Signal to the first message the subscriber read after the new leader record appeared.
+    var receivingAgainMilliseconds: Double
+    /// The longest silence at the subscriber between the signal and that message.
+    var gapMilliseconds: Double
+    var received: Int
+    var lost: Int
+    var duplicates: Int
+    var reordered: Int
+}
+
+/// Resident memory of brokers, read from `/proc/PID/status`.
+struct MemoryReading: Codable, Sendable {
+    var idleLeaderKilobytes: Int
+    var idleStandbyKilobytes: Int
+}
+
+/// One target of the issue, checked against this run.
+struct TargetCheck: Codable, Sendable {
+    var name: String
+    var target: String
+    var measured: String
+    var pass: Bool
+}
+
+/// The machine the figures come from.
+struct MachineInfo: Codable, Sendable {
+    var processors: Int
+    var cpuModel: String
+    var memoryGigabytes: Double
+    var kernel: String
+    var zeroMQVersion: String
+
+    static func current(zeroMQ: String) -> MachineInfo {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let model =
+            cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map {
+                $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            } ?? "unknown"
+        var system = utsname()
+        uname(&system)
+        let release = withUnsafeBytes(of: system.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return MachineInfo(
+            processors: ProcessInfo.processInfo.activeProcessorCount, cpuModel: model,
+            memoryGigabytes: Double(ProcessInfo.processInfo.physicalMemory) / Double(1 << 30), kernel: release,
+            zeroMQVersion: zeroMQ)
+    }
+}
+
+/// Everything one `herald bench` run measured.
+struct BenchResults: Codable, Sendable {
+    var startedAt: String
+    var machine: MachineInfo
+    var settings: [String: String]
+    var baselineThroughput: [RawZeroMQBaseline.Throughput] = []
+    var baselineLatency: [RawZeroMQBaseline.Latency] = []
+    var latency: [LatencyPoint] = []
+    var throughput: [ThroughputPoint] = []
+    var failover: [FailoverRound] = []
+    var memory: MemoryReading?
+    var targets: [TargetCheck] = []
+
+    func baselineLatency(size: Int) -> RawZeroMQBaseline.Latency? {
+        baselineLatency.first { $0.size == size } ?? baselineLatency.min { abs($0.size - size) < abs($1.size - size) }
+    }
+
+    func baselineThroughput(size: Int) -> RawZeroMQBaseline.Throughput? {
+        baselineThroughput.first { $0.size == size }
+    }
+}
+
+// MARK: - Files
+
+extension BenchResults {
+    /// Writes `results.json` and one CSV per table into `directory`.
+    func write(to directory: String, failoverMessages: [(round: FailoverRound, messages: [BenchMessage])]) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: directory + "/results.json"))
+
+        var csv = "kind,size,messages,seconds,msgs_per_s,mb_per_s,p50_us,p90_us,p99_us,p999_us,max_us\n"
+        for point in baselineThroughput {
+            csv += "push_pull,\(point.size),\(point.messages),\(f(point.seconds)),\(f(point.messagesPerSecond)),\(f(point.megabytesPerSecond)),,,,,\n"
+        }
+        for point in baselineLatency {
+            let l = point.oneWay
+            csv += "req_rep_one_way,\(point.size),\(point.roundTrips),,,,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+        }
+        try write(csv, directory + "/baseline.csv")
+
+        csv = "mode,rate,size,sent,measured,missing,p50_us,p90_us,p99_us,p999_us,max_us,mean_us\n"
+        var cdf = "mode,rate,size,percentile,latency_us\n"
+        for point in latency {
+            let l = point.latency
+            csv += "\(point.mode),\(f(point.rate)),\(point.size),\(point.sent),\(point.measured),\(point.missing),\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max)),\(f(l.mean))\n"
+            for row in l.cdf { cdf += "\(point.mode),\(f(point.rate)),\(point.size),\(row[0]),\(row[1])\n" }
+        }
+        for point in baselineLatency {
+            for row in point.oneWay.cdf { cdf += "raw_zeromq_one_way,0,\(point.size),\(row[0]),\(row[1])\n" }
+        }
+        try write(csv, directory + "/latency.csv")
+        try write(cdf, directory + "/latency_cdf.csv")
+
+        csv = "publishers,subscribers,size,window_s,messages_per_s,delivered_per_s,mb_per_s,received,lost\n"
+        for point in throughput {
+            csv += "\(point.publishers),\(point.subscribers),\(point.size),\(f(point.windowSeconds)),\(f(point.messagesPerSecond)),\(f(point.deliveredPerSecond)),\(f(point.megabytesPerSecond)),\(point.received),\(point.lost)\n"
+        }
+        try write(csv, directory + "/throughput.csv")
+
+        csv = "signal,round,killed_leader,new_leader,killed_at_ns,new_leader_ms,receiving_again_ms,gap_ms,received,lost,duplicates,reordered\n"
+        for round in failover {
+            csv += "\(round.signal),\(round.round),\(round.killedLeader),\(round.newLeader),\(round.killedAtNanoseconds),\(f(round.newLeaderMilliseconds)),\(f(round.receivingAgainMilliseconds)),\(f(round.gapMilliseconds)),\(round.received),\(round.lost),\(round.duplicates),\(round.reordered)\n"
+        }
+        try write(csv, directory + "/failover.csv")
+
+        csv = "signal,round,killed_at_ns,seq,sent_at_ns,latency_us,read_at_ns\n"
+        for (round, messages) in failoverMessages {
+            for message in messages {
+                csv += "\(round.signal),\(round.round),\(round.killedAtNanoseconds),\(message.sequence),\(message.sentAt),\(message.latencyMicroseconds),\(message.readAt)\n"
+            }
+        }
+        try write(csv, directory + "/failover_messages.csv")
+    }
+
+    private func write(_ text: String, _ path: String) throws {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+    }
+}
+
+/// A number for CSV and tables: short, no exponent.
+func f(_ value: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", value) }
+
+// MARK: - Summary table
+
+extension BenchResults {
+    /// The human summary printed on standard output.
+    func summary() -> String {
+        var out = "\n== herald bench: \(machine.processors) CPUs, \(machine.cpuModel), \(f(machine.memoryGigabytes, 1)) GiB, libzmq \(machine.zeroMQVersion)\n"
+        if !baselineLatency.isEmpty || !baselineThroughput.isEmpty {
+            out += "\n-- raw ZeroMQ baseline (loopback TCP, one hop, project's ZeroMQ module)\n"
+            out += pad(["size", "one-way p50 us", "p99 us", "max us", "PUSH/PULL msg/s", "MB/s"]) + "\n"
+            let sizes = Set(baselineLatency.map(\.size)).union(baselineThroughput.map(\.size)).sorted()
+            for size in sizes {
+                let l = baselineLatency.first { $0.size == size }?.oneWay
+                let t = baselineThroughput(size: size)
+                out += pad([
+                    "\(size)", l.map { f($0.p50) } ?? "-", l.map { f($0.p99) } ?? "-", l.map { f($0.max) } ?? "-",
+                    t.map { f($0.messagesPerSecond, 0) } ?? "-", t.map { f($0.megabytesPerSecond, 1) } ?? "-",
+                ]) + "\n"
+            }
+        }
+        if !latency.isEmpty {
+            out += "\n-- end-to-end latency (publisher send to subscriber receive), microseconds\n"
+            out += pad(["mode", "rate/s", "size", "n", "p50", "p90", "p99", "p99.9", "max", "p50/raw", "p99/raw"]) + "\n"
+            for point in latency {
+                let l = point.latency
+                let raw = baselineLatency(size: point.size)?.oneWay
+                out += pad([
+                    point.mode, f(point.rate, 0), "\(point.size)", "\(l.count)", f(l.p50, 0), f(l.p90, 0), f(l.p99, 0),
+                    f(l.p999, 0), f(l.max, 0), raw.map { f(l.p50 / $0.p50) + "x" } ?? "-",
+                    raw.map { f(l.p99 / $0.p99) + "x" } ?? "-",
+                ]) + "\n"
+            }
+        }
+        if !throughput.isEmpty {
+            out += "\n-- broker throughput (subscriber side; messages/s through the broker, each delivered to every subscriber)\n"
+            out += pad(["pubs", "subs", "size", "msg/s", "delivered/s", "MB/s", "raw msg/s", "herald/raw", "lost"]) + "\n"
+            for point in throughput {
+                let raw = baselineThroughput(size: point.size)
+                out += pad([
+                    "\(point.publishers)", "\(point.subscribers)", "\(point.size)", f(point.messagesPerSecond, 0),
+                    f(point.deliveredPerSecond, 0), f(point.megabytesPerSecond, 1),
+                    raw.map { f($0.messagesPerSecond, 0) } ?? "-",
+                    raw.map { f(point.messagesPerSecond / $0.messagesPerSecond, 3) + "x" } ?? "-", "\(point.lost)",
+                ]) + "\n"
+            }
+        }
+        if !failover.isEmpty {
+            out += "\n-- leader failover (3 brokers; milliseconds from the signal)\n"
+            out += pad(["signal", "round", "new leader ms", "receiving ms", "gap ms", "received", "lost", "dups", "reord"]) + "\n"
+            for round in failover {
+                out += pad([
+                    round.signal, "\(round.round)", f(round.newLeaderMilliseconds, 0), f(round.receivingAgainMilliseconds, 0),
+                    f(round.gapMilliseconds, 0), "\(round.received)", "\(round.lost)", "\(round.duplicates)",
+                    "\(round.reordered)",
+                ]) + "\n"
+            }
+        }
+        if let memory {
+            out += "\n-- idle broker memory: leader VmRSS \(memory.idleLeaderKilobytes) kB, standby VmRSS \(memory.idleStandbyKilobytes) kB\n"
+        }
+        if !targets.isEmpty {
+            out += "\n-- targets\n"
+            for target in targets {
+                out += "\(target.pass ? "PASS" : "MISS")  \(target.name): \(target.measured) (target \(target.target))\n"
+            }
+        }
+        return out
+    }
+
+    private func pad(_ columns: [String]) -> String {
+        columns.enumerated().map { index, text in
+            let width = index == 0 ? 8 : 12
+            return text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+        }.joined()
+    }
+}
