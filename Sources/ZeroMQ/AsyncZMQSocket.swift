@@ -189,17 +189,20 @@ extension AsyncZMQSocket {
 
         func enqueue(_ item: Outgoing) async throws(ZMQError) {
             while true {
-                let waiterID: UInt64? = try state.withLock { (state) throws(ZMQError) -> UInt64? in
+                enum Outcome { case queued(wake: Bool), full(waiterID: UInt64) }
+                let outcome = try state.withLock { (state) throws(ZMQError) -> Outcome in
                     guard !state.closing else { throw ZMQError.closed("send") }
                     if state.outbox.count < sendQueueLimit {
                         state.outbox.append(item)
-                        return nil
+                        // The owner thread drains the whole queue once woken, so only the first message of a
+                        // burst needs the wake-up system call.
+                        return .queued(wake: state.outbox.count == 1)
                     }
                     state.nextWaiterID += 1
-                    return state.nextWaiterID
+                    return .full(waiterID: state.nextWaiterID)
                 }
-                guard let waiterID else {
-                    wake.raise()
+                guard case .full(let waiterID) = outcome else {
+                    if case .queued(wake: true) = outcome { wake.raise() }
                     return
                 }
                 try await waitForRoom(waiterID)
