@@ -46,9 +46,14 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
 
     /// Decodes a topic key received from the network.
     init?(key: [UInt8]) {
-        guard key.count >= 2, key.last == 0 else { return nil }
-        guard let topic = try? Topic(String(decoding: key.dropLast(), as: UTF8.self)),
-            Array(topic.name.utf8) == key.dropLast()
+        guard key.count >= 2, key.count <= Self.maximumLength + 1, key.last == 0 else { return nil }
+        let name = key.dropLast()
+        // Printable ASCII, the usual case, is valid as it stands; this runs for every message received.
+        if name.allSatisfy({ (0x20...0x7E).contains($0) }) {
+            self.name = String(decoding: name, as: UTF8.self)
+            return
+        }
+        guard let topic = try? Topic(String(decoding: name, as: UTF8.self)), topic.name.utf8.elementsEqual(name)
         else { return nil }
         self = topic
     }
