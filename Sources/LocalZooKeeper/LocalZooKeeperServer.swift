@@ -440,7 +440,17 @@ public final class LocalZooKeeperEnsemble: Sendable {
     public static func start(
         size: Int = 3, logger: Logger, tickTime: Duration = LocalZooKeeperServer.defaultTickTime
     ) async throws -> LocalZooKeeperEnsemble {
-        let ports = try (0..<size).map { _ in try (freeLoopbackPort(), freeLoopbackPort(), freeLoopbackPort()) }
+        // Client, quorum and election ports must all differ, or ZooKeeper rejects the configuration; the
+        // system may hand out a just-released port again, so draw until there are enough distinct ones.
+        var distinct: [UInt16] = []
+        while distinct.count < size * 3 {
+            let port = try freeLoopbackPort()
+            if !distinct.contains(port) { distinct.append(port) }
+        }
+        let ports: [(UInt16, UInt16, UInt16)] = (0..<size).map { index in
+            let base = index * 3
+            return (distinct[base], distinct[base + 1], distinct[base + 2])
+        }
         let lines = ports.enumerated().map { index, port in
             "server.\(index + 1)=127.0.0.1:\(port.1):\(port.2)"
         }

@@ -146,12 +146,16 @@ struct MetricsRouteTests {
 
 @Suite("Live server and probe")
 struct LiveServerTests {
+    /// Where an answer is expected: generous, since the whole suite runs in parallel on two loaded cores and a
+    /// slow answer is not what these tests are about.
+    let patience: Duration = .seconds(20)
+
     @Test func probeSeesOKFromALiveServer() async throws {
         let app = makeServer(health: FakeHealth(ready: true, detail: "role=leader")).makeApplication()
         try await app.test(.live) { client in
             let port = try #require(client.port)
-            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz"))
-            let outcome = await HealthProbe.probe(host: "127.0.0.1", port: port, path: "/readyz")
+            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz", timeout: patience))
+            let outcome = await HealthProbe.probe(host: "127.0.0.1", port: port, path: "/readyz", timeout: patience)
             #expect(outcome == .answered(status: 200, body: "role=leader"))
         }
     }
@@ -160,10 +164,10 @@ struct LiveServerTests {
         let app = makeServer(health: FakeHealth(ready: false, detail: "no leader")).makeApplication()
         try await app.test(.live) { client in
             let port = try #require(client.port)
-            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/readyz") == false)
-            let outcome = await HealthProbe.probe(host: "127.0.0.1", port: port, path: "/readyz")
+            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/readyz", timeout: patience) == false)
+            let outcome = await HealthProbe.probe(host: "127.0.0.1", port: port, path: "/readyz", timeout: patience)
             #expect(outcome == .answered(status: 503, body: "no leader"))
-            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz"))
+            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz", timeout: patience))
         }
     }
 
@@ -177,7 +181,7 @@ struct LiveServerTests {
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
             #expect(port > 0)
-            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz"))
+            #expect(await HealthProbe.check(host: "127.0.0.1", port: port, path: "/healthz", timeout: patience))
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
             return port
@@ -195,7 +199,7 @@ struct LiveServerTests {
         // A route slower than the probe's timeout: the connection succeeds, the answer never comes in time.
         let router = Router()
         router.get("slow") { _, _ in
-            try await Task.sleep(for: .seconds(1.5))
+            try await Task.sleep(for: .seconds(3))
             return "late"
         }
         try await Application(router: router, logger: quietLogger).test(.live) { client in
@@ -203,12 +207,16 @@ struct LiveServerTests {
             let clock = ContinuousClock()
             let start = clock.now
             let outcome = await HealthProbe.probe(
-                host: "127.0.0.1", port: port, path: "/slow", timeout: .milliseconds(300))
+                host: "127.0.0.1", port: port, path: "/slow", timeout: .milliseconds(500))
             let elapsed = start.duration(to: clock.now)
-            #expect(outcome == .unreachable(reason: "http://127.0.0.1:\(port)/slow: timed out waiting for an answer"))
-            // A timeout outcome already proves the probe gave up before the 1.5 s answer; no upper bound on
-            // `elapsed`, which a loaded machine would make flaky.
-            #expect(elapsed >= .milliseconds(300))
+            // On a loaded machine even connecting may take longer than the timeout; either way the probe gave
+            // up as a timeout, before the 3 s answer, which is the behaviour under test.
+            guard case .unreachable(let reason) = outcome else {
+                Issue.record("expected a timeout, got \(outcome)")
+                return
+            }
+            #expect(reason.contains("timed out"))
+            #expect(elapsed >= .milliseconds(500))
         }
     }
 
