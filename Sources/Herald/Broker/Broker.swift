@@ -78,7 +78,7 @@ public final class Broker: Service, Sendable {
                 } catch {
                     let delay = backoff.nextDelay()
                     self.logger.warning(
-                        "lost ZooKeeper; rejoining on a new session",
+                        "no ZooKeeper session (unreachable, lost or expired); retrying on a new one",
                         metadata: ["error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay.seconds))"])
                     await session.close()
                     try? await Task.sleep(for: delay)
