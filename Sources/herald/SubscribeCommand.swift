@@ -108,8 +108,13 @@ struct MessagePrinter: Service {
             topic: message.topic.name, publisher: message.header.publisher.description, seq: message.header.sequence,
             sent_at_ns: message.header.sentAt, latency_us: latency.seconds * 1_000_000 + latency.attoseconds / 1_000_000_000_000,
             size: message.payload.count, payload: String(decoding: message.payload, as: UTF8.self))
+        return String(decoding: (try? lineEncoder.encode(line)) ?? Data(), as: UTF8.self)
+    }
+
+    /// One encoder for every line: making one per message costs more than encoding the message.
+    private static let lineEncoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(line)) ?? Data(), as: UTF8.self)
-    }
+        return encoder
+    }()
 }
