@@ -123,6 +123,9 @@ public final class Publisher: Service, Sendable {
         }
     }
 
+    /// How long stopping waits for the last messages to leave for the leader.
+    static let flushLimit: Duration = .seconds(2)
+
     /// Creates a publisher; it connects when ``run()`` starts.
     /// - Parameters:
     ///   - configuration: the publisher's settings.
@@ -215,6 +218,24 @@ public final class Publisher: Service, Sendable {
         }
         for waiter in waiters { waiter.resume() }
         for socket in sockets { await socket.close() }
+        // Closed sockets keep their last messages for the linger period, but only a terminated context waits
+        // for them: without this, a process that exits right after publishing loses its last messages.
+        // Bounded, so that a socket some future change forgets to close costs a log line, not a hung exit.
+        let flushed = await firstResult(within: Self.flushLimit + .seconds(1)) { [context] in
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool?, Never>) in
+                Thread.detachNewThread {
+                    context.terminate()
+                    continuation.resume(returning: true)
+                }
+            }
+        }
+        if flushed == nil { logger.warning("the last messages did not leave within \(Self.flushLimit)") }
+        // Subscribers can count a gap only between messages they see; these never reached any leader.
+        if expiredCount > 0 {
+            logger.warning(
+                "messages left the retention buffer before any leader took them; raise --retention-count or --retention-age",
+                metadata: ["count": "\(expiredCount)"])
+        }
         logger.info("publisher stopped")
     }
 
@@ -228,6 +249,8 @@ public final class Publisher: Service, Sendable {
                 try $0.set(.heartbeatInterval(self.configuration.heartbeatInterval))
                 try $0.set(.heartbeatTimeout(self.configuration.heartbeatInterval * 3))
                 try $0.set(.sendHighWaterMark(BrokerConfiguration.defaultHighWaterMark))
+                // A stopping publisher's queue may hold many messages for a live leader: give them time to leave.
+                try $0.set(.linger(Self.flushLimit))
                 try $0.connect(record.requestEndpoint)
             }
         } catch {
