@@ -34,28 +34,20 @@ struct ClusterFailoverTests {
             try await subscriber.waitForMessage(timeout: .seconds(5), "steady flow") { $0.seq >= first.seq + 25 }
 
             for signal in [SIGKILL, SIGTERM] {
-                // Asked right before the kill: on a loaded machine a 2 s session can expire on its own, and
-                // leadership then moves without the test's help.
-                let current = try await cluster.waitForStatus("a leader", timeout: Self.startup) { $0.leader != nil }
-                let leader = try #require(current.leader?.broker)
-                let removed = brokers.removeValue(forKey: leader)
-                let victim = try #require(removed, "leader \(leader) is not one of ours")
-                let lastSeen = try #require(subscriber.messages.last).seq
-                let survivors = brokers
-                let marks = survivors.mapValues { $0.stderrLines.count }
-                let countAtKill = subscriber.messages.count
-                let killedAt = ContinuousClock.now
-                let killedAtWallClock = wallClockNanoseconds()
-                victim.kill(signal)
-
-                // The successor announces itself; it is one of the survivors, never the victim.
-                let limit = signal == SIGKILL ? Self.crashTakeover : Self.gracefulTakeover
-                let successor = try await victim.waitFor("a successor to \(leader)", timeout: limit) {
-                    survivors.first { id, broker in
-                        broker.stderrLines.dropFirst(marks[id]!).contains { $0.contains("elected leader") }
-                    }?.key
+                var lastSeenAtKill: UInt64?
+                var countAtKill = 0
+                let stopped = try await cluster.stopLeader(
+                    with: signal, brokers: &brokers, startup: Self.startup,
+                    takeoverLimit: signal == SIGKILL ? Self.crashTakeover : Self.gracefulTakeover
+                ) {
+                    lastSeenAtKill = subscriber.messages.last?.seq
+                    countAtKill = subscriber.messages.count
                 }
-                let takeover = ContinuousClock.now - killedAt
+                let lastSeen = try #require(lastSeenAtKill)
+                let (leader, victim, successor) = (stopped.leader, stopped.victim, stopped.successor)
+                let (killedAt, killedAtWallClock, takeover) = (
+                    stopped.signalledAt, stopped.signalledAtWallClock, stopped.takeover
+                )
                 let receivedDuringTakeover = subscriber.messages.count - countAtKill
                 #expect(successor != leader)
                 if mode == "direct" && signal == SIGKILL {

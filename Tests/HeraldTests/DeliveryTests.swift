@@ -151,23 +151,11 @@ struct DeliveryTests {
         with signal: Int32, cluster: HeraldCluster, brokers: inout [String: HeraldProcess], subscriber: HeraldProcess,
         watcher: PrintedWatcher, streams: Int
     ) async throws -> String {
-        let current = try await cluster.waitForStatus("a leader", timeout: Self.startup) { $0.leader != nil }
-        let leader = try #require(current.leader?.broker)
-        let removed = brokers.removeValue(forKey: leader)
-        let victim = try #require(removed, "leader \(leader) is not one of ours")
-        let survivors = brokers
-        let marks = survivors.mapValues { $0.stderrLines.count }
-        let killedAt = ContinuousClock.now
-        let killedAtWallClock = wallClockNanoseconds()
-        victim.kill(signal)
-
         let limit = signal == SIGKILL ? Self.crashResume : Self.gracefulResume
-        let successor = try await victim.waitFor("a successor to \(leader)", timeout: limit) {
-            survivors.first { id, broker in
-                broker.stderrLines.dropFirst(marks[id]!).contains { $0.contains("elected leader") }
-            }?.key
-        }
-        let takeover = ContinuousClock.now - killedAt
+        let stopped = try await cluster.stopLeader(
+            with: signal, brokers: &brokers, startup: Self.startup, takeoverLimit: limit)
+        let (leader, victim, successor) = (stopped.leader, stopped.victim, stopped.successor)
+        let (killedAt, killedAtWallClock, takeover) = (stopped.signalledAt, stopped.signalledAtWallClock, stopped.takeover)
         try await watcher.wait(
             "messages sent after signal \(signal) from all \(streams) streams",
             timeout: limit - (ContinuousClock.now - killedAt) + .seconds(2)

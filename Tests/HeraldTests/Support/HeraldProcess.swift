@@ -380,6 +380,53 @@ final class HeraldCluster: Sendable {
         return status.leader!.broker
     }
 
+    /// The outcome of ``stopLeader(with:brokers:startup:takeoverLimit:beforeSignal:)``.
+    struct Takeover {
+        /// The broker that led and was signalled.
+        var leader: String
+        /// Its process, removed from the caller's brokers.
+        var victim: HeraldProcess
+        /// The survivor that announced it was elected.
+        var successor: String
+        /// When the signal was sent, on the monotonic and on the wall clock (for comparing with `sent_at_ns`).
+        var signalledAt: ContinuousClock.Instant
+        var signalledAtWallClock: UInt64
+        /// From the signal until the successor announced itself.
+        var takeover: Duration
+    }
+
+    /// Sends `signal` to the current leader (read from `herald status` right before, since on a loaded machine a
+    /// short session can expire by itself and move leadership), then waits until one of the remaining brokers
+    /// logs that it was elected.
+    /// - Parameters:
+    ///   - brokers: the cluster's brokers by ID; the leader is removed from it.
+    ///   - beforeSignal: runs right before the signal, to record what the test compares against afterwards.
+    func stopLeader(
+        with signal: Int32, brokers: inout [String: HeraldProcess], startup: Duration, takeoverLimit: Duration,
+        beforeSignal: () -> Void = {}
+    ) async throws -> Takeover {
+        let current = try await waitForStatus("a leader", timeout: startup) { $0.leader != nil }
+        let leader = try #require(current.leader?.broker)
+        let removed = brokers.removeValue(forKey: leader)
+        let victim = try #require(removed, "leader \(leader) is not one of ours")
+        let survivors = brokers
+        let marks = survivors.mapValues { $0.stderrLines.count }
+        beforeSignal()
+        let signalledAt = ContinuousClock.now
+        let signalledAtWallClock = wallClockNanoseconds()
+        victim.kill(signal)
+
+        // The successor announces itself; it is one of the survivors, never the victim.
+        let successor = try await victim.waitFor("a successor to \(leader)", timeout: takeoverLimit) {
+            survivors.first { id, broker in
+                broker.stderrLines.dropFirst(marks[id]!).contains { $0.contains("elected leader") }
+            }?.key
+        }
+        return Takeover(
+            leader: leader, victim: victim, successor: successor, signalledAt: signalledAt,
+            signalledAtWallClock: signalledAtWallClock, takeover: ContinuousClock.now - signalledAt)
+    }
+
     /// Every process's state and last stderr lines.
     func diagnostics() -> String {
         processes.withLock { $0 }.map { $0.diagnostics() }.joined(separator: "\n")
