@@ -65,6 +65,34 @@ struct SequencerTests {
         #expect(sequencer.statistics.lost == 1)
     }
 
+    @Test func extremeSequenceNumbersSaturateTheCountsInsteadOfTrapping() {
+        // Sequence numbers come from the network: a sender may jump to the top of the range on several streams.
+        var sequencer = Sequencer(gapTimeout: .seconds(1))
+        let other = PublisherID()
+        _ = sequencer.accept(message(1), now: start)
+        _ = sequencer.accept(message(.max), now: start)
+        _ = sequencer.accept(message(1, from: other), now: start)
+        _ = sequencer.accept(message(.max, from: other), now: start)
+        let delivered = sequencer.expireGaps(now: start + .seconds(2))
+        #expect(sequences(delivered) == [.max, .max])
+        #expect(sequencer.statistics.lost == .max, "two gaps of 2^64 - 3 saturate the count")
+        #expect(sequencer.statistics.delivered == 4)
+    }
+
+    @Test func latencyIsTotalForAnySendTime() {
+        // A send time far in the future or the past is what a lying or broken sender claims; it must not trap.
+        var received = message(1)
+        received.receivedAt = 1_000
+        received.header.sentAt = .max
+        #expect(received.latency == .nanoseconds(Int64.min))
+        received.header.sentAt = 0
+        received.receivedAt = .max
+        #expect(received.latency == .nanoseconds(Int64.max))
+        received.receivedAt = 2_000
+        received.header.sentAt = 500
+        #expect(received.latency == .nanoseconds(1_500))
+    }
+
     @Test func topicsAndPublishersAreSeparateStreams() {
         var sequencer = Sequencer()
         let other = PublisherID()

@@ -265,8 +265,11 @@ private final class EngineLoop {
 
     /// Sends kept messages to one subscriber, then the end marker with what publishers offer.
     private func serveHistory(_ query: HistoryRequest, to identity: [UInt8]) {
+        // A client may name a topic twice or name thousands: each is served once, and at most a bounded number.
+        var seen = Set<String>()
+        let topics = query.topics.prefix(HistoryRequest.maximumTopics).filter { seen.insert($0).inserted }
         var sent = 0
-        for topic in query.topics {
+        for topic in topics {
             guard let kept = histories[topic]?.elements, !kept.isEmpty else { continue }
             let selected: ArraySlice<[[UInt8]]>
             if let limit = query.limit {
@@ -290,8 +293,9 @@ private final class EngineLoop {
                 }
             }
         }
-        let end = HistoryEnd(
-            offered: Dictionary(uniqueKeysWithValues: query.topics.map { ($0, offers[$0] ?? 0) }), sent: sent)
+        var offered: [String: Int] = [:]
+        for topic in topics { offered[topic] = offers[topic] ?? 0 }
+        let end = HistoryEnd(offered: offered, sent: sent)
         respond(to: identity, kind: .historyEnd, body: (try? JSONEncoder.herald.encode(end)) ?? Data())
     }
 
@@ -326,11 +330,11 @@ private final class EngineLoop {
         }
         let registered = registrations.values.map(\.registration)
         for (topic, count) in forwarded {
-            messagesIn.increment(topic, by: Int(count))
-            messagesOut.increment(topic, by: Int(count))
+            messagesIn.increment(topic, by: Int(clamping: count))
+            messagesOut.increment(topic, by: Int(clamping: count))
         }
-        for (topic, count) in dropped { messagesIn.increment(topic, by: Int(count)) }
-        if malformed > 0 { Counter(label: Instruments.brokerMalformed).increment(by: Int(malformed)) }
+        for (topic, count) in dropped { messagesIn.increment(topic, by: Int(clamping: count)) }
+        if malformed > 0 { Counter(label: Instruments.brokerMalformed).increment(by: Int(clamping: malformed)) }
         Gauge(label: Instruments.brokerClients, dimensions: [("kind", "publishers")])
             .record(registrations.count)
         Gauge(label: Instruments.brokerClients, dimensions: [("kind", "subscribed_topics")]).record(subscribedTopics.count)

@@ -122,6 +122,10 @@ enum RequestKind: UInt8 {
 
 /// A subscriber's request for messages a broker kept.
 struct HistoryRequest: Codable, Sendable, Equatable {
+    /// The most topics one request is served for; the rest are ignored. A subscriber names its own topics,
+    /// which are few; more is a mistake or an attack on the broker's time.
+    static let maximumTopics = 1024
+
     /// The topics asked about.
     var topics: [String]
     /// For late joiners: the last `limit` messages of each topic. `nil` asks only for recovery (`after`).

@@ -83,7 +83,7 @@ public struct Sequencer: Sendable {
         }
         defer { streams[key] = stream }
         if sequence < stream.next || stream.held[sequence] != nil {
-            statistics.duplicates += 1
+            statistics.duplicates = statistics.duplicates.addingSaturated(1)
             return []
         }
         if sequence > stream.next {
@@ -92,11 +92,11 @@ public struct Sequencer: Sendable {
             if stream.held.count > holdLimit { return skipGap(&stream, now: now) }
             return []
         }
-        if !stream.held.isEmpty { statistics.reordered += 1 }
+        if !stream.held.isEmpty { statistics.reordered = statistics.reordered.addingSaturated(1) }
         var delivered = [message]
         stream.next = sequence &+ 1
         drain(&stream, into: &delivered, now: now)
-        statistics.delivered += UInt64(delivered.count)
+        statistics.delivered = statistics.delivered.addingSaturated(UInt64(delivered.count))
         return delivered
     }
 
@@ -119,11 +119,12 @@ public struct Sequencer: Sendable {
             stream.gapOpenedAt = nil
             return []
         }
-        statistics.lost += lowest - stream.next
+        // Sequence numbers come from the network: a sender may jump to any of them, so the count saturates.
+        statistics.lost = statistics.lost.addingSaturated(lowest - stream.next)
         stream.next = lowest
         var delivered: [ReceivedMessage] = []
         drain(&stream, into: &delivered, now: now)
-        statistics.delivered += UInt64(delivered.count)
+        statistics.delivered = statistics.delivered.addingSaturated(UInt64(delivered.count))
         return delivered
     }
 
@@ -135,5 +136,13 @@ public struct Sequencer: Sendable {
             stream.next &+= 1
         }
         stream.gapOpenedAt = stream.held.isEmpty ? nil : now
+    }
+}
+
+extension UInt64 {
+    /// The sum, or `UInt64.max` when it would overflow: for counts driven by values from the network.
+    func addingSaturated(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
     }
 }

@@ -46,8 +46,20 @@ public struct ReceivedMessage: Sendable, Hashable {
 
     /// End-to-end latency from the publisher's send to this arrival (publisher and subscriber clocks must agree
     /// when they run on different hosts).
+    /// Total for any send time a publisher claims: a difference beyond `Int64`'s range saturates.
     public var latency: Duration {
-        .nanoseconds(Int64(receivedAt) - Int64(header.sentAt))
+        .nanoseconds(Self.nanoseconds(from: header.sentAt, to: receivedAt))
+    }
+
+    /// `to - from` in nanoseconds, saturated to `Int64`'s range: a send time comes from the network, so it
+    /// may be anything.
+    static func nanoseconds(from start: UInt64, to end: UInt64) -> Int64 {
+        if end >= start {
+            let difference = end - start
+            return difference > UInt64(Int64.max) ? .max : Int64(difference)
+        }
+        let difference = start - end
+        return difference > UInt64(Int64.max) ? .min : -Int64(difference)
     }
 }
 
@@ -203,7 +215,9 @@ public final class Subscriber: Service, Sendable {
             if case .historyEnd(let end) = input { noteHistoryEnd(end) }
             for message in delivered {
                 receivedCounters.increment(message.topic.name)
-                latencyTimer.recordNanoseconds(Int64(message.receivedAt) - Int64(message.header.sentAt))
+                // A send time in the future (clocks apart, or a lying sender) is no latency worth recording.
+                let latency = ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt)
+                if latency >= 0 { latencyTimer.recordNanoseconds(latency) }
                 await output.push(message)
             }
             let after = pipeline.sequencer.statistics
@@ -214,14 +228,14 @@ public final class Subscriber: Service, Sendable {
     private func record(_ before: Sequencer.Statistics, _ after: Sequencer.Statistics) {
         state.withLock { $0.statistics = after }
         if after.lost > before.lost {
-            Counter(label: Instruments.lost).increment(by: Int(after.lost - before.lost))
+            Counter(label: Instruments.lost).increment(by: Int(clamping: after.lost - before.lost))
             logger.warning("messages lost", metadata: ["count": "\(after.lost - before.lost)", "total": "\(after.lost)"])
         }
         if after.duplicates > before.duplicates {
-            Counter(label: Instruments.duplicated).increment(by: Int(after.duplicates - before.duplicates))
+            Counter(label: Instruments.duplicated).increment(by: Int(clamping: after.duplicates - before.duplicates))
         }
         if after.reordered > before.reordered {
-            Counter(label: Instruments.reordered).increment(by: Int(after.reordered - before.reordered))
+            Counter(label: Instruments.reordered).increment(by: Int(clamping: after.reordered - before.reordered))
         }
     }
 
