@@ -16,15 +16,23 @@ public final class ZMQContext: @unchecked Sendable {
     private let terminated = Atomic<Bool>(false)
 
     /// Creates a context.
-    /// - Parameter ioThreads: libzmq's I/O thread count; one handles about a gigabyte per second.
-    public init(ioThreads: Int = 1) throws(ZMQError) {
+    /// - Parameters:
+    ///   - ioThreads: libzmq's I/O thread count; one handles about a gigabyte per second.
+    ///   - zeroCopyReceive: whether received frames may point into libzmq's shared 8 KiB read buffers instead
+    ///     of owning a block each. Sharing saves an allocation per message, but a frame kept for long pins its
+    ///     whole buffer: a process that keeps received frames (a broker's history) turns it off, so that the
+    ///     memory it holds is the bytes it counts.
+    public init(ioThreads: Int = 1, zeroCopyReceive: Bool = true) throws(ZMQError) {
         guard let handle = zmq_ctx_new() else { throw ZMQError.last("zmq_ctx_new") }
         self.handle = handle
-        guard zmq_ctx_set(handle, ZMQ_IO_THREADS, Int32(ioThreads)) == 0 else {
+        guard zmq_ctx_set(handle, ZMQ_IO_THREADS, Int32(clamping: ioThreads)) == 0 else {
             let error = ZMQError.last("zmq_ctx_set(ZMQ_IO_THREADS, \(ioThreads))")
             zmq_ctx_term(handle)
             throw error
         }
+        // ZMQ_ZERO_COPY_RECV is a draft option that Debian's stable libzmq accepts; a library that refuses it
+        // keeps sharing, which costs memory but not correctness.
+        if !zeroCopyReceive { _ = zmq_ctx_set(handle, czmq_zero_copy_recv(), 0) }
     }
 
     /// Shuts the context down: blocking calls on its sockets return ``ZMQError/Kind/contextTerminated`` at once.

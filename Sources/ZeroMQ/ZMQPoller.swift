@@ -77,6 +77,20 @@ public final class ZMQPoller {
         return Int(count)
     }
 
+    /// Waits until one socket is ready for `events`, for code that waits on a single socket now and then.
+    /// - Parameters:
+    ///   - socket: the socket.
+    ///   - events: what to wait for.
+    ///   - timeout: how long to wait; `nil` waits without limit.
+    /// - Returns: the events the socket is ready for (empty after a timeout).
+    @discardableResult
+    public static func wait(on socket: ZMQSocket, for events: ZMQEvents, timeout: Duration?) throws(ZMQError) -> ZMQEvents {
+        let poller = ZMQPoller()
+        let entry = poller.register(socket, for: events)
+        try poller.poll(timeout: timeout)
+        return poller.readyEvents(entry)
+    }
+
     /// The events an entry was found ready for by the last ``poll(timeout:)``.
     /// - Parameter index: the index ``register(_:for:)`` returned.
     public func readyEvents(_ index: Int) -> ZMQEvents {

@@ -99,6 +99,9 @@ public enum ZMQSocketOption: Sendable, Equatable {
     case sendTimeout(Duration?)
     /// Timeout of a blocking receive (`nil`: wait forever).
     case receiveTimeout(Duration?)
+    /// The largest message a peer may send, in bytes (`nil`: no limit); a peer that sends more is disconnected
+    /// by libzmq before the message is allocated.
+    case maximumMessageSize(Int?)
 }
 
 /// A pair of CURVE keys in Z85 text.
@@ -263,6 +266,59 @@ public final class ZMQSocket {
         return ZMQMessage(frames: frames)
     }
 
+    // MARK: Frames: the allocation-free data path
+
+    /// Receives one frame of a message into `frame`, replacing what it held.
+    /// - Parameters:
+    ///   - frame: where the frame goes; its previous content is released.
+    ///   - dontWait: fail with ``ZMQError/Kind/wouldBlock`` instead of blocking when nothing is queued.
+    /// - Returns: whether more frames of the same message follow (they are already queued: receive them at once).
+    public func receive(into frame: inout ZMQFrame, dontWait: Bool = false) throws(ZMQError) -> Bool {
+        let handle = try open("receive")
+        guard zmq_msg_recv(&frame.message, handle, dontWait ? ZMQ_DONTWAIT : 0) >= 0 else {
+            throw ZMQError.last("receive")
+        }
+        return zmq_msg_more(&frame.message) != 0
+    }
+
+    /// Receives and drops the rest of a message whose first frames were received, so that the next receive
+    /// starts a new message; for messages with more frames than the protocol allows.
+    /// - Returns: how many frames were dropped.
+    @discardableResult
+    public func discardRemainingFrames() -> Int {
+        var dropped = 0
+        var frame = ZMQFrame()
+        // The rest of a multipart message is delivered with its first frame, so this never blocks.
+        while (try? receive(into: &frame, dontWait: true)) != nil {
+            dropped += 1
+            guard zmq_msg_more(&frame.message) != 0 else { break }
+        }
+        return dropped
+    }
+
+    /// Sends one frame without copying it: libzmq takes its content and the frame is left empty. When the call
+    /// fails, for example with ``ZMQError/Kind/wouldBlock``, the frame keeps its content and can be sent again.
+    /// - Parameters:
+    ///   - frame: the frame.
+    ///   - more: whether more frames of the same message follow.
+    ///   - dontWait: fail with ``ZMQError/Kind/wouldBlock`` instead of blocking at the high-water mark.
+    public func send(_ frame: inout ZMQFrame, more: Bool = false, dontWait: Bool = false) throws(ZMQError) {
+        let handle = try open("send")
+        let flags = (more ? ZMQ_SNDMORE : 0) | (dontWait ? ZMQ_DONTWAIT : 0)
+        guard zmq_msg_send(&frame.message, handle, flags) >= 0 else { throw ZMQError.last("send") }
+    }
+
+    /// Sends `bytes` as one frame; libzmq copies them, so the buffer may be reused as soon as this returns.
+    /// - Parameters:
+    ///   - bytes: the frame's content.
+    ///   - more: whether more frames of the same message follow.
+    ///   - dontWait: fail with ``ZMQError/Kind/wouldBlock`` instead of blocking at the high-water mark.
+    public func send(bytes: UnsafeRawBufferPointer, more: Bool = false, dontWait: Bool = false) throws(ZMQError) {
+        let handle = try open("send")
+        let flags = (more ? ZMQ_SNDMORE : 0) | (dontWait ? ZMQ_DONTWAIT : 0)
+        guard zmq_send(handle, bytes.baseAddress, bytes.count, flags) >= 0 else { throw ZMQError.last("send") }
+    }
+
     // MARK: Options
 
     /// Sets a socket option.
@@ -301,6 +357,12 @@ public final class ZMQSocket {
             try setInt(ZMQ_RECONNECT_IVL_MAX, milliseconds(value), "ZMQ_RECONNECT_IVL_MAX")
         case .sendTimeout(let value): try setInt(ZMQ_SNDTIMEO, milliseconds(value), "ZMQ_SNDTIMEO")
         case .receiveTimeout(let value): try setInt(ZMQ_RCVTIMEO, milliseconds(value), "ZMQ_RCVTIMEO")
+        case .maximumMessageSize(let value):
+            let handle = try open("setsockopt(ZMQ_MAXMSGSIZE)")
+            var limit = Int64(value ?? -1)
+            guard zmq_setsockopt(handle, ZMQ_MAXMSGSIZE, &limit, MemoryLayout<Int64>.size) == 0 else {
+                throw ZMQError.last("setsockopt(ZMQ_MAXMSGSIZE, \(limit))")
+            }
         }
     }
 
