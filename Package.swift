@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "LocalZooKeeper", targets: ["LocalZooKeeper"]),
         .library(name: "Herald", targets: ["Herald"]),
         .executable(name: "herald", targets: ["herald"]),
+        .executable(name: "herald-zmq-baseline", targets: ["ZMQBaseline"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -88,6 +89,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+
+        // The raw ZeroMQ baseline of `herald bench`: libzmq called straight from C, so Herald's figures are
+        // ratios to what the same machine does with no Swift and no Herald in the way.
+        .executableTarget(
+            name: "ZMQBaseline",
+            linkerSettings: [.linkedLibrary("zmq")]
         ),
 
         // Helpers the test targets share: private ZooKeeper servers, deadlines, a quiet logger.
