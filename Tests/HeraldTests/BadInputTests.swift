@@ -3,6 +3,8 @@ import TestSupport
 import Testing
 import ZeroMQ
 
+@testable import Herald
+
 // Bad input from the network and from the command line: random bytes on every listening port, well-formed
 // ZeroMQ connections that send malformed frames, and invalid options. Nothing may crash, stall the traffic of
 // well-behaved clients, or lose their messages. Serialized for the same reason as the other process tests.
@@ -91,6 +93,10 @@ struct BadInputTests {
             let dealer = try ZMQSocket(context: context, type: .dealer)
             try dealer.set(.linger(.seconds(1)))
             try dealer.connect(endpoint)
+            // Registered, so that data frames are decoded rather than refused for want of a registration.
+            let registration = ControlFrame.encode(
+                .register, PublisherRegistration(publisher: PublisherID(), endpoint: "", topics: ["steady"]))
+            try dealer.send(ZMQMessage(frames: [registration]))
             for request in malformed { try dealer.send(ZMQMessage(frames: request.frames)) }
 
             let expected = baseline + UInt64(malformed.count)
@@ -122,35 +128,30 @@ struct BadInputTests {
 
     /// Requests the broker must refuse, one for each way its parser can say no.
     static func malformedRequests() -> [Request] {
-        let topic = Array("steady".utf8) + [0]
-        let goodHeader: [UInt8] = [1, 0] + Array(repeating: 0xAB, count: 16) + Array(repeating: 0, count: 16)
-        var futureVersion = goodHeader
-        futureVersion[0] = 2
-        var flagsSet = goodHeader
-        flagsSet[1] = 0x80
-        func json(_ text: String) -> [UInt8] { Array(text.utf8) }
+        let header: [UInt8] = Array(repeating: 0xAB, count: 16) + [0, 0, 0, 0, 0, 0, 0, 1] + Array(repeating: 0, count: 8)
+        let data: [UInt8] = [2, 1] + Array("steady".utf8) + [0] + header
+        func control(_ kind: UInt8, _ text: String) -> [UInt8] { [2, kind] + Array(text.utf8) }
         return [
-            Request(label: "unknown kind", frames: [[0xFF]]),
+            Request(label: "unknown kind", frames: [[2, 0xFF]]),
             Request(label: "empty frame", frames: [[]]),
-            Request(label: "two-byte kind", frames: [[1, 1]]),
-            Request(label: "publish with one body frame", frames: [[1], [1, 2, 3]]),
-            Request(label: "publish with a short header", frames: [[1], topic, [1, 0, 9], Array("x".utf8)]),
-            Request(label: "publish of a future version", frames: [[1], topic, futureVersion, Array("x".utf8)]),
-            Request(label: "publish with flags set", frames: [[1], topic, flagsSet, Array("x".utf8)]),
-            Request(label: "publish with an unterminated topic", frames: [[1], Array("steady".utf8), goodHeader, []]),
-            Request(
-                label: "publish with a control character in the topic", frames: [[1], [0x61, 0x09, 0], goodHeader, []]),
-            Request(label: "publish with an extra frame", frames: [[1], topic, goodHeader, [], []]),
-            Request(label: "register with JSON garbage", frames: [[2], json("{not json")]),
-            Request(label: "register with the wrong shape", frames: [[2], json(#"{"publisher": 5}"#)]),
-            Request(label: "unregister with no body", frames: [[3]]),
-            Request(label: "lookup with JSON garbage", frames: [[4], json("[[[")]),
-            Request(label: "lookup with two bodies", frames: [[4], json(#"{"topics":[]}"#), json(#"{"topics":[]}"#)]),
-            Request(label: "status with a body", frames: [[5], [1]]),
-            Request(label: "history with the wrong shape", frames: [[6], json(#"{"topics": "steady"}"#)]),
-            Request(label: "history with random bytes", frames: [[6], randomBytes(512)]),
-            Request(label: "history end from a client", frames: [[7], json("{}")]),
-            Request(label: "2 MB register frame", frames: [[2], Array(repeating: UInt8(ascii: "{"), count: 2 << 20)]),
+            Request(label: "version 1 request", frames: [[1]]),
+            Request(label: "future version", frames: [[3, 1] + Array("steady".utf8) + [0] + header]),
+            Request(label: "data with an extra frame", frames: [data, []]),
+            Request(label: "data with a short header", frames: [[2, 1] + Array("steady".utf8) + [0, 1, 0, 9]]),
+            Request(label: "data with an unterminated topic", frames: [[2, 1] + Array("steady".utf8)]),
+            Request(label: "data with an empty topic", frames: [[2, 1, 0] + header]),
+            Request(label: "data with a control character in the topic", frames: [[2, 1, 0x61, 0x09, 0] + header]),
+            Request(label: "data with sequence number 0", frames: [[2, 1, 0x61, 0] + header.prefix(16) + Array(repeating: 0, count: 16)]),
+            Request(label: "register with JSON garbage", frames: [control(2, "{not json")]),
+            Request(label: "register with the wrong shape", frames: [control(2, #"{"publisher": 5}"#)]),
+            Request(label: "unregister with no body", frames: [[2, 3]]),
+            Request(label: "lookup with JSON garbage", frames: [control(4, "[[[")]),
+            Request(label: "lookup in two frames", frames: [control(4, #"{"topics":[]}"#), control(4, #"{"topics":[]}"#)]),
+            Request(label: "status with a body", frames: [[2, 5, 1]]),
+            Request(label: "a subscription on the request port", frames: [control(6, #"{"topics":["steady"],"window":65536}"#)]),
+            Request(label: "credit from a client", frames: [[2, 8, 0, 0, 0, 0, 0, 0, 0, 1]]),
+            Request(label: "random bytes after an unknown kind", frames: [[2, 0x7F] + randomBytes(512)]),
+            Request(label: "random bytes", frames: [[0] + randomBytes(512)]),
         ]
     }
 

@@ -29,7 +29,6 @@ public final class Broker: Service, Sendable {
     public let configuration: BrokerConfiguration
     private let logger: Logger
     private let state = Mutex<(role: Role, leaderChanges: Int, sessionState: SessionState)>((.starting, 0, .connecting))
-    let counters = BrokerCounters()
 
     /// Creates a broker; nothing happens until ``run()``.
     /// - Parameters:
@@ -55,7 +54,8 @@ public final class Broker: Service, Sendable {
     /// - Throws: ``HeraldConfigurationError`` when the cluster has the other mode or a port cannot be bound;
     ///   ZooKeeper and network faults are retried, never thrown.
     public func run() async throws {
-        let context = try ZMQContext()
+        // The broker keeps received frames in its logs: each must own its bytes, not pin a shared read buffer.
+        let context = try ZMQContext(zeroCopyReceive: false)
         defer { context.terminate() }
         try await cancelWhenGracefulShutdown {
             var backoff = Backoff()
@@ -143,43 +143,121 @@ public final class Broker: Service, Sendable {
 
         state.withLock { $0.leaderChanges += 1 }
         Counter(label: Instruments.leaderChanges).increment()
-        var engine = try await startServing(session, context: context)
+        guard let candidate = election.candidatePath, let sequence = LeaderElection.sequenceNumber(of: candidate) else {
+            throw ZooKeeperError(code: .sessionExpired, path: layout.electionPath)
+        }
+        var term = Term(session: session, candidate: candidate, sequence: UInt64(sequence))
+        var engine = try await startServing(&term, context: context)
         defer { logger.info("no longer serving") }
         do {
             while true {
-                // Serve until ZooKeeper is out of reach. A disconnected leader cannot know whether its session
-                // is still alive, so it stops serving at once: that happens before the session can expire and
-                // before anyone else can be elected.
-                let lost = await Self.firstState(of: session, where: { $0 != .connected && $0 != .connectedReadOnly })
-                await engine.stop()
-                setRole(.suspended, session: lost ?? .closed)
-                guard let lost, !lost.isTerminal else { throw ZooKeeperError(code: .sessionExpired) }
-                logger.warning("lost contact with ZooKeeper; stopped serving until it is back")
-                let back = await Self.firstState(
-                    of: session, where: { $0.isConnected || $0.isTerminal }, within: configuration.zookeeper.sessionTimeout)
-                guard let back, back.isConnected else {
-                    throw ZooKeeperError(code: .sessionExpired)
+                switch await leadUntilDisturbed(term) {
+                case .leaderRecordGone:
+                    // Deleted by an operator or a stray client: clients would lose the leader, so write it again.
+                    logger.warning("the leader record disappeared while this broker leads; writing it again")
+                    try await announce(term.record!, term)
+                case .candidateGone:
+                    // Without its candidate, this broker no longer holds its place: stop, and stand again.
+                    logger.warning("this broker's election candidate disappeared; stepping down")
+                    await engine.stop()
+                    setRole(.suspended, session: session.state)
+                    try? await deleteOwnRecord(term)
+                    throw ZooKeeperError(code: .sessionExpired, path: candidate)
+                case .disconnected(let lost):
+                    // A disconnected leader cannot know whether its session is still alive, so it stops serving
+                    // at once: that happens before the session can expire and before anyone else is elected.
+                    await engine.stop()
+                    setRole(.suspended, session: lost ?? .closed)
+                    guard let lost, !lost.isTerminal else { throw ZooKeeperError(code: .sessionExpired) }
+                    logger.warning("lost contact with ZooKeeper; stopped serving until it is back")
+                    let back = await Self.firstState(
+                        of: session, where: { $0.isConnected || $0.isTerminal },
+                        within: configuration.zookeeper.sessionTimeout)
+                    guard let back, back.isConnected else { throw ZooKeeperError(code: .sessionExpired) }
+                    // The session survived, but the candidate must still be there and first in line.
+                    let children = try await session.children(layout.electionPath)
+                    guard LeaderElection.nextStep(candidates: children, me: candidateName(candidate)) == .lead else {
+                        throw ZooKeeperError(code: .sessionExpired, path: candidate)
+                    }
+                    logger.info("ZooKeeper is back and the session survived; serving a new term")
+                    engine = try await startServing(&term, context: context)
                 }
-                logger.info("ZooKeeper is back and the session survived; serving again")
-                engine = try await startServing(session, context: context)
             }
         } catch {
             await engine.stop()
             if Task.isCancelled {
                 // Graceful shutdown: deleting the nodes first lets clients follow the successor at once.
-                try? await session.delete(layout.leaderPath)
+                try? await deleteOwnRecord(term)
                 await election.withdraw()
             }
             throw error
         }
     }
 
-    /// Binds the sockets and announces them in ZooKeeper.
-    private func startServing(_ session: ZooKeeperSession, context: ZMQContext) async throws -> BrokerEngine {
+    /// One leadership: the session, the candidate that won, and the terms served under it.
+    private struct Term {
+        let session: ZooKeeperSession
+        let candidate: String
+        let sequence: UInt64
+        var served: UInt64 = 0
+        var record: LeaderRecord?
+
+        /// A new epoch for each time this candidate starts serving: the candidate's sequence number in the
+        /// high bits, so a later leader's epochs are larger, and a count of its terms in the low ones.
+        mutating func nextEpoch() -> UInt64 {
+            served += 1
+            return sequence << 20 | (served & 0xFFFFF)
+        }
+    }
+
+    private enum Disturbance {
+        case disconnected(SessionState?)
+        case leaderRecordGone
+        case candidateGone
+    }
+
+    /// Waits until something needs the leader's attention: the session leaving the connected state, the leader
+    /// record disappearing, or the candidate disappearing.
+    private func leadUntilDisturbed(_ term: Term) async -> Disturbance {
+        let session = term.session
+        let leaderPath = configuration.layout.leaderPath
+        return await withTaskGroup(of: Disturbance?.self) { group in
+            group.addTask {
+                .disconnected(await Self.firstState(of: session, where: { $0 != .connected && $0 != .connectedReadOnly }))
+            }
+            group.addTask { await Self.watchUntilGone(leaderPath, session) ? .leaderRecordGone : nil }
+            group.addTask { await Self.watchUntilGone(term.candidate, session) ? .candidateGone : nil }
+            var result: Disturbance = .disconnected(nil)
+            for await disturbance in group {
+                if let disturbance {
+                    result = disturbance
+                    break
+                }
+            }
+            group.cancelAll()
+            return result
+        }
+    }
+
+    /// Watches a znode until it is deleted (`true`), or until the watch cannot continue (`false`: the session
+    /// is lost, which the caller notices on its own, or the task is cancelled).
+    private static func watchUntilGone(_ path: String, _ session: ZooKeeperSession) async -> Bool {
+        while !Task.isCancelled {
+            guard let (stat, watch) = try? await session.existsWatching(path) else { return false }
+            if stat == nil { return true }
+            guard let event = try? await watch.event(), !event.isSessionLoss else { return false }
+            if event.kind == .deleted { return true }
+        }
+        return false
+    }
+
+    /// Binds the sockets and announces them in ZooKeeper with a new epoch.
+    private func startServing(_ term: inout Term, context: ZMQContext) async throws -> BrokerEngine {
+        let epoch = term.nextEpoch()
         let engine: BrokerEngine
         do {
             engine = try await BrokerEngine.start(
-                context: context, configuration: configuration, counters: counters, logger: logger)
+                context: context, configuration: configuration, epoch: epoch, logger: logger)
         } catch let error as ZMQError {
             throw HeraldConfigurationError(
                 "cannot listen on \(configuration.bindHost) ports \(configuration.requestPort) and \(configuration.subscriberPort): \(error). Choose other ports (0 picks free ones)"
@@ -187,37 +265,74 @@ public final class Broker: Service, Sendable {
         }
         let record = LeaderRecord(
             broker: configuration.brokerID, mode: configuration.mode,
-            requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber)
+            requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber, epoch: epoch)
+        term.record = record
         do {
-            try await announce(record, session)
+            try await announce(record, term)
         } catch {
             await engine.stop()
             throw error
         }
-        setRole(.leader, session: session.state)
-        logger.info("elected leader; serving", metadata: ["requests": "\(record.requestEndpoint)", "subscribers": "\(record.subscriberEndpoint)"])
+        setRole(.leader, session: term.session.state)
+        logger.info(
+            "elected leader; serving",
+            metadata: [
+                "epoch": "\(epoch)", "requests": "\(record.requestEndpoint)", "subscribers": "\(record.subscriberEndpoint)",
+            ])
         return engine
     }
 
-    /// Writes the leader record, replacing one this broker's session left from an earlier term.
-    private func announce(_ record: LeaderRecord, _ session: ZooKeeperSession) async throws {
+    /// How long to wait for a predecessor's leader record to disappear with its session before giving up
+    /// this term: the record outlives its session only until ZooKeeper has processed the session's end.
+    private var predecessorRecordPatience: Duration { configuration.zookeeper.sessionTimeout * 2 }
+
+    /// Writes the leader record. A record this session left from an earlier term is replaced; one that another
+    /// session owns is never deleted (its owner may be alive): the broker waits for it to go with its session.
+    private func announce(_ record: LeaderRecord, _ term: Term) async throws {
+        let deadline = ContinuousClock.now + predecessorRecordPatience
+        while try await !tryAnnounce(record, term, until: deadline) {}
+    }
+
+    /// One attempt at writing the leader record. - Returns: whether it was written; `false` to try again.
+    private func tryAnnounce(_ record: LeaderRecord, _ term: Term, until deadline: ContinuousClock.Instant) async throws
+        -> Bool
+    {
         let path = configuration.layout.leaderPath
-        while true {
-            do {
-                try await session.create(path, data: record.encoded(), mode: .ephemeral)
-                return
-            } catch where error.code == .nodeExists {
-                // Only the elected candidate writes here, so an existing record is either ours from before a
-                // disconnection or a predecessor's whose session is on its way out: replace it.
-                if let stat = try await session.exists(path) {
-                    if stat.ephemeralOwner == session.sessionID {
-                        _ = try await session.set(path, data: record.encoded(), version: stat.version)
-                        return
-                    }
-                    try? await session.delete(path, version: stat.version)
-                }
-            }
+        let session = term.session
+        let created: Bool
+        do {
+            try await session.create(path, data: record.encoded(), mode: .ephemeral)
+            created = true
+        } catch where error.code == .nodeExists {
+            created = false
         }
+        if created { return true }
+        let existing = try await session.existsWatching(path)
+        guard let stat = existing.stat else { return false }
+        if stat.ephemeralOwner == session.sessionID {
+            _ = try await session.set(path, data: record.encoded(), version: stat.version)
+            return true
+        }
+        let remaining = deadline - ContinuousClock.now
+        guard remaining > .zero else { throw ZooKeeperError(code: .nodeExists, path: path) }
+        logger.info("waiting for the previous leader's record to go with its session")
+        await Self.waitForEvent(existing.watch, within: remaining)
+        return false
+    }
+
+    private static func waitForEvent(_ watch: Watch, within limit: Duration) async {
+        _ = await firstResult(within: limit) { try? await watch.event() }
+    }
+
+    /// Deletes the leader record if this session owns it.
+    private func deleteOwnRecord(_ term: Term) async throws {
+        let path = configuration.layout.leaderPath
+        guard let stat = try await term.session.exists(path), stat.ephemeralOwner == term.session.sessionID else { return }
+        try await term.session.delete(path, version: stat.version)
+    }
+
+    private func candidateName(_ path: String) -> String {
+        path.split(separator: "/").last.map(String.init) ?? path
     }
 
     private func setRole(_ role: Role, session: SessionState) {

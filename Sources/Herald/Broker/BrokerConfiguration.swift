@@ -9,10 +9,30 @@ public struct BrokerConfiguration: Sendable {
     public static let defaultSubscriberPort = 5556
     /// ZMTP heartbeat interval: a dead peer's connection is dropped after three silent intervals.
     public static let defaultHeartbeatInterval: Duration = .seconds(1)
-    /// Per-peer queue limit in messages: a burst of about a second at high rates, bounded memory per peer.
-    public static let defaultHighWaterMark: Int32 = 100_000
-    /// The most messages a broker keeps per topic for late joiners: bounded memory whatever publishers ask.
+    /// The largest message a client may send, in bytes: a 1 MiB payload with room for its topic and header.
+    /// Larger ones are cut off by libzmq before they are allocated.
+    public static let defaultMaximumMessageSize = (1 << 20) + 4096
+    /// Bytes of messages kept in all topics' logs: with the rest of a broker (about 30 MB) it fits a 256 MiB
+    /// container, and at 100 bytes a message it holds over half a million messages for recovery.
+    public static let defaultLogBytes = 64 << 20
+    /// Bytes of messages kept per topic, so one busy topic cannot push every other topic's history out.
+    public static let defaultTopicLogBytes = 32 << 20
+    /// Bytes a publisher may send ahead of the broker's credit: at 1 GB/s over loopback a millisecond of
+    /// traffic, far more than a round trip, so credit never slows a publisher the broker keeps up with.
+    public static let defaultPublisherWindow = 1 << 20
+    /// The largest window a subscriber may ask for: bytes in flight to it, bounded per subscriber.
+    public static let defaultMaximumSubscriberWindow = 4 << 20
+    /// How long a subscriber that takes nothing may hold publishers back before the broker stops waiting for
+    /// it (it then loses what leaves the log before it comes back, and counts it).
+    public static let defaultStallTimeout: Duration = .seconds(2)
+    /// The most messages per topic a late joiner may ask for.
     public static let defaultHistoryLimit = 100_000
+    /// Topics a broker holds at most, and topics one request may name; more are refused, and the refusal says so.
+    public static let defaultMaximumTopics = 10_000
+    public static let defaultMaximumTopicsPerRequest = 1024
+    /// Publishers and subscribers a broker serves at most.
+    public static let defaultMaximumPublishers = 10_000
+    public static let defaultMaximumSubscribers = 10_000
 
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
@@ -32,10 +52,31 @@ public struct BrokerConfiguration: Sendable {
     public var subscriberPort: Int
     /// ZMTP heartbeat interval on client connections.
     public var heartbeatInterval: Duration
-    /// Per-peer queue limit in messages.
-    public var highWaterMark: Int32
-    /// The most messages kept per topic for late joiners, whatever publishers offer.
+    /// The largest message a client may send, in bytes (`--max-message-size`).
+    public var maximumMessageSize: Int
+    /// Bytes of messages kept in all logs (`--log-bytes`).
+    public var logBytes: Int
+    /// Bytes of messages kept per topic (`--topic-log-bytes`).
+    public var topicLogBytes: Int
+    /// Bytes a publisher may send ahead of credit (`--publisher-window`).
+    public var publisherWindow: Int
+    /// The largest window a subscriber may ask for, in bytes.
+    public var maximumSubscriberWindow: Int
+    /// How long a subscriber that takes nothing may hold publishers back.
+    public var stallTimeout: Duration
+    /// The most messages per topic a late joiner may ask for.
     public var historyLimit: Int
+    /// Topics held at most (`--max-topics`).
+    public var maximumTopics: Int
+    /// Topics one registration or subscription may name.
+    public var maximumTopicsPerRequest: Int
+    /// Publishers known at most.
+    public var maximumPublishers: Int
+    /// Subscribers served at most.
+    public var maximumSubscribers: Int
+    /// Topics that get their own label in the per-topic metrics; the rest are counted together, so a client
+    /// that invents topics cannot grow the metrics without bound.
+    public var metricTopicLimit: Int
 
     /// Creates a configuration with defaults for everything but the essentials.
     /// - Parameters:
@@ -58,8 +99,18 @@ public struct BrokerConfiguration: Sendable {
         self.requestPort = Self.defaultRequestPort
         self.subscriberPort = Self.defaultSubscriberPort
         self.heartbeatInterval = Self.defaultHeartbeatInterval
-        self.highWaterMark = Self.defaultHighWaterMark
+        self.maximumMessageSize = Self.defaultMaximumMessageSize
+        self.logBytes = Self.defaultLogBytes
+        self.topicLogBytes = Self.defaultTopicLogBytes
+        self.publisherWindow = Self.defaultPublisherWindow
+        self.maximumSubscriberWindow = Self.defaultMaximumSubscriberWindow
+        self.stallTimeout = Self.defaultStallTimeout
         self.historyLimit = Self.defaultHistoryLimit
+        self.maximumTopics = Self.defaultMaximumTopics
+        self.maximumTopicsPerRequest = Self.defaultMaximumTopicsPerRequest
+        self.maximumPublishers = Self.defaultMaximumPublishers
+        self.maximumSubscribers = Self.defaultMaximumSubscribers
+        self.metricTopicLimit = TopicCounters.defaultLimit
     }
 
     /// `<host>-<pid>`: unique among live brokers, readable in `herald status`.

@@ -8,8 +8,15 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     public var mode: DisseminationMode
     /// Where clients send requests (ROUTER): publishes in broker mode, registrations and lookups in direct mode.
     public var requestEndpoint: String
-    /// Where subscribers connect (XPUB) in broker mode.
+    /// Where subscribers connect in broker mode.
     public var subscriberEndpoint: String
+    /// The leader's term: different for every time a broker starts serving, so that clients re-attach (and
+    /// publishers replay, subscribers recover) even when a leader serves again at the same endpoints after
+    /// losing ZooKeeper for a moment. Made of the candidate's sequence number and a count of its terms, so a
+    /// later leader has a larger epoch.
+    public var epoch: UInt64
+    /// The wire format version the leader speaks (``WireFormat/version``); absent in records of version 1.
+    public var protocolVersion: Int?
 
     /// Creates a record.
     /// - Parameters:
@@ -17,20 +24,52 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     ///   - mode: the cluster's mode.
     ///   - requestEndpoint: the request endpoint as reachable by clients.
     ///   - subscriberEndpoint: the subscriber endpoint as reachable by clients.
-    public init(broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String) {
+    ///   - epoch: the leader's term.
+    public init(
+        broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String, epoch: UInt64
+    ) {
         self.broker = broker
         self.mode = mode
         self.requestEndpoint = requestEndpoint
         self.subscriberEndpoint = subscriberEndpoint
+        self.epoch = epoch
+        self.protocolVersion = Int(WireFormat.version)
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case broker, mode, requestEndpoint, subscriberEndpoint, epoch
+        case protocolVersion = "protocol"
+    }
+
+    /// Decodes a record, reading one written by version 1 (no epoch, no protocol) as epoch 0 and protocol 1,
+    /// so that a client can say which side to upgrade.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        broker = try container.decode(String.self, forKey: .broker)
+        mode = try container.decode(DisseminationMode.self, forKey: .mode)
+        requestEndpoint = try container.decode(String.self, forKey: .requestEndpoint)
+        subscriberEndpoint = try container.decode(String.self, forKey: .subscriberEndpoint)
+        epoch = try container.decodeIfPresent(UInt64.self, forKey: .epoch) ?? 0
+        protocolVersion = try container.decodeIfPresent(Int.self, forKey: .protocolVersion) ?? 1
+    }
+
+    /// Whether the leader speaks this build's wire format.
+    public var speaksThisVersion: Bool { protocolVersion == Int(WireFormat.version) }
+
     /// A one-line summary for logs.
-    public var description: String { "\(broker) (requests \(requestEndpoint), subscribers \(subscriberEndpoint))" }
+    public var description: String {
+        "\(broker) epoch \(epoch) (requests \(requestEndpoint), subscribers \(subscriberEndpoint))"
+    }
 
     func encoded() -> [UInt8] { Array((try? JSONEncoder.herald.encode(self)) ?? Data()) }
 
+    /// The largest record accepted from ZooKeeper; a real one is a few hundred bytes.
+    static let maximumEncodedSize = 64 * 1024
+
     init?(decoding bytes: [UInt8]) {
-        guard let record = try? JSONDecoder().decode(LeaderRecord.self, from: Data(bytes)) else { return nil }
+        guard bytes.count <= Self.maximumEncodedSize,
+            let record = try? JSONDecoder().decode(LeaderRecord.self, from: Data(bytes))
+        else { return nil }
         self = record
     }
 }

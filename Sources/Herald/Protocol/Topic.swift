@@ -41,20 +41,20 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
     /// The topic's name.
     public var description: String { name }
 
-    /// The first frame of a data message: the name and a terminating zero byte.
-    var key: [UInt8] { Array(name.utf8) + [0] }
+    /// The start of every data frame on this topic (version, kind, the name and a zero byte): what a direct-mode
+    /// subscriber subscribes to, so that ZeroMQ's prefix filter matches whole names only.
+    var key: [UInt8] { [WireFormat.version, WireFormat.Kind.data.rawValue] + Array(name.utf8) + [0] }
 
-    /// Decodes a topic key received from the network.
-    init?(key: [UInt8]) {
-        guard key.count >= 2, key.count <= Self.maximumLength + 1, key.last == 0 else { return nil }
-        let name = key.dropLast()
-        // Printable ASCII, the usual case, is valid as it stands; this runs for every message received.
-        if name.allSatisfy({ (0x20...0x7E).contains($0) }) {
-            self.name = String(decoding: name, as: UTF8.self)
+    /// Checks a name received from the network, as bytes.
+    /// - Returns: `nil` unless the bytes are a valid name.
+    init?(validating bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty, bytes.count <= Self.maximumLength else { return nil }
+        // Printable ASCII, the usual case, is valid as it stands.
+        if bytes.allSatisfy({ (0x20...0x7E).contains($0) }) {
+            self.name = String(decoding: bytes, as: UTF8.self)
             return
         }
-        guard let topic = try? Topic(String(decoding: name, as: UTF8.self)), topic.name.utf8.elementsEqual(name)
-        else { return nil }
+        guard let text = String(validating: bytes, as: UTF8.self), let topic = try? Topic(text) else { return nil }
         self = topic
     }
 }

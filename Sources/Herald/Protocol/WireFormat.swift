@@ -1,242 +1,227 @@
 import Foundation
 
-/// The 16-byte identity of a publisher process. A publisher that restarts gets a new one, which subscribers
-/// treat as a new sequence epoch rather than as a gap or duplicates.
-public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable {
-    /// The raw identity.
-    public let uuid: UUID
+/// Herald's wire format, version 2: every message is a single ZeroMQ frame that starts with the version and
+/// a kind byte.
+///
+/// A data message carries its topic, header and payload in that one frame:
+///
+/// ```
+/// offset   size  field
+/// 0        1     version (2)
+/// 1        1     kind (1: data)
+/// 2        n     topic, UTF-8, 1 to 255 bytes
+/// 2+n      1     0, ending the topic
+/// 3+n      16    publisher identity
+/// 19+n     8     sequence number, big-endian, from 1
+/// 27+n     8     send time, nanoseconds since the Unix epoch, big-endian
+/// 35+n     ...   payload
+/// ```
+///
+/// The first `3+n` bytes are the topic's key: a direct-mode subscriber subscribes to exactly that prefix, so
+/// ZeroMQ's prefix filter matches whole topic names only, and the broker forwards the frame it received
+/// without looking further than the header. Control messages are `version, kind, body`, where the body is JSON
+/// (``ControlMessage``) or, for the two flow-control kinds, one big-endian 64-bit count.
+///
+/// Version 1 sent several frames per message and began requests with a one-byte frame; a version 2 process
+/// that meets one says that the versions differ instead of counting garbage.
+enum WireFormat {
+    /// The version this build speaks.
+    static let version: UInt8 = 2
+    /// Size of the header after the topic key: publisher, sequence number and send time.
+    static let headerSize = 16 + 8 + 8
+    /// Bytes a data frame adds to the topic name and the payload: version, kind, the topic's end and the header.
+    static let dataOverhead = 3 + headerSize
+    /// The largest control body accepted: control messages are small, a bigger one is garbage or an attack on
+    /// the parser.
+    static let maximumControlBody = 1 << 20
 
-    /// A new random identity.
-    public init() { uuid = UUID() }
-
-    /// An identity from a UUID.
-    /// - Parameter uuid: the UUID.
-    public init(uuid: UUID) { self.uuid = uuid }
-
-    /// The first eight hex digits, enough to tell publishers apart in logs.
-    public var short: String { String(uuid.uuidString.prefix(8)).lowercased() }
-
-    /// The full UUID in lower case.
-    public var description: String { uuid.uuidString.lowercased() }
-
-    var bytes: [UInt8] {
-        withUnsafeBytes(of: uuid.uuid) { Array($0) }
+    /// The kinds of message, in the second byte.
+    enum Kind: UInt8, Sendable, CaseIterable {
+        /// A published message; from a publisher to the leader (broker mode), from a publisher to its
+        /// subscribers (direct mode), and from the leader to its subscribers.
+        case data = 1
+        /// Publisher to leader, JSON ``PublisherRegistration``: on attaching, then every heartbeat interval.
+        case register = 2
+        /// Publisher to leader, JSON ``PublisherRegistration``: a clean stop.
+        case unregister = 3
+        /// Direct-mode subscriber to leader, JSON ``DiscoveryQuery``; the reply has the same kind, JSON
+        /// ``DiscoveryReply``.
+        case lookup = 4
+        /// Anyone to leader, empty body; the reply has the same kind, JSON ``BrokerStatus``.
+        case status = 5
+        /// Subscriber to leader (broker mode), JSON ``SubscribeRequest``: on attaching, and to recover.
+        case subscribe = 6
+        /// Leader to subscriber, JSON ``SubscribeReply``.
+        case subscribed = 7
+        /// Leader to publisher, 8 bytes: how many data bytes the publisher may have sent on this connection
+        /// in all (a cumulative limit, so that a lost grant is made good by the next one).
+        case credit = 8
+        /// Subscriber to leader, 8 bytes: how many data bytes it has taken from this connection in all;
+        /// also its keep-alive.
+        case consumed = 9
+        /// Leader to client, JSON ``Refusal``: a request was refused, and why.
+        case refused = 10
     }
 
-    init?(bytes: ArraySlice<UInt8>) {
-        guard bytes.count == 16 else { return nil }
-        var raw: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &raw) { $0.copyBytes(from: bytes) }
-        uuid = UUID(uuid: raw)
+    /// Why a frame could not be decoded; counted by reason on brokers and clients.
+    enum DecodeFailure: String, Error, Sendable, CaseIterable {
+        /// Shorter than its kind needs, or a body of the wrong size.
+        case truncated
+        /// A kind this version does not know, or one that the receiver never accepts.
+        case unknownKind = "unknown_kind"
+        /// A data frame whose topic is not a valid name or not ended.
+        case badTopic = "bad_topic"
+        /// Sequence number 0: numbering starts at 1.
+        case badSequence = "bad_sequence"
+        /// A JSON body that does not parse, has the wrong shape, or is larger than allowed.
+        case badBody = "bad_body"
+        /// A message of Herald's version 1 or of a version newer than this one.
+        case versionMismatch = "version_mismatch"
+        /// A message made of more frames than this version ever sends.
+        case extraFrames = "extra_frames"
+    }
+
+    /// The version a frame that is not version 2 seems to be, for telling the user what to upgrade.
+    static func foreignVersion(of frame: UnsafeRawBufferPointer) -> UInt8? {
+        // Version 1 began every client message with a frame of just its kind (1 to 7).
+        if frame.count == 1, (1...7).contains(frame[0]) { return 1 }
+        if frame.count >= 2, frame[0] > version, frame[0] < 16 { return frame[0] }
+        return nil
+    }
+
+    /// The kind of a version 2 frame.
+    static func kind(of frame: UnsafeRawBufferPointer) -> Result<Kind, DecodeFailure> {
+        guard frame.count >= 2 else {
+            return .failure(foreignVersion(of: frame) != nil ? .versionMismatch : .truncated)
+        }
+        guard frame[0] == version else {
+            return .failure(foreignVersion(of: frame) != nil ? .versionMismatch : .unknownKind)
+        }
+        guard let kind = Kind(rawValue: frame[1]) else { return .failure(.unknownKind) }
+        return .success(kind)
     }
 }
 
-/// The metadata every data message carries next to its topic and payload.
-public struct MessageHeader: Sendable, Hashable {
-    /// Wire format version; a receiver drops messages of versions it does not know.
-    static let version: UInt8 = 1
-    /// Encoded size: version, flags, publisher, sequence, timestamp.
-    static let encodedSize = 1 + 1 + 16 + 8 + 8
+// MARK: - Data frames
 
-    /// Who published the message.
-    public var publisher: PublisherID
-    /// The publisher's sequence number on this topic, from 1, increasing by one per message.
-    public var sequence: UInt64
-    /// When the publisher sent it, in nanoseconds since the Unix epoch.
-    public var sentAt: UInt64
+/// Where the parts of a data frame are: offsets into its bytes, so that a decoded frame can be kept and read
+/// again without copying it.
+struct DataLayout: Sendable, Equatable {
+    /// The topic name's bytes (without the ending zero).
+    var topic: Range<Int>
+    /// The header fields.
+    var header: MessageHeader
+    /// The payload's bytes.
+    var payload: Range<Int>
+    /// The topic key: version, kind, name and the ending zero.
+    var topicKey: Range<Int> { 0..<(topic.upperBound + 1) }
 
-    /// Creates a header.
-    /// - Parameters:
-    ///   - publisher: the publisher's identity.
-    ///   - sequence: its sequence number.
-    ///   - sentAt: nanoseconds since the Unix epoch.
-    public init(publisher: PublisherID, sequence: UInt64, sentAt: UInt64) {
-        self.publisher = publisher
-        self.sequence = sequence
-        self.sentAt = sentAt
+    /// Decodes a data frame's layout. The topic's bytes are only found, not checked: a receiver matches them
+    /// against the names it knows, and checks a new name once (``Topic/init(validating:)``).
+    static func decode(_ frame: UnsafeRawBufferPointer) -> Result<DataLayout, WireFormat.DecodeFailure> {
+        switch WireFormat.kind(of: frame) {
+        case .failure(let failure): return .failure(failure)
+        case .success(.data): break
+        case .success: return .failure(.unknownKind)
+        }
+        // The end of the topic: at most 255 bytes after the kind.
+        let searchEnd = min(frame.count, 2 + Topic.maximumLength + 1)
+        var end = 2
+        while end < searchEnd, frame[end] != 0 { end += 1 }
+        guard end > 2 else { return .failure(.badTopic) }
+        guard end < searchEnd else { return .failure(searchEnd == frame.count ? .truncated : .badTopic) }
+        let headerStart = end + 1
+        guard frame.count >= headerStart + WireFormat.headerSize else { return .failure(.truncated) }
+        let publisher = PublisherID(
+            high: frame.loadBigEndianUInt64(at: headerStart), low: frame.loadBigEndianUInt64(at: headerStart + 8))
+        let sequence = frame.loadBigEndianUInt64(at: headerStart + 16)
+        guard sequence > 0 else { return .failure(.badSequence) }
+        let sentAt = frame.loadBigEndianUInt64(at: headerStart + 24)
+        return .success(
+            DataLayout(
+                topic: 2..<end,
+                header: MessageHeader(publisher: publisher, sequence: sequence, sentAt: sentAt),
+                payload: (headerStart + WireFormat.headerSize)..<frame.count))
     }
 
-    func encoded() -> [UInt8] {
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(Self.encodedSize)
-        bytes.append(Self.version)
-        bytes.append(0)
-        bytes.append(contentsOf: publisher.bytes)
-        withUnsafeBytes(of: sequence.bigEndian) { bytes.append(contentsOf: $0) }
-        withUnsafeBytes(of: sentAt.bigEndian) { bytes.append(contentsOf: $0) }
+    /// The size of a data frame for a topic key of `keyCount` bytes and a payload of `payloadCount` bytes.
+    static func frameSize(keyCount: Int, payloadCount: Int) -> Int { keyCount + WireFormat.headerSize + payloadCount }
+
+    /// Writes a data frame into `destination`, which must be exactly ``frameSize(keyCount:payloadCount:)``
+    /// bytes long.
+    static func encode(
+        into destination: UnsafeMutableRawBufferPointer, key: UnsafeRawBufferPointer, header: MessageHeader,
+        payload: UnsafeRawBufferPointer
+    ) {
+        var offset = 0
+        func put(_ bytes: UnsafeRawBufferPointer) {
+            guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+            (destination.baseAddress! + offset).copyMemory(from: base, byteCount: bytes.count)
+            offset += bytes.count
+        }
+        func put(_ value: UInt64) {
+            destination.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt64.self)
+            offset += 8
+        }
+        put(key)
+        put(header.publisher.high)
+        put(header.publisher.low)
+        put(header.sequence)
+        put(header.sentAt)
+        put(payload)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// The big-endian 64-bit integer at `offset`, which may be unaligned.
+    func loadBigEndianUInt64(at offset: Int) -> UInt64 {
+        UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+}
+
+// MARK: - Control frames
+
+/// Encodes and decodes the bodies of control messages.
+enum ControlFrame {
+    /// `version, kind, JSON body`.
+    static func encode<Body: Encodable>(_ kind: WireFormat.Kind, _ body: Body) -> [UInt8] {
+        var bytes: [UInt8] = [WireFormat.version, kind.rawValue]
+        bytes.append(contentsOf: (try? JSONEncoder.herald.encode(body)) ?? Data("{}".utf8))
         return bytes
     }
 
-    init?(decoding bytes: [UInt8]) {
-        // No flags are defined in version 1; a message with any set is from a future or broken sender.
-        guard bytes.count == Self.encodedSize, bytes[0] == Self.version, bytes[1] == 0,
-            let publisher = PublisherID(bytes: bytes[2..<18])
-        else { return nil }
-        self.publisher = publisher
-        sequence = bytes[18..<26].reduce(0) { $0 << 8 | UInt64($1) }
-        sentAt = bytes[26..<34].reduce(0) { $0 << 8 | UInt64($1) }
-    }
-}
+    /// `version, kind` and no body.
+    static func empty(_ kind: WireFormat.Kind) -> [UInt8] { [WireFormat.version, kind.rawValue] }
 
-/// A data message as it travels to subscribers: `[topic key, header, payload]`.
-struct DataFrames {
-    var topic: Topic
-    var header: MessageHeader
-    var payload: [UInt8]
-
-    var frames: [[UInt8]] { [topic.key, header.encoded(), payload] }
-
-    init(topic: Topic, header: MessageHeader, payload: [UInt8]) {
-        self.topic = topic
-        self.header = header
-        self.payload = payload
+    /// `version, kind, 64-bit count`, for credit and consumption.
+    static func count(_ kind: WireFormat.Kind, _ value: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = [WireFormat.version, kind.rawValue]
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+        return bytes
     }
 
-    /// Decodes frames from the network; `nil` for anything malformed, which the caller counts and drops.
-    init?(frames: ArraySlice<[UInt8]>) {
-        guard frames.count == 3, let topic = Topic(key: frames[frames.startIndex]),
-            let header = MessageHeader(decoding: frames[frames.startIndex + 1])
-        else { return nil }
-        self.init(topic: topic, header: header, payload: frames[frames.startIndex + 2])
+    /// The JSON body of a control frame whose kind was already checked.
+    static func decode<Body: Decodable>(
+        _ type: Body.Type, from frame: UnsafeRawBufferPointer
+    ) -> Result<Body, WireFormat.DecodeFailure> {
+        guard frame.count >= 2 else { return .failure(.truncated) }
+        guard frame.count - 2 <= WireFormat.maximumControlBody else { return .failure(.badBody) }
+        guard let body = try? JSONDecoder().decode(type, from: Data(frame[2...])) else { return .failure(.badBody) }
+        return .success(body)
     }
-}
 
-/// The kinds of message a client sends to the leader broker's request socket, in the first frame.
-enum RequestKind: UInt8 {
-    /// Broker mode: `[kind, topic key, header, payload]`, forwarded to subscribers.
-    case publish = 1
-    /// `[kind, JSON PublisherRegistration]`, sent by publishers on attaching and then as a heartbeat.
-    case register = 2
-    /// `[kind, JSON PublisherRegistration]`, sent by a publisher that stops cleanly.
-    case unregister = 3
-    /// Direct mode: `[kind, JSON DiscoveryQuery]`; the reply is `[kind, JSON DiscoveryReply]`.
-    case lookup = 4
-    /// `[kind]`; the reply is `[kind, JSON BrokerStatus]`.
-    case status = 5
-    /// Broker mode: `[kind, JSON HistoryRequest]`; the reply is any number of `[kind, topic key, header,
-    /// payload]` followed by `[historyEnd, JSON HistoryEnd]`.
-    case history = 6
-    /// The last frame sequence of a history reply.
-    case historyEnd = 7
-}
-
-/// A subscriber's request for messages a broker kept.
-struct HistoryRequest: Codable, Sendable, Equatable {
-    /// The most topics one request is served for; the rest are ignored. A subscriber names its own topics,
-    /// which are few; more is a mistake or an attack on the broker's time.
-    static let maximumTopics = 1024
-
-    /// The topics asked about.
-    var topics: [String]
-    /// For late joiners: the last `limit` messages of each topic. `nil` asks only for recovery (`after`).
-    var limit: Int?
-    /// For recovery after a failover or a gap: per publisher (UUID text) and topic, the next sequence number
-    /// still owed; the broker sends what it kept from there on.
-    var after: [String: [String: UInt64]]
-}
-
-/// The end of a history reply.
-struct HistoryEnd: Codable, Sendable, Equatable {
-    /// How many messages of history each topic's publishers offer (the most any of them declared).
-    var offered: [String: Int]
-    /// Messages sent in this reply.
-    var sent: Int
-}
-
-/// A publisher's announcement to the leader.
-struct PublisherRegistration: Codable, Sendable, Equatable {
-    var publisher: PublisherID
-    /// Direct mode: where subscribers connect; empty in broker mode.
-    var endpoint: String
-    var topics: [String]
-    /// How many messages per topic the publisher asks brokers to keep for late joiners.
-    var history: Int?
-}
-
-/// A direct-mode subscriber's question to the leader.
-struct DiscoveryQuery: Codable, Sendable, Equatable {
-    var topics: [String]
-}
-
-/// The leader's answer: the live publishers of the asked topics.
-struct DiscoveryReply: Codable, Sendable, Equatable {
-    var publishers: [PublisherRegistration]
-    /// Whether the leader has led long enough to have heard every live publisher's heartbeat, so that a
-    /// publisher missing from the list really is gone (a fresh leader's list may still be filling).
-    var complete: Bool
-}
-
-/// What the leader reports about itself to `herald status`.
-public struct BrokerStatus: Codable, Sendable, Equatable {
-    /// The broker's identity.
-    public var broker: String
-    /// The cluster's dissemination mode.
-    public var mode: DisseminationMode
-    /// Seconds since this broker became leader.
-    public var leaderForSeconds: Double
-    /// Topics seen from publishers, with messages forwarded per topic (broker mode).
-    public var topics: [String: UInt64]
-    /// Topics subscribers asked for through the broker (broker mode).
-    public var subscribedTopics: [String]
-    /// Publishers known to the broker: direct-mode registrations, or broker-mode senders seen recently.
-    public var publishers: [String]
-    /// Messages dropped because they were malformed.
-    public var malformedMessages: UInt64
+    /// The count of a credit or consumption frame whose kind was already checked.
+    static func decodeCount(_ frame: UnsafeRawBufferPointer) -> Result<UInt64, WireFormat.DecodeFailure> {
+        guard frame.count == 10 else { return .failure(.truncated) }
+        return .success(frame.loadBigEndianUInt64(at: 2))
+    }
 }
 
 extension JSONEncoder {
+    /// The encoder of every JSON control body: sorted keys, so equal values encode equally.
     static let herald: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return encoder
     }()
-}
-
-/// A client's message to the leader's request socket, parsed and validated; anything else is malformed.
-enum BrokerRequest {
-    case publish(DataFrames)
-    case register(PublisherRegistration)
-    case unregister(PublisherRegistration)
-    case lookup(DiscoveryQuery)
-    case status
-    case history(HistoryRequest)
-
-    /// Parses the frames a ROUTER delivers after the sender's routing id; `nil` for anything malformed.
-    init?(frames: ArraySlice<[UInt8]>) {
-        guard let first = frames.first, first.count == 1, let kind = RequestKind(rawValue: first[0]) else {
-            return nil
-        }
-        let body = frames.dropFirst()
-        switch kind {
-        case .publish:
-            guard let data = DataFrames(frames: body) else { return nil }
-            self = .publish(data)
-        case .register:
-            guard let registration = Self.json(PublisherRegistration.self, body) else { return nil }
-            self = .register(registration)
-        case .unregister:
-            guard let registration = Self.json(PublisherRegistration.self, body) else { return nil }
-            self = .unregister(registration)
-        case .lookup:
-            guard let query = Self.json(DiscoveryQuery.self, body) else { return nil }
-            self = .lookup(query)
-        case .status:
-            guard body.isEmpty else { return nil }
-            self = .status
-        case .history:
-            guard let query = Self.json(HistoryRequest.self, body) else { return nil }
-            self = .history(query)
-        case .historyEnd:
-            return nil
-        }
-    }
-
-    /// Decodes a single JSON frame, refusing oversized ones before parsing.
-    private static func json<T: Decodable>(_ type: T.Type, _ body: ArraySlice<[UInt8]>) -> T? {
-        guard body.count == 1, let frame = body.first, frame.count <= maximumControlFrame else { return nil }
-        return try? JSONDecoder().decode(type, from: Data(frame))
-    }
-
-    /// Control messages are small; a bigger one is garbage or an attack on the parser.
-    static let maximumControlFrame = 1 << 20
 }

@@ -1,4 +1,4 @@
-import DequeModule
+import CoreMetrics
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -13,7 +13,10 @@ public struct PublisherConfiguration: Sendable {
     /// The largest payload accepted: ZeroMQ handles far more, but a pub/sub message this big is usually a
     /// mistake that would stall every subscriber behind it.
     public static let defaultMaximumPayloadSize = 1 << 20
-    /// Replay buffer size: 100 s at 1,000 messages per second, a few MB at typical sizes.
+    /// Replay buffer size in bytes, allocated up front: with the rest of a publisher it fits a 256 MiB
+    /// container, and it holds 10 s of 3 MB/s.
+    public static let defaultRetentionBytes = 32 << 20
+    /// Replay buffer size in messages.
     public static let defaultRetentionCount = 100_000
     /// Replay window: comfortably longer than a failover after `kill -9` (the session timeout plus an
     /// election), short enough that each failover replays little.
@@ -33,7 +36,10 @@ public struct PublisherConfiguration: Sendable {
     public var maximumPayloadSize: Int = PublisherConfiguration.defaultMaximumPayloadSize
     /// ZMTP heartbeat interval, and the interval of registrations with the leader.
     public var heartbeatInterval: Duration = .seconds(1)
-    /// Broker mode: messages kept for replay to a new leader after a failover, at most.
+    /// Broker mode: bytes kept for replay to a new leader after a failover (`--retention-bytes`). Half of it
+    /// may wait unsent for credit before ``Publisher/publish(_:on:)`` waits too.
+    public var retentionBytes: Int = PublisherConfiguration.defaultRetentionBytes
+    /// Broker mode: messages kept for replay, at most.
     public var retentionCount: Int = PublisherConfiguration.defaultRetentionCount
     /// Broker mode: how long a message is kept for replay; an outage longer than this loses the older messages,
     /// and subscribers count them as lost.
@@ -49,13 +55,38 @@ public struct PublisherConfiguration: Sendable {
         self.zookeeper = zookeeper
         self.layout = layout
     }
+
+    /// Checks that the limits fit together.
+    /// - Throws: ``HeraldConfigurationError`` naming the setting to change.
+    public func validate() throws(HeraldConfigurationError) {
+        let largest = maximumPayloadSize + Topic.maximumLength + WireFormat.dataOverhead
+        guard RetentionBuffer.footprint(ofFrame: largest) * 2 <= retentionBytes else {
+            throw HeraldConfigurationError(
+                "the retention buffer of \(retentionBytes) bytes cannot hold two messages of the largest payload (\(maximumPayloadSize) bytes); raise --retention-bytes or lower --max-payload"
+            )
+        }
+        guard retentionCount >= 1 else {
+            throw HeraldConfigurationError("the retention count must be at least 1, got \(retentionCount)")
+        }
+    }
 }
 
 /// An error a publisher reports to the application.
-public struct PublishError: Error, Sendable, Equatable, CustomStringConvertible {
+public enum PublishError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The payload is larger than ``PublisherConfiguration/maximumPayloadSize``; nothing was sent.
+    case payloadTooLarge(size: Int, limit: Int)
+    /// The publisher has stopped; nothing was sent.
+    case stopped
+
     /// What went wrong and what to do.
-    public let description: String
-    init(_ description: String) { self.description = description }
+    public var description: String {
+        switch self {
+        case .payloadTooLarge(let size, let limit):
+            "payload of \(size) bytes exceeds the maximum of \(limit); send smaller messages or raise the limit (--max-payload)"
+        case .stopped:
+            "the publisher has stopped; create a new one"
+        }
+    }
 }
 
 /// Publishes messages on topics, following the cluster's leader through ZooKeeper.
@@ -64,13 +95,18 @@ public struct PublishError: Error, Sendable, Equatable, CustomStringConvertible 
 /// leader broker; in direct mode the publisher listens on its own endpoint, registers it with the leader, and
 /// subscribers connect straight to it.
 ///
+/// ## The send path
+/// ``publish(_:on:)`` encodes the message once, into the retention buffer, and sends it on the calling thread
+/// when the connection is free: no task, thread hop or wake-up per message. When the connection is busy (the
+/// leader's credit is used up, or libzmq's queue is full) the publisher's socket thread takes over and sends
+/// what waits as credit arrives; callers only append meanwhile, and wait once half the buffer waits unsent.
+///
 /// ## Delivery across failovers (broker mode)
-/// Every message is numbered per topic and kept in a retention buffer, bounded by
-/// ``PublisherConfiguration/retentionCount`` and ``PublisherConfiguration/retentionAge``. After attaching to a
-/// new leader the publisher replays what it kept before sending anything new, since it cannot know what the old
-/// leader forwarded before it died; subscribers drop the duplicates. ``publish(_:on:)`` therefore never waits
-/// for a leader once the cluster's mode is known: while there is none, messages wait in the buffer. A message
-/// that leaves the buffer before any leader took it is lost, and subscribers count it as such.
+/// Every message is numbered per topic and kept in the retention buffer, bounded in bytes
+/// (``PublisherConfiguration/retentionBytes``), count and age. After attaching to a new leader the publisher
+/// replays what it kept before anything new, since it cannot know what the old leader forwarded before it
+/// died; subscribers drop the duplicates. While there is no leader, ``publish(_:on:)`` does not wait: messages
+/// wait in the buffer, and one that leaves it before any leader took it is counted (``expiredCount``).
 ///
 /// ```swift
 /// let publisher = try Publisher(configuration: config, topics: ["weather"], logger: logger)
@@ -88,40 +124,11 @@ public final class Publisher: Service, Sendable {
     public let topics: [Topic]
     private let logger: Logger
     private let context: ZMQContext
-    private let state = Mutex(State())
+    private let link: Mutex<Link>
+    private let wake: WakeSignal
     private let publishedCounters = TopicCounters(label: Instruments.published)
-
-    /// A message kept for replay: its position in the buffer's numbering and its three data frames.
-    private struct Retained {
-        var id: UInt64
-        var frames: [[UInt8]]
-        var publishedAt: ContinuousClock.Instant
-    }
-
-    private struct State {
-        var mode: DisseminationMode?
-        /// Broker mode: the connection to the leader, set once the replay to it has caught up.
-        var route: AsyncZMQSocket?
-        var directSocket: AsyncZMQSocket?
-        var directEndpoint: String?
-        var waiters: [CheckedContinuation<Void, Never>] = []
-        var sequences: [Topic: UInt64] = [:]
-        var retained = Deque<Retained>()
-        var nextRetainedID: UInt64 = 0
-        var expired: UInt64 = 0
-        var leader: String?
-        var stopped = false
-
-        /// Drops what is too old or beyond the count; what was never sent is counted.
-        mutating func trimRetention(_ configuration: PublisherConfiguration, now: ContinuousClock.Instant) {
-            while let first = retained.first,
-                retained.count > configuration.retentionCount || now - first.publishedAt > configuration.retentionAge
-            {
-                retained.removeFirst()
-                if route == nil { expired += 1 }
-            }
-        }
-    }
+    private let startedAt = WallClock.nanosecondsSinceEpoch()
+    private let threadDone = Mutex((done: false, waiters: [CheckedContinuation<Void, Never>]()))
 
     /// How long stopping waits for the last messages to leave for the leader.
     static let flushLimit: Duration = .seconds(2)
@@ -131,21 +138,32 @@ public final class Publisher: Service, Sendable {
     ///   - configuration: the publisher's settings.
     ///   - topics: the topics it will publish on, announced to the leader.
     ///   - logger: where it logs its steps.
+    /// - Throws: ``HeraldConfigurationError`` when the limits do not fit together, ``ZMQError`` when ZeroMQ
+    ///   cannot start.
     public init(configuration: PublisherConfiguration, topics: [Topic], logger: Logger) throws {
+        try configuration.validate()
         self.configuration = configuration
         self.topics = topics
         var logger = logger
         logger[metadataKey: "publisher"] = "\(id.short)"
         self.logger = logger
         self.context = try ZMQContext()
+        self.wake = try WakeSignal()
+        self.link = Mutex(Link(configuration: configuration))
+        let thread = Thread { [self] in
+            runSocketThread()
+            finishThread()
+        }
+        thread.name = "herald-publisher"
+        thread.start()
     }
 
     /// The leader this publisher is attached to, if any.
-    public var attachedLeader: String? { state.withLock { $0.leader } }
+    public var attachedLeader: String? { link.withLock { $0.leader?.broker } }
 
     /// Messages that left the retention buffer while no leader could take them (broker mode); subscribers
     /// count them as lost.
-    public var expiredCount: UInt64 { state.withLock { $0.expired } }
+    public var expiredCount: UInt64 { link.withLock { $0.expired } }
 
     /// Publishes one message.
     /// - Parameters:
@@ -156,45 +174,47 @@ public final class Publisher: Service, Sendable {
     ///   `CancellationError` when the task is cancelled.
     @discardableResult
     public func publish(_ payload: [UInt8], on topic: Topic) async throws -> UInt64 {
-        // Checked first: a send into a full queue returns at once once the task is cancelled, so without this a
-        // cancelled publishing loop would spin instead of stopping.
+        try await publish(contentsOf: CollectionOfOne(payload), on: topic).upperBound
+    }
+
+    /// Publishes several messages on one topic, in order, for the cost of one lock and, usually, no wait.
+    /// - Parameters:
+    ///   - payloads: the message bodies, each at most ``PublisherConfiguration/maximumPayloadSize`` bytes.
+    ///   - topic: the topic.
+    /// - Returns: the sequence numbers given to the messages.
+    /// - Throws: ``PublishError`` for an oversized payload (nothing is sent), or when the publisher stopped;
+    ///   `CancellationError` when the task is cancelled (messages before it were published).
+    @discardableResult
+    public func publish<Payloads: RandomAccessCollection<[UInt8]> & Sendable>(
+        contentsOf payloads: Payloads, on topic: Topic
+    ) async throws -> ClosedRange<UInt64> where Payloads.Index == Int {
+        // Checked first: without it, a cancelled publishing loop that never waits would not stop.
         try Task.checkCancellation()
-        guard payload.count <= configuration.maximumPayloadSize else {
-            throw PublishError(
-                "payload of \(payload.count) bytes exceeds the maximum of \(configuration.maximumPayloadSize); send smaller messages or raise the limit (--max-payload)"
-            )
+        if let large = payloads.first(where: { $0.count > configuration.maximumPayloadSize }) {
+            throw PublishError.payloadTooLarge(size: large.count, limit: configuration.maximumPayloadSize)
         }
-        while true {
-            let outcome = try state.withLock { state throws -> (AsyncZMQSocket?, ZMQMessage, UInt64)? in
-                guard !state.stopped else { throw PublishError("the publisher has stopped; create a new one") }
-                guard let mode = state.mode else { return nil }
-                let sequence = state.sequences[topic, default: 0] + 1
-                state.sequences[topic] = sequence
-                let header = MessageHeader(publisher: id, sequence: sequence, sentAt: Clock.nanosecondsSinceEpoch())
-                let frames = DataFrames(topic: topic, header: header, payload: payload).frames
-                if mode == .direct { return (state.directSocket, ZMQMessage(frames: frames), sequence) }
-                let now = ContinuousClock.now
-                state.retained.append(Retained(id: state.nextRetainedID, frames: frames, publishedAt: now))
-                state.nextRetainedID += 1
-                state.trimRetention(configuration, now: now)
-                return (state.route, ZMQMessage(frames: [[RequestKind.publish.rawValue]] + frames), sequence)
+        var first: UInt64?
+        var last: UInt64 = 0
+        var next = payloads.startIndex
+        while next < payloads.endIndex {
+            let step = try link.withLock { link throws(PublishError) -> Link.Step in
+                try link.publish(payloads, from: &next, topic: topic, publisher: id)
             }
-            guard let (socket, message, sequence) = outcome else {
-                try Task.checkCancellation()
-                await waitForMode()
-                continue
+            switch step {
+            case .published(let range, let wakeThread):
+                if first == nil { first = range.lowerBound }
+                last = range.upperBound
+                if wakeThread { wake.raise() }
+            case .waitForMode, .waitForRoom:
+                try await waitForRoom()
             }
-            publishedCounters.increment(topic.name)
-            // Without a route the message waits in the retention buffer; a send that fails because the leader
-            // changed meanwhile is replayed to the next one from there too.
-            try? await socket?.send(message)
-            return sequence
         }
+        return (first ?? last)...last
     }
 
     /// Suspends until the publisher is attached to a leader (or stopped, or the task is cancelled).
     public func waitUntilAttached() async {
-        while !Task.isCancelled, state.withLock({ $0.leader == nil && !$0.stopped }) {
+        while !Task.isCancelled, link.withLock({ $0.leader == nil && !$0.stopping }) {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }
@@ -207,17 +227,9 @@ public final class Publisher: Service, Sendable {
         try await cancelWhenGracefulShutdown {
             try await follower.run { record in await self.attach(record) }
         }
-        let (sockets, waiters) = state.withLock { state in
-            defer {
-                state.route = nil
-                state.directSocket = nil
-                state.stopped = true
-                state.waiters = []
-            }
-            return ([state.route, state.directSocket].compactMap { $0 }, state.waiters)
-        }
-        for waiter in waiters { waiter.resume() }
-        for socket in sockets { await socket.close() }
+        link.withLock { $0.stopping = true }
+        wake.raise()
+        await waitForThread()
         // Closed sockets keep their last messages for the linger period, but only a terminated context waits
         // for them: without this, a process that exits right after publishing loses its last messages.
         // Bounded, so that a socket some future change forgets to close costs a log line, not a hung exit.
@@ -230,11 +242,13 @@ public final class Publisher: Service, Sendable {
             }
         }
         if flushed == nil { logger.warning("the last messages did not leave within \(Self.flushLimit)") }
+        let (expired, unsent) = link.withLock { ($0.expired, $0.unsentCount) }
         // Subscribers can count a gap only between messages they see; these never reached any leader.
-        if expiredCount > 0 {
+        if expired > 0 || unsent > 0 {
             logger.warning(
-                "messages left the retention buffer before any leader took them; raise --retention-count or --retention-age",
-                metadata: ["count": "\(expiredCount)"])
+                "messages never reached a leader; raise --retention-bytes or --retention-age for longer outages",
+                metadata: ["expired": "\(expired)", "unsent_at_stop": "\(unsent)"])
+            Counter(label: Instruments.expired).increment(by: Int(clamping: expired + UInt64(unsent)))
         }
         logger.info("publisher stopped")
     }
@@ -243,145 +257,506 @@ public final class Publisher: Service, Sendable {
 
     private func attach(_ record: LeaderRecord?) async {
         guard let record else { return await Task.sleepUntilCancelled() }
-        let dealer: AsyncZMQSocket
-        do {
-            dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-publisher") {
-                try $0.set(.heartbeatInterval(self.configuration.heartbeatInterval))
-                try $0.set(.heartbeatTimeout(self.configuration.heartbeatInterval * 3))
-                try $0.set(.sendHighWaterMark(BrokerConfiguration.defaultHighWaterMark))
-                // A stopping publisher's queue may hold many messages for a live leader: give them time to leave.
-                try $0.set(.linger(Self.flushLimit))
-                try $0.connect(record.requestEndpoint)
-            }
-        } catch {
-            logger.error("cannot attach to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
+        guard record.speaksThisVersion else {
+            logger.error(
+                "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this publisher speaks \(WireFormat.version); run the same Herald version everywhere",
+                metadata: ["leader": "\(record.broker)"])
             return await Task.sleepUntilCancelled()
         }
-        var registration = PublisherRegistration(
-            publisher: id, endpoint: "", topics: topics.map(\.name), history: configuration.historyOffered)
-        switch record.mode {
-        case .broker:
-            state.withLock { $0.mode = .broker }
-            resumeWaiters()
-            try? await dealer.send(registrationMessage(.register, registration))
-            let replayed = await replay(to: dealer, leader: record.broker)
-            logger.info(
-                "attached to leader",
-                metadata: ["leader": "\(record.broker)", "endpoint": "\(record.requestEndpoint)", "replayed": "\(replayed)"])
-        case .direct:
-            do {
-                registration.endpoint = try await ensureDirectSocket()
-            } catch {
-                logger.error("cannot listen for subscribers", metadata: ["error": "\(error)"])
-                await dealer.close()
-                return await Task.sleepUntilCancelled()
-            }
-            state.withLock {
-                $0.mode = .direct
-                $0.leader = record.broker
-                $0.retained.removeAll()
-            }
-            resumeWaiters()
-            logger.info(
-                "registered with leader", metadata: ["leader": "\(record.broker)", "endpoint": "\(registration.endpoint)"])
-        }
-        // Registrations double as heartbeats: the leader forgets a publisher that falls silent.
-        while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.heartbeatInterval)
-            try? await dealer.send(registrationMessage(.register, registration))
-        }
-        // A clean stop tells the leader at once; a crash is noticed when the heartbeats stop.
-        try? await dealer.send(registrationMessage(.unregister, registration))
-        state.withLock {
-            if $0.route === dealer { $0.route = nil }
-            $0.leader = nil
-        }
-        await dealer.close()
+        link.withLock { $0.commands.append(.attach(record)) }
+        wake.raise()
+        await Task.sleepUntilCancelled()
+        link.withLock { $0.commands.append(.detach(record)) }
+        wake.raise()
     }
 
-    /// Sends everything retained to a new leader, then makes it the route for new messages.
-    /// - Returns: how many messages were replayed.
-    private func replay(to dealer: AsyncZMQSocket, leader: String) async -> Int {
-        var cursor: UInt64 = 0
-        var replayed = 0
-        while !Task.isCancelled {
-            // Taken in batches under the lock; the last, empty batch switches the route in the same critical
-            // section, so a message published meanwhile is either in a batch or sent by `publish` itself.
-            let batch = state.withLock { state -> [Retained] in
-                state.trimRetention(configuration, now: .now)
-                let pending = state.retained.drop { $0.id < cursor }.prefix(512)
-                if pending.isEmpty {
-                    state.route = dealer
-                    state.leader = leader
+    /// Waits until the cluster's mode is known and half the retention buffer is free again, or the publisher
+    /// stops, or the task is cancelled.
+    private func waitForRoom() async throws {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = link.withLock { link -> Bool in
+                    if link.stopping || Task.isCancelled || link.hasRoom { return true }
+                    link.waiters.append(continuation)
+                    return false
                 }
-                return Array(pending)
+                if ready { continuation.resume() }
             }
-            guard let last = batch.last else { break }
-            for message in batch {
-                try? await dealer.send(ZMQMessage(frames: [[RequestKind.publish.rawValue]] + message.frames))
+        } onCancel: {
+            // Waking every waiter is simpler than finding this one; the others check again.
+            for waiter in link.withLock({ $0.takeWaiters() }) { waiter.resume() }
+        }
+        try Task.checkCancellation()
+        if link.withLock({ $0.stopping }) { throw PublishError.stopped }
+    }
+
+    // MARK: The socket thread
+
+    /// The thread that owns the publisher's sockets: it attaches and detaches, registers every heartbeat
+    /// interval, reads the leader's credit, and sends what callers could not.
+    private func runSocketThread() {
+        var poller = ZMQPoller()
+        var polledSocket: ObjectIdentifier?
+        var socketEntry = -1
+        var wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+        while true {
+            let plan = link.withLock { link in
+                link.reportPublished(to: publishedCounters)
+                return link.service(
+                    context: context, publisher: id, topics: topics, startedAt: startedAt, logger: logger)
             }
-            replayed += batch.count
-            cursor = last.id + 1
+            for waiter in plan.resume { waiter.resume() }
+            guard let timeout = plan.timeout else { break }
+            // The socket is polled only while this thread owns it; callers do not touch it then.
+            if let socket = plan.socket {
+                if polledSocket != ObjectIdentifier(socket) {
+                    poller = ZMQPoller()
+                    wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+                    socketEntry = poller.register(socket, for: plan.events)
+                    polledSocket = ObjectIdentifier(socket)
+                } else {
+                    poller.update(socketEntry, events: plan.events)
+                }
+            } else if polledSocket != nil {
+                poller = ZMQPoller()
+                wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+                polledSocket = nil
+                socketEntry = -1
+            }
+            _ = try? poller.poll(timeout: timeout)
+            if poller.readyEvents(wakeEntry).contains(.readable) { wake.reset() }
         }
-        return replayed
     }
 
-    private func registrationMessage(_ kind: RequestKind, _ registration: PublisherRegistration) -> ZMQMessage {
-        ZMQMessage(frames: [[kind.rawValue], Array((try? JSONEncoder.herald.encode(registration)) ?? Data())])
-    }
-
-    /// Binds the direct-mode socket once; it outlives leader changes so data keeps flowing through them.
-    private func ensureDirectSocket() async throws -> String {
-        if let endpoint = state.withLock({ $0.directEndpoint }) { return endpoint }
-        let configuration = self.configuration
-        let socket = try AsyncZMQSocket(context: context, type: .pub, name: "herald-direct") {
-            try $0.set(.heartbeatInterval(configuration.heartbeatInterval))
-            try $0.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
-            try $0.set(.sendHighWaterMark(BrokerConfiguration.defaultHighWaterMark))
-            try $0.bind("tcp://\(configuration.bindHost):\(configuration.port)")
-        }
-        let bound = try await socket.withSocket { try $0.lastEndpoint() }
-        let endpoint = NetworkAddress.advertised(
-            bound, bindHost: configuration.bindHost, advertiseHost: configuration.advertiseHost)
-        state.withLock {
-            $0.directSocket = socket
-            $0.directEndpoint = endpoint
-        }
-        logger.info("listening for subscribers", metadata: ["endpoint": "\(endpoint)"])
-        return endpoint
-    }
-
-    private func resumeWaiters() {
-        let waiters = state.withLock { state in
+    private func finishThread() {
+        let waiters = threadDone.withLock { state in
+            state.done = true
             defer { state.waiters = [] }
             return state.waiters
         }
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Suspends until the cluster's mode is known, the publisher stops, or the task is cancelled.
-    private func waitForMode() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { state -> Bool in
-                    if state.stopped || Task.isCancelled || state.mode != nil { return true }
-                    state.waiters.append(continuation)
-                    return false
-                }
-                if ready { continuation.resume() }
+    private func waitForThread() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = threadDone.withLock { state -> Bool in
+                if state.done { return true }
+                state.waiters.append(continuation)
+                return false
             }
-        } onCancel: {
-            // Waking every waiter is simpler than tracking which one was cancelled; the others re-check.
-            resumeWaiters()
+            if done { continuation.resume() }
         }
     }
 }
 
-enum Clock {
-    /// Wall-clock time for message timestamps: subscribers on other hosts compare it with their own clock.
-    /// A `Double` of seconds keeps about a quarter of a microsecond of precision today, finer than any latency
-    /// Herald reports.
-    static func nanosecondsSinceEpoch() -> UInt64 {
-        UInt64(Date().timeIntervalSince1970 * 1e9)
+// MARK: - The shared state
+
+/// Everything the callers and the socket thread share, under one lock: the sockets, the retention buffer, the
+/// credit and the sequence numbers.
+///
+/// Socket ownership follows libzmq's rule that a socket is used by one thread at a time, with a full memory
+/// barrier between users: the lock is that barrier. While ``ownedByThread`` is false, whoever holds the lock
+/// may use the sockets (callers send on them directly). While it is true, the socket thread may use them
+/// outside the lock (to wait in `zmq_poll`), and callers only append to the buffer.
+private struct Link: ~Copyable {
+    enum Command {
+        case attach(LeaderRecord)
+        case detach(LeaderRecord)
+    }
+
+    enum Step {
+        case published(ClosedRange<UInt64>, wakeThread: Bool)
+        case waitForMode
+        case waitForRoom
+    }
+
+    /// What the socket thread does after a pass: poll `socket` for `events` (or only its wake-up) for at most
+    /// `timeout`, or stop when `timeout` is `nil`.
+    struct Plan {
+        var socket: ZMQSocket?
+        var events: ZMQEvents = []
+        var timeout: Duration?
+        var resume: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let configuration: PublisherConfiguration
+    var mode: DisseminationMode?
+    var leader: LeaderRecord?
+    var commands: [Command] = []
+    var stopping = false
+    /// Broker mode: the connection to the leader, for data and registrations. Direct mode: registrations only.
+    var dealer: ZMQSocket?
+    /// Direct mode: the socket subscribers connect to; it outlives leader changes.
+    var directSocket: ZMQSocket?
+    var directEndpoint: String?
+    var ownedByThread = false
+    /// Whether the last send found libzmq's queue full.
+    var blockedOnWrite = false
+    var retention: RetentionBuffer
+    /// The first retained message not yet sent to the current leader.
+    var unsent: RetentionBuffer.Position = 0
+    /// Data bytes sent on the current connection, and the credit the leader granted for it.
+    var sent: UInt64 = 0
+    var granted: UInt64 = 0
+    /// Per topic: the last sequence number given, the topic's key, and messages not yet counted in metrics.
+    var streams: [Topic: (sequence: UInt64, key: [UInt8], uncounted: Int)] = [:]
+    /// The number of the first retained message not yet sent to the current leader (see ``unsent``).
+    var unsentNumber: UInt64 = 0
+    var expired: UInt64 = 0
+    var waiters: [CheckedContinuation<Void, Never>] = []
+    var nextRegistration: ContinuousClock.Instant = .now
+    var refusalNoted: ContinuousClock.Instant?
+
+    init(configuration: PublisherConfiguration) {
+        self.configuration = configuration
+        retention = RetentionBuffer(capacity: configuration.retentionBytes)
+    }
+
+    /// Bytes that may wait unsent while a leader is attached before callers wait.
+    var unsentLimit: Int { retention.capacity / 2 }
+
+    var unsentBytes: Int { Int(retention.end - max(unsent, retention.start)) }
+
+    /// Messages not yet sent to any leader.
+    var unsentCount: Int { Int(retention.endNumber - max(unsentNumber, retention.startNumber)) }
+
+    /// Whether a caller may publish now: the mode is known, and unless it is direct (no retention) or no leader
+    /// is attached (messages wait for one without limit), less than half the buffer waits unsent.
+    var hasRoom: Bool {
+        guard let mode else { return false }
+        return mode == .direct || leader == nil
+            || (unsentBytes < unsentLimit && unsentCount < configuration.retentionCount / 2)
+    }
+
+    mutating func takeWaiters() -> [CheckedContinuation<Void, Never>] {
+        defer { waiters = [] }
+        return waiters
+    }
+
+    // MARK: Callers
+
+    /// Encodes and, when the connection is free, sends as many of `payloads` as fit now; the rest wait for a
+    /// later call.
+    mutating func publish<Payloads: RandomAccessCollection<[UInt8]> & Sendable>(
+        _ payloads: Payloads, from next: inout Int, topic: Topic, publisher: PublisherID
+    ) throws(PublishError) -> Step where Payloads.Index == Int {
+        guard !stopping else { throw .stopped }
+        guard mode != nil else { return .waitForMode }
+        guard hasRoom else { return .waitForRoom }
+        var stream = streams.removeValue(forKey: topic) ?? (0, topic.key, 0)
+        defer { streams[topic] = stream }
+        let first = stream.sequence + 1
+        var wakeThread = false
+        while next < payloads.endIndex, hasRoom {
+            let payload = payloads[next]
+            next += 1
+            stream.sequence += 1
+            stream.uncounted += 1
+            let header = MessageHeader(
+                publisher: publisher, sequence: stream.sequence, sentAt: WallClock.nanosecondsSinceEpoch())
+            if mode == .direct {
+                sendDirect(key: stream.key, header: header, payload: payload)
+            } else if appendAndSend(key: stream.key, header: header, payload: payload) {
+                wakeThread = true
+            }
+        }
+        return .published(first...stream.sequence, wakeThread: wakeThread)
+    }
+
+    /// Moves the counts of published messages to the metrics, off the callers' path.
+    mutating func reportPublished(to counters: TopicCounters) {
+        for (topic, stream) in streams where stream.uncounted > 0 {
+            counters.increment(topic.name, by: stream.uncounted)
+            streams[topic]?.uncounted = 0
+        }
+    }
+
+    /// Direct mode: one frame, encoded in place in libzmq's message and sent on the subscribers' socket, which
+    /// never blocks (a subscriber that cannot keep up loses messages, and counts them).
+    private mutating func sendDirect(key: [UInt8], header: MessageHeader, payload: [UInt8]) {
+        guard let socket = directSocket else { return }
+        let size = DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count)
+        guard
+            var frame = try? ZMQFrame(
+                count: size,
+                initializingWith: { destination in
+                    key.withUnsafeBytes { key in
+                        payload.withUnsafeBytes { payload in
+                            DataLayout.encode(into: destination, key: key, header: header, payload: payload)
+                        }
+                    }
+                })
+        else { return }
+        try? socket.send(&frame, dontWait: true)
+    }
+
+    /// Broker mode: keeps the message for replay and sends it now when nothing waits before it and the
+    /// connection is free. - Returns: whether the socket thread must take over.
+    private mutating func appendAndSend(key: [UInt8], header: MessageHeader, payload: [UInt8]) -> Bool {
+        let size = DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count)
+        let now = WallClock.monotonicNanoseconds()
+        trimRetention(now: now)
+        let unsentBefore = unsent
+        let attached = leader != nil
+        var droppedUnsent: UInt64 = 0
+        let position = retention.append(
+            size: size, now: now,
+            dropping: { dropped in
+                // Only while detached can a message leave unsent: attached, callers wait before that.
+                if dropped >= unsentBefore { droppedUnsent += 1 }
+            },
+            encode: { destination in
+                key.withUnsafeBytes { key in
+                    payload.withUnsafeBytes { payload in
+                        DataLayout.encode(into: destination, key: key, header: header, payload: payload)
+                    }
+                }
+            })
+        expired += droppedUnsent
+        skipDropped()
+        guard attached, !ownedByThread, let dealer else { return false }
+        guard unsent == position, let (bytes, next) = retention.frame(at: position) else {
+            ownedByThread = true
+            return true
+        }
+        if sent + UInt64(size) > granted { readIncoming() }
+        guard sent + UInt64(size) <= granted else {
+            ownedByThread = true
+            return true
+        }
+        do {
+            try dealer.send(bytes: bytes, dontWait: true)
+            sent += UInt64(size)
+            unsent = next
+            unsentNumber += 1
+            return false
+        } catch {
+            blockedOnWrite = true
+            ownedByThread = true
+            return true
+        }
+    }
+
+    /// Drops what is older than the retention age or beyond the count. While a leader is attached, what waits
+    /// unsent for its credit is not dropped for age: callers wait before the count could force it out.
+    private mutating func trimRetention(now: UInt64) {
+        let age = configuration.retentionAge.components
+        let maximumAge = UInt64(clamping: age.seconds) &* 1_000_000_000 &+ UInt64(age.attoseconds / 1_000_000_000)
+        while let oldest = retention.oldestPublishedAt {
+            let overCount = retention.count >= configuration.retentionCount
+            let tooOld = now &- oldest > maximumAge
+            guard overCount || tooOld else { break }
+            let oldestUnsent = unsentNumber <= retention.startNumber
+            if oldestUnsent && leader != nil && !overCount { break }
+            if oldestUnsent { expired += 1 }
+            retention.removeFirst()
+        }
+        skipDropped()
+    }
+
+    /// Moves the unsent cursor past messages dropped from the buffer.
+    private mutating func skipDropped() {
+        if unsentNumber < retention.startNumber || unsent < retention.start {
+            unsent = retention.start
+            unsentNumber = retention.startNumber
+        }
+    }
+
+    // MARK: The socket thread
+
+    /// One pass of the socket thread, under the lock.
+    mutating func service(
+        context: ZMQContext, publisher: PublisherID, topics: [Topic], startedAt: UInt64, logger: Logger
+    ) -> Plan {
+        var plan = Plan()
+        if stopping {
+            stop(publisher: publisher, topics: topics, startedAt: startedAt, logger: logger)
+            plan.resume = takeWaiters()
+            return plan
+        }
+        // Read first: a refusal asks for a new connection, which the commands below then make.
+        readIncoming(logger: logger)
+        while !commands.isEmpty {
+            switch commands.removeFirst() {
+            case .attach(let record): attach(record, context: context, logger: logger)
+            case .detach(let record): detach(record, publisher: publisher, topics: topics, startedAt: startedAt)
+            }
+        }
+        let now = ContinuousClock.now
+        if dealer != nil, now >= nextRegistration {
+            register(.register, publisher: publisher, topics: topics, startedAt: startedAt)
+            nextRegistration = now + configuration.heartbeatInterval
+        }
+        if ownedByThread {
+            switch flush() {
+            case .done:
+                ownedByThread = false
+            case .blocked:
+                plan.events = [.readable, .writable]
+            case .needsCredit:
+                plan.events = .readable
+            }
+            if ownedByThread, let dealer { plan.socket = dealer }
+        }
+        if hasRoom || leader == nil { plan.resume = takeWaiters() }
+        plan.timeout = mode == nil ? .seconds(1) : max(.milliseconds(1), min(nextRegistration - now, .seconds(1)))
+        return plan
+    }
+
+    private enum FlushOutcome { case done, blocked, needsCredit }
+
+    /// Sends waiting messages while credit lasts and libzmq takes them, a batch at a time.
+    private mutating func flush() -> FlushOutcome {
+        guard let dealer, leader != nil else { return .done }
+        blockedOnWrite = false
+        skipDropped()
+        for _ in 0..<4096 {
+            guard let (bytes, next) = retention.frame(at: unsent) else { return .done }
+            if sent + UInt64(bytes.count) > granted {
+                readIncoming()
+                if sent + UInt64(bytes.count) > granted { return .needsCredit }
+            }
+            do {
+                try dealer.send(bytes: bytes, dontWait: true)
+            } catch {
+                blockedOnWrite = true
+                return .blocked
+            }
+            sent += UInt64(bytes.count)
+            unsent = next
+            unsentNumber += 1
+        }
+        // A full batch: let callers in, then go on.
+        return .blocked
+    }
+
+    /// Reads what the leader sent: credit, and refusals.
+    private mutating func readIncoming(logger: Logger? = nil) {
+        guard let dealer else { return }
+        var frame = ZMQFrame()
+        for _ in 0..<64 {
+            guard let more = try? dealer.receive(into: &frame, dontWait: true) else { return }
+            if more { dealer.discardRemainingFrames() }
+            let kind = frame.withUnsafeBytes { WireFormat.kind(of: $0) }
+            switch kind {
+            case .success(.credit):
+                if case .success(let value) = frame.withUnsafeBytes({ ControlFrame.decodeCount($0) }) {
+                    granted = max(granted, value)
+                }
+            case .success(.refused):
+                let refusal = frame.withUnsafeBytes { ControlFrame.decode(Refusal.self, from: $0) }
+                if case .success(let refusal) = refusal { refused(refusal, logger: logger) }
+            default:
+                continue
+            }
+        }
+    }
+
+    /// A refusal from the leader: it no longer knows this connection (it restarted its term, or dropped the
+    /// registration after a pause), so start over on a new connection and replay.
+    private mutating func refused(_ refusal: Refusal, logger: Logger?) {
+        switch refusal.reason {
+        case .notRegistered, .overCredit:
+            guard let leader else { return }
+            if let logger, refusalNoted.map({ ContinuousClock.now - $0 > .seconds(10) }) ?? true {
+                logger.info("the leader no longer knows this connection; reconnecting and replaying", metadata: ["reason": "\(refusal.reason.rawValue)"])
+                refusalNoted = .now
+            }
+            commands.insert(.attach(leader), at: 0)
+        case .versionMismatch:
+            logger?.error("the leader refused this publisher's wire format: \(refusal.detail)")
+        default:
+            logger?.warning("the leader refused a registration: \(refusal.detail)")
+        }
+    }
+
+    private mutating func attach(_ record: LeaderRecord, context: ZMQContext, logger: Logger) {
+        closeDealer(linger: .zero)
+        do {
+            let dealer = try ZMQSocket(context: context, type: .dealer)
+            try dealer.set(.heartbeatInterval(configuration.heartbeatInterval))
+            try dealer.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+            // The leader's credit bounds the bytes in flight; the count limit only has to let a window of
+            // small messages through.
+            try dealer.set(.sendHighWaterMark(0))
+            try dealer.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
+            try dealer.set(.linger(Publisher.flushLimit))
+            try dealer.connect(record.requestEndpoint)
+            self.dealer = dealer
+        } catch {
+            logger.error("cannot attach to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
+            return
+        }
+        if record.mode == .direct, directSocket == nil {
+            do {
+                let socket = try ZMQSocket(context: context, type: .pub)
+                try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
+                try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+                try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
+                let bound = try socket.bind("tcp://\(configuration.bindHost):\(configuration.port)")
+                directEndpoint = NetworkAddress.advertised(
+                    bound, bindHost: configuration.bindHost, advertiseHost: configuration.advertiseHost)
+                directSocket = socket
+                logger.info("listening for subscribers", metadata: ["endpoint": "\(directEndpoint ?? bound)"])
+            } catch {
+                logger.error("cannot listen for subscribers", metadata: ["error": "\(error)"])
+            }
+        }
+        mode = record.mode
+        leader = record
+        sent = 0
+        granted = 0
+        nextRegistration = .now
+        let replaying = record.mode == .broker ? retention.count : 0
+        unsent = retention.start
+        unsentNumber = retention.startNumber
+        ownedByThread = record.mode == .broker
+        if record.mode == .direct { retention = RetentionBuffer(capacity: 64) }
+        logger.info(
+            record.mode == .broker ? "attached to leader" : "registered with leader",
+            metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)", "replaying": "\(replaying)"])
+    }
+
+    private mutating func detach(_ record: LeaderRecord, publisher: PublisherID, topics: [Topic], startedAt: UInt64) {
+        guard leader == record else { return }
+        // A clean stop or a leader change tells the old leader at once; a crash is noticed when heartbeats stop.
+        register(.unregister, publisher: publisher, topics: topics, startedAt: startedAt)
+        closeDealer(linger: .milliseconds(100))
+        leader = nil
+    }
+
+    private mutating func stop(publisher: PublisherID, topics: [Topic], startedAt: UInt64, logger: Logger) {
+        if leader != nil, mode == .broker, dealer != nil {
+            // Give what waits a bounded chance to leave, credit permitting.
+            let deadline = ContinuousClock.now + Publisher.flushLimit
+            while ContinuousClock.now < deadline, flush() != .done {
+                if let dealer { _ = try? ZMQPoller.wait(on: dealer, for: .readable, timeout: .milliseconds(50)) }
+            }
+        }
+        if leader != nil { register(.unregister, publisher: publisher, topics: topics, startedAt: startedAt) }
+        closeDealer(linger: Publisher.flushLimit)
+        directSocket?.close()
+        directSocket = nil
+        leader = nil
+    }
+
+    private mutating func closeDealer(linger: Duration) {
+        guard let dealer else { return }
+        try? dealer.set(.linger(linger))
+        dealer.close()
+        self.dealer = nil
+        ownedByThread = false
+        blockedOnWrite = false
+    }
+
+    private mutating func register(
+        _ kind: WireFormat.Kind, publisher: PublisherID, topics: [Topic], startedAt: UInt64
+    ) {
+        guard let dealer else { return }
+        let registration = PublisherRegistration(
+            publisher: publisher, endpoint: mode == .direct ? directEndpoint ?? "" : "", topics: topics.map(\.name),
+            history: configuration.historyOffered, startedAt: startedAt)
+        let frame = ControlFrame.encode(kind, registration)
+        frame.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
 }

@@ -1,23 +1,34 @@
-/// Turns what arrives from the network — live messages, replays after a failover, history — into each
+/// Turns what arrives from the network (live messages, replays after a failover, history) into each
 /// publisher's messages exactly once and in order, and counts what could not be delivered that way.
 ///
 /// Each publisher numbers its messages per topic from 1, so a (publisher, topic) pair is one stream. For each
 /// stream the sequencer knows the next sequence number it owes the application:
 /// - a lower number is a duplicate (a replay, or history overlapping live traffic) and is dropped;
 /// - the expected number is delivered, with any held successors that now follow on;
-/// - a higher number is held while the gap before it may still be filled (by a replay or by history), for at
-///   most ``gapTimeout``; then the missing numbers are counted as lost and the held messages delivered.
+/// - a higher number is held while the gap before it may still be filled, for at most ``gapTimeout``; then
+///   the missing numbers are counted as lost and the held messages delivered.
 ///
 /// A stream starts at the first message seen from it, so a new subscriber is not owed what was published
-/// before it subscribed; history asked for explicitly is fed in first, so it starts streams earlier.
-/// A publisher that restarts has a new identity, so its numbering starts a new stream instead of looking like
-/// a gap or like duplicates.
+/// before it subscribed; a publisher that restarts has a new identity, so its numbering starts a new stream.
+///
+/// The state of a stream is updated in place and a message in order is handed on without being copied, so
+/// the steady state allocates nothing; only held messages are copied. Held bytes, held messages per stream and
+/// the number of streams are bounded: past them the oldest gap is given up (and counted), and streams that
+/// fell silent are forgotten.
 public struct Sequencer: Sendable {
     /// How long a gap may stay open: long enough for a publisher to reattach to a new leader and replay, short
     /// enough that a lost message holds up its successors only briefly.
     public static let defaultGapTimeout: Duration = .seconds(3)
-    /// Messages held per stream at most; beyond that the oldest gap is declared lost at once, bounding memory.
+    /// Messages held per stream at most; beyond that the oldest gap is declared lost at once.
     public static let defaultHoldLimit = 100_000
+    /// Bytes of payload held across all streams at most: out-of-order messages wait here, so this bounds the
+    /// subscriber's reorder memory.
+    public static let defaultHeldBytes = 16 << 20
+    /// Streams remembered at most; past it the one silent longest is forgotten.
+    public static let defaultStreamLimit = 100_000
+    /// A stream silent this long is forgotten: far longer than a publisher retains messages for replay, so a
+    /// forgotten stream has nothing left that could come back as a duplicate.
+    public static let defaultStreamIdleTimeout: Duration = .seconds(120)
 
     /// What the sequencer counted so far.
     public struct Statistics: Sendable, Equatable {
@@ -31,111 +42,246 @@ public struct Sequencer: Sendable {
         public var reordered: UInt64 = 0
         /// Streams (publisher and topic pairs) seen.
         public var streams: Int = 0
+
+        /// Creates counts.
+        public init(delivered: UInt64 = 0, lost: UInt64 = 0, duplicates: UInt64 = 0, reordered: UInt64 = 0, streams: Int = 0) {
+            self.delivered = delivered
+            self.lost = lost
+            self.duplicates = duplicates
+            self.reordered = reordered
+            self.streams = streams
+        }
     }
 
+    /// One stream: a publisher on a topic (a topic is numbered by its owner).
     struct StreamKey: Hashable, Sendable {
         var publisher: PublisherID
-        var topic: Topic
+        var topic: Int
+    }
+
+    /// Where delivered messages go, in order.
+    protocol Sink {
+        mutating func deliver(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64)
+    }
+
+    private struct Held: Sendable {
+        var header: MessageHeader
+        var payload: [UInt8]
+        var receivedAt: UInt64
     }
 
     private struct Stream: Sendable {
         var next: UInt64
-        var held: [UInt64: ReceivedMessage] = [:]
+        var held: [UInt64: Held] = [:]
         var gapOpenedAt: ContinuousClock.Instant?
+        var lastSeen: ContinuousClock.Instant
+        /// The highest number was delivered: nothing more can follow.
+        var exhausted = false
     }
 
     /// How long a gap may stay open.
     public let gapTimeout: Duration
     /// Messages held per stream at most.
     public let holdLimit: Int
+    /// Bytes of payload held at most.
+    public let heldBytesLimit: Int
+    /// Streams remembered at most.
+    public let streamLimit: Int
+    /// How long a silent stream is remembered.
+    public let streamIdleTimeout: Duration
     /// The counts so far.
     public private(set) var statistics = Statistics()
     private var streams: [StreamKey: Stream] = [:]
+    private var heldBytes = 0
 
     /// Creates an empty sequencer.
     /// - Parameters:
     ///   - gapTimeout: how long a gap may stay open.
     ///   - holdLimit: messages held per stream at most.
-    public init(gapTimeout: Duration = Sequencer.defaultGapTimeout, holdLimit: Int = Sequencer.defaultHoldLimit) {
+    ///   - heldBytes: bytes of payload held at most.
+    ///   - streamLimit: streams remembered at most.
+    ///   - streamIdleTimeout: how long a silent stream is remembered.
+    public init(
+        gapTimeout: Duration = Sequencer.defaultGapTimeout, holdLimit: Int = Sequencer.defaultHoldLimit,
+        heldBytes: Int = Sequencer.defaultHeldBytes, streamLimit: Int = Sequencer.defaultStreamLimit,
+        streamIdleTimeout: Duration = Sequencer.defaultStreamIdleTimeout
+    ) {
         self.gapTimeout = gapTimeout
         self.holdLimit = max(1, holdLimit)
+        self.heldBytesLimit = max(0, heldBytes)
+        self.streamLimit = max(1, streamLimit)
+        self.streamIdleTimeout = streamIdleTimeout
     }
 
     /// Whether any stream has a gap open.
     public var hasOpenGaps: Bool { streams.values.contains { $0.gapOpenedAt != nil } }
 
-    /// The next sequence number owed for each stream, for asking a broker to replay what came after.
-    var expectations: [StreamKey: UInt64] { streams.mapValues(\.next) }
-
-    /// Takes one message and returns what can now be delivered, in order.
-    /// - Parameters:
-    ///   - message: the message as received.
-    ///   - now: the current time, for gap timeouts.
-    public mutating func accept(_ message: ReceivedMessage, now: ContinuousClock.Instant) -> [ReceivedMessage] {
-        let key = StreamKey(publisher: message.header.publisher, topic: message.topic)
-        let sequence = message.header.sequence
-        // Taken out of the dictionary while it changes, so that its held messages are never copied on write.
-        guard var stream = streams.removeValue(forKey: key) else {
-            statistics.streams += 1
-            streams[key] = Stream(next: sequence &+ 1)
-            statistics.delivered += 1
-            return [message]
+    /// The topics with a gap open for at least `age`, for asking the leader to send them again.
+    func topicsWithGaps(olderThan age: Duration, now: ContinuousClock.Instant) -> Set<Int> {
+        var topics = Set<Int>()
+        for (key, stream) in streams where stream.gapOpenedAt.map({ now - $0 >= age }) ?? false {
+            topics.insert(key.topic)
         }
-        defer { streams[key] = stream }
-        if sequence < stream.next || stream.held[sequence] != nil {
-            statistics.duplicates = statistics.duplicates.addingSaturated(1)
-            return []
-        }
-        if sequence > stream.next {
-            stream.held[sequence] = message
-            if stream.gapOpenedAt == nil { stream.gapOpenedAt = now }
-            if stream.held.count > holdLimit { return skipGap(&stream, now: now) }
-            return []
-        }
-        if !stream.held.isEmpty { statistics.reordered = statistics.reordered.addingSaturated(1) }
-        var delivered = [message]
-        stream.next = sequence &+ 1
-        drain(&stream, into: &delivered, now: now)
-        statistics.delivered = statistics.delivered.addingSaturated(UInt64(delivered.count))
-        return delivered
+        return topics
     }
 
-    /// Declares gaps older than the timeout lost and returns the held messages that then follow on.
-    /// - Parameter now: the current time.
-    public mutating func expireGaps(now: ContinuousClock.Instant) -> [ReceivedMessage] {
-        var delivered: [ReceivedMessage] = []
-        let expired = streams.filter { _, stream in stream.gapOpenedAt.map { now - $0 >= gapTimeout } ?? false }.keys
-        for key in expired {
-            guard var stream = streams.removeValue(forKey: key) else { continue }
-            delivered += skipGap(&stream, now: now)
+    /// The next sequence number owed for each stream, for asking a leader to resume from there.
+    var expectations: [StreamKey: UInt64] { streams.filter { !$0.value.exhausted }.mapValues(\.next) }
+
+    /// Bytes of payload held for reordering now.
+    var heldPayloadBytes: Int { heldBytes }
+
+    /// Takes one message; what can now be delivered goes to `sink`, in order.
+    /// - Parameters:
+    ///   - topic: the message's topic, as numbered by the caller.
+    ///   - header: its header.
+    ///   - payload: its payload, read only during the call (copied if held).
+    ///   - receivedAt: when it arrived, in nanoseconds since the Unix epoch.
+    ///   - lostBeforeFirst: for a stream first seen with this message, whether the numbers before it are owed
+    ///     and cannot come any more (direct mode, a publisher that started after the subscriber): they are
+    ///     counted as lost.
+    ///   - now: the current time, for gap timeouts.
+    ///   - sink: where deliveries go.
+    mutating func accept(
+        topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64,
+        lostBeforeFirst: Bool = false, now: ContinuousClock.Instant, into sink: inout some Sink
+    ) {
+        let key = StreamKey(publisher: header.publisher, topic: topic)
+        let sequence = header.sequence
+        guard let index = streams.index(forKey: key) else {
+            if streams.count >= streamLimit { forgetLongestSilent() }
+            statistics.streams += 1
+            if lostBeforeFirst, sequence > 1 { statistics.lost = statistics.lost.addingSaturated(sequence - 1) }
+            var stream = Stream(next: sequence, lastSeen: now)
+            Self.deliver(
+                &stream, topic: topic, header: header, payload: payload, receivedAt: receivedAt, now: now,
+                statistics: &statistics, heldBytes: &heldBytes, into: &sink)
             streams[key] = stream
+            return
         }
-        return delivered
+        // Changed in place through the index: the stream, and its held messages, are never copied.
+        streams.values[index].lastSeen = now
+        let next = streams.values[index].next
+        if streams.values[index].exhausted || sequence < next || streams.values[index].held[sequence] != nil {
+            statistics.duplicates = statistics.duplicates.addingSaturated(1)
+            return
+        }
+        if sequence > next {
+            hold(at: index, header: header, payload: payload, receivedAt: receivedAt, now: now, into: &sink)
+            return
+        }
+        if !streams.values[index].held.isEmpty { statistics.reordered = statistics.reordered.addingSaturated(1) }
+        Self.deliver(
+            &streams.values[index], topic: topic, header: header, payload: payload, receivedAt: receivedAt, now: now,
+            statistics: &statistics, heldBytes: &heldBytes, into: &sink)
+    }
+
+    /// Declares gaps older than the timeout lost and delivers the held messages that then follow on.
+    mutating func expireGaps(now: ContinuousClock.Instant, into sink: inout some Sink) {
+        // Keys first: iterating the dictionary's indices while changing its values would copy it.
+        let expired = streams.compactMap { key, stream in
+            stream.gapOpenedAt.map { now - $0 >= gapTimeout } == true ? key : nil
+        }
+        for key in expired {
+            if let index = streams.index(forKey: key) { skipGap(at: index, now: now, into: &sink) }
+        }
+    }
+
+    /// Forgets streams silent for longer than ``streamIdleTimeout`` with nothing held.
+    mutating func forgetSilentStreams(now: ContinuousClock.Instant) {
+        let silent = streams.filter { now - $0.value.lastSeen > streamIdleTimeout && $0.value.held.isEmpty }.keys
+        for key in silent { streams[key] = nil }
+    }
+
+    // MARK: Internals
+
+    /// Delivers a message that is next in its stream, then the held ones that follow on.
+    private static func deliver(
+        _ stream: inout Stream, topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64,
+        now: ContinuousClock.Instant, statistics: inout Statistics, heldBytes: inout Int, into sink: inout some Sink
+    ) {
+        sink.deliver(topic: topic, header: header, payload: payload, receivedAt: receivedAt)
+        statistics.delivered = statistics.delivered.addingSaturated(1)
+        advance(&stream, past: header.sequence)
+        drain(&stream, topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
+    }
+
+    /// The next number owed after `sequence`; the highest number ends the stream rather than wrap around.
+    private static func advance(_ stream: inout Stream, past sequence: UInt64) {
+        if sequence == .max {
+            stream.exhausted = true
+            stream.next = .max
+        } else {
+            stream.next = sequence + 1
+        }
+    }
+
+    /// Delivers held messages that follow on, and restarts the gap clock if a gap remains.
+    private static func drain(
+        _ stream: inout Stream, topic: Int, now: ContinuousClock.Instant, statistics: inout Statistics,
+        heldBytes: inout Int, into sink: inout some Sink
+    ) {
+        while !stream.exhausted, let held = stream.held.removeValue(forKey: stream.next) {
+            heldBytes -= held.payload.count
+            held.payload.withUnsafeBytes {
+                sink.deliver(topic: topic, header: held.header, payload: $0, receivedAt: held.receivedAt)
+            }
+            statistics.delivered = statistics.delivered.addingSaturated(1)
+            advance(&stream, past: held.header.sequence)
+        }
+        if stream.exhausted, !stream.held.isEmpty {
+            for (_, held) in stream.held { heldBytes -= held.payload.count }
+            statistics.duplicates = statistics.duplicates.addingSaturated(UInt64(stream.held.count))
+            stream.held = [:]
+        }
+        stream.gapOpenedAt = stream.held.isEmpty ? nil : now
+    }
+
+    private mutating func hold(
+        at index: Dictionary<StreamKey, Stream>.Index, header: MessageHeader, payload: UnsafeRawBufferPointer,
+        receivedAt: UInt64, now: ContinuousClock.Instant, into sink: inout some Sink
+    ) {
+        streams.values[index].held[header.sequence] = Held(header: header, payload: Array(payload), receivedAt: receivedAt)
+        heldBytes += payload.count
+        if streams.values[index].gapOpenedAt == nil { streams.values[index].gapOpenedAt = now }
+        if streams.values[index].held.count > holdLimit { skipGap(at: index, now: now, into: &sink) }
+        // Over the byte limit: give up gaps, this stream's first, until the held bytes fit.
+        while heldBytes > heldBytesLimit {
+            if !streams.values[index].held.isEmpty {
+                skipGap(at: index, now: now, into: &sink)
+            } else if let other = streams.first(where: { !$0.value.held.isEmpty })?.key,
+                let otherIndex = streams.index(forKey: other)
+            {
+                skipGap(at: otherIndex, now: now, into: &sink)
+            } else {
+                break
+            }
+        }
     }
 
     /// Counts the missing numbers before the lowest held message as lost and delivers what follows on.
-    private mutating func skipGap(_ stream: inout Stream, now: ContinuousClock.Instant) -> [ReceivedMessage] {
-        guard let lowest = stream.held.keys.min() else {
-            stream.gapOpenedAt = nil
-            return []
+    private mutating func skipGap(
+        at index: Dictionary<StreamKey, Stream>.Index, now: ContinuousClock.Instant, into sink: inout some Sink
+    ) {
+        let topic = streams.keys[index].topic
+        guard let lowest = streams.values[index].held.keys.min() else {
+            streams.values[index].gapOpenedAt = nil
+            return
         }
         // Sequence numbers come from the network: a sender may jump to any of them, so the count saturates.
-        statistics.lost = statistics.lost.addingSaturated(lowest - stream.next)
-        stream.next = lowest
-        var delivered: [ReceivedMessage] = []
-        drain(&stream, into: &delivered, now: now)
-        statistics.delivered = statistics.delivered.addingSaturated(UInt64(delivered.count))
-        return delivered
+        statistics.lost = statistics.lost.addingSaturated(lowest - streams.values[index].next)
+        streams.values[index].next = lowest
+        Self.drain(
+            &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }
 
-    /// Moves held messages that follow on from `next` into `delivered`, and restarts the gap clock if a gap
-    /// remains.
-    private func drain(_ stream: inout Stream, into delivered: inout [ReceivedMessage], now: ContinuousClock.Instant) {
-        while let message = stream.held.removeValue(forKey: stream.next) {
-            delivered.append(message)
-            stream.next &+= 1
+    private mutating func forgetLongestSilent() {
+        guard let oldest = streams.min(by: { $0.value.lastSeen < $1.value.lastSeen })?.key else { return }
+        if let stream = streams.removeValue(forKey: oldest) {
+            for (_, held) in stream.held { heldBytes -= held.payload.count }
+            // What it held can no longer be ordered: counted as lost rather than delivered out of order.
+            statistics.lost = statistics.lost.addingSaturated(UInt64(stream.held.count))
         }
-        stream.gapOpenedAt = stream.held.isEmpty ? nil : now
     }
 }
 

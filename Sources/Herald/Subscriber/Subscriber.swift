@@ -8,6 +8,13 @@ import ZooKeeper
 
 /// Settings of a ``Subscriber``.
 public struct SubscriberConfiguration: Sendable {
+    /// Bytes the leader may send ahead of this subscriber's acknowledgements: at 1 GB/s a millisecond of
+    /// traffic, far more than a loopback round trip, so the window never slows a subscriber that keeps up.
+    public static let defaultWindow = 1 << 20
+    /// Bytes of delivered messages waiting for the application at most; past it the subscriber stops taking
+    /// messages, and the leader, then the publishers, slow down.
+    public static let defaultBufferBytes = 16 << 20
+
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
     /// The cluster.
@@ -16,12 +23,18 @@ public struct SubscriberConfiguration: Sendable {
     public var heartbeatInterval: Duration = .seconds(1)
     /// Direct mode: how often the leader is asked for the publishers of the subscribed topics.
     public var discoveryInterval: Duration = .milliseconds(500)
-    /// Per-connection queue limit in messages.
-    public var receiveHighWaterMark: Int32 = BrokerConfiguration.defaultHighWaterMark
     /// Broker mode: how many of the last messages of each topic to receive before live ones (0: none).
     public var history: Int = 0
     /// How long a gap in a publisher's numbering may wait to be filled before its messages count as lost.
     public var gapTimeout: Duration = Sequencer.defaultGapTimeout
+    /// Broker mode: bytes the leader may send ahead of acknowledgements (`--window`).
+    public var window: Int = SubscriberConfiguration.defaultWindow
+    /// Bytes of delivered messages waiting for the application at most (`--buffer-bytes`).
+    public var bufferBytes: Int = SubscriberConfiguration.defaultBufferBytes
+    /// Bytes of out-of-order messages held for reordering at most (`--reorder-bytes`).
+    public var reorderBytes: Int = Sequencer.defaultHeldBytes
+    /// The largest message accepted from a leader or publisher, in bytes (`--max-message-size`).
+    public var maximumMessageSize: Int = BrokerConfiguration.defaultMaximumMessageSize
 
     /// Creates a configuration.
     /// - Parameters:
@@ -33,49 +46,24 @@ public struct SubscriberConfiguration: Sendable {
     }
 }
 
-/// A message as a subscriber receives it.
-public struct ReceivedMessage: Sendable, Hashable {
-    /// The topic it was published on.
-    public var topic: Topic
-    /// Its publisher, sequence number and send time.
-    public var header: MessageHeader
-    /// The message body.
-    public var payload: [UInt8]
-    /// When it arrived, in nanoseconds since the Unix epoch.
-    public var receivedAt: UInt64
-
-    /// End-to-end latency from the publisher's send to this arrival (publisher and subscriber clocks must agree
-    /// when they run on different hosts).
-    /// Total for any send time a publisher claims: a difference beyond `Int64`'s range saturates.
-    public var latency: Duration {
-        .nanoseconds(Self.nanoseconds(from: header.sentAt, to: receivedAt))
-    }
-
-    /// `to - from` in nanoseconds, saturated to `Int64`'s range: a send time comes from the network, so it
-    /// may be anything.
-    static func nanoseconds(from start: UInt64, to end: UInt64) -> Int64 {
-        if end >= start {
-            let difference = end - start
-            return difference > UInt64(Int64.max) ? .max : Int64(difference)
-        }
-        let difference = start - end
-        return difference > UInt64(Int64.max) ? .min : -Int64(difference)
-    }
-}
-
 /// Receives the messages of some topics, following the cluster's leader through ZooKeeper.
 ///
-/// Run it (``run()``, or in a `ServiceGroup`) and iterate ``messages`` at the same time. In broker mode it
-/// connects to the leader broker; in direct mode it asks the leader for the publishers of its topics and
-/// connects straight to them, keeping those connections through leader changes.
+/// Run it (``run()``, or in a `ServiceGroup`) and iterate ``batches`` or ``messages`` at the same time. In
+/// broker mode it attaches to the leader broker; in direct mode it asks the leader for the publishers of its
+/// topics and connects straight to them, keeping those connections through leader changes.
+///
+/// ## One thread, batches
+/// A socket thread receives, decodes and orders messages and hands them to the application in batches: one
+/// wake-up per batch, not per message. It acknowledges what it handed on, and the leader sends no more than a
+/// window ahead, so a slow application slows the leader and, through it, the publishers: nothing is dropped
+/// for speed. The batches waiting for the application are bounded in bytes
+/// (``SubscriberConfiguration/bufferBytes``).
 ///
 /// ## Exactly once, in order
 /// Every message passes a ``Sequencer``: the application gets each publisher's messages on a topic once and
-/// in order. In broker mode, after attaching to a leader (first or after a failover), after its first live
-/// message there, and whenever a gap stays open, the subscriber asks the leader for what it kept from the next
-/// number owed onwards; together with publishers replaying their retention buffers this closes the window in
-/// which a new SUB connection misses messages (the slow-joiner problem) and the messages a dead leader never
-/// forwarded. What is still missing when a gap times out is counted as lost (``statistics``), never silent.
+/// in order. After a failover the subscriber tells the new leader what it is owed per publisher, and the
+/// leader sends its log from there; a gap that stays open asks again. What is still missing when a gap times
+/// out is counted as lost (``statistics``), never silent.
 ///
 /// ```swift
 /// let subscriber = try Subscriber(configuration: config, topics: ["weather"], logger: logger)
@@ -91,38 +79,27 @@ public final class Subscriber: Service, Sendable {
     public let configuration: SubscriberConfiguration
     /// The topics it receives.
     public let topics: Set<Topic>
+    private let orderedTopics: [Topic]
     private let logger: Logger
     private let context: ZMQContext
-    private let socket: AsyncZMQSocket
-    private let state = Mutex(State())
-    /// Everything the delivery pipeline reacts to, in arrival order.
-    private let inputs = AsyncBuffer<Input>(limit: 4096)
-    /// What the application gets.
-    private let output = AsyncBuffer<ReceivedMessage>(limit: 4096)
-    private let receivedCounters = TopicCounters(label: Instruments.received)
-    private let latencyTimer = CoreMetrics.Timer(label: Instruments.latency)
+    private let wake: WakeSignal
+    private let queue: DeliveryQueue
+    private let shared = Mutex(Shared())
 
-    /// How often gaps are checked and, while one is open, the leader asked to fill it.
-    static let recoveryInterval: Duration = .milliseconds(250)
-    /// How long to wait for requested history before delivering live messages without it.
-    static let historyTimeout: Duration = .seconds(3)
-
-    private struct State {
+    /// What the socket thread and the rest share.
+    struct Shared {
+        var commands: [Command] = []
+        var stopping = false
         var leader: String?
-        /// Direct mode: the publishers connected to, by endpoint.
-        var publishers: [String: PublisherID] = [:]
+        var publishers: [String] = []
         var malformed: UInt64 = 0
         var statistics = Sequencer.Statistics()
         var historyNotice: String?
     }
 
-    enum Input: Sendable {
-        case live(ZMQMessage)
-        /// Broker mode: a connection to a new leader for history requests, or `nil` when detached.
-        case attached(AsyncZMQSocket?)
-        case history(ZMQMessage)
-        case historyEnd(HistoryEnd)
-        case tick
+    enum Command {
+        case attach(LeaderRecord)
+        case detach(LeaderRecord)
     }
 
     /// Creates a subscriber; it connects when ``run()`` starts.
@@ -135,338 +112,579 @@ public final class Subscriber: Service, Sendable {
         guard configuration.history >= 0 else {
             throw HeraldConfigurationError("history must not be negative, got \(configuration.history)")
         }
+        guard configuration.window >= 64 * 1024 else {
+            throw HeraldConfigurationError("the window must be at least 65536 bytes, got \(configuration.window)")
+        }
         self.configuration = configuration
         self.topics = Set(topics)
+        self.orderedTopics = Array(Set(topics)).sorted { $0.name < $1.name }
         self.logger = logger
         self.context = try ZMQContext()
-        socket = try AsyncZMQSocket(context: context, type: .sub, name: "herald-subscriber", receiveBufferLimit: 4096) {
-            try $0.set(.heartbeatInterval(configuration.heartbeatInterval))
-            try $0.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
-            try $0.set(.receiveHighWaterMark(configuration.receiveHighWaterMark))
-            for topic in topics { try $0.set(.subscribe(topic.key)) }
-        }
+        let wake = try WakeSignal()
+        self.wake = wake
+        self.queue = DeliveryQueue(limit: configuration.bufferBytes) { wake.raise() }
     }
 
     /// The leader this subscriber is attached to, if any.
-    public var attachedLeader: String? { state.withLock { $0.leader } }
+    public var attachedLeader: String? { shared.withLock { $0.leader } }
 
     /// Direct mode: the endpoints of the publishers it is connected to.
-    public var connectedPublishers: [String] { state.withLock { $0.publishers.keys.sorted() } }
+    public var connectedPublishers: [String] { shared.withLock { $0.publishers } }
 
     /// Messages dropped because they were malformed or of a topic not asked for.
-    public var malformedCount: UInt64 { state.withLock { $0.malformed } }
+    public var malformedCount: UInt64 { shared.withLock { $0.malformed } }
 
     /// Delivered, lost, duplicate and reordered messages so far.
-    public var statistics: Sequencer.Statistics { state.withLock { $0.statistics } }
+    public var statistics: Sequencer.Statistics { shared.withLock { $0.statistics } }
 
     /// Why requested history could not be served in full, if it could not (for example, publishers offer less).
-    public var historyNotice: String? { state.withLock { $0.historyNotice } }
+    public var historyNotice: String? { shared.withLock { $0.historyNotice } }
 
-    /// Each publisher's messages on the subscribed topics, once and in order; ends when the subscriber stops.
-    /// One consumer at a time.
-    public var messages: some AsyncSequence<ReceivedMessage, Never> & Sendable { output.elements }
+    /// The messages in batches, each publisher's messages on a topic once and in order; ends when the
+    /// subscriber stops. One consumer at a time, of this or of ``messages``.
+    public var batches: Batches { Batches(queue: queue) }
 
-    /// Follows the leader and delivers messages until cancelled or shut down gracefully; then ends ``messages``.
+    /// The messages one at a time: ``batches`` flattened. One consumer at a time, of this or of ``batches``.
+    public var messages: Messages { Messages(queue: queue) }
+
+    /// Follows the leader and delivers messages until cancelled or shut down gracefully; then ends ``batches``.
     public func run() async throws {
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
             logger: logger)
-        defer { output.finish() }
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await self.deliver() }
-                group.addTask {
-                    for await message in self.socket.messages { await self.inputs.push(.live(message)) }
-                }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: Self.recoveryInterval)
-                        await self.inputs.push(.tick)
-                    }
-                }
-                group.addTask { try await follower.run { record in await self.attach(record) } }
-                try await group.next()
-                // Every child runs until cancelled; one that ends on its own is a fault worth a log line,
-                // since the subscriber then stops.
-                if !Task.isCancelled { self.logger.error("a subscriber task ended unexpectedly; stopping") }
-                group.cancelAll()
+        let done = Mutex((finished: false, waiter: CheckedContinuation<Void, Never>?.none))
+        let thread = Thread { [self] in
+            SubscriberLoop(subscriber: self).run()
+            let waiter = done.withLock { state in
+                state.finished = true
+                defer { state.waiter = nil }
+                return state.waiter
             }
+            waiter?.resume()
         }
-        await socket.close()
-        inputs.finish()
+        thread.name = "herald-subscriber"
+        thread.start()
+        defer { queue.finish() }
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await follower.run { record in await self.attach(record) }
+            }
+        } catch {
+            await stopThread(done)
+            throw error
+        }
+        await stopThread(done)
         logger.info("subscriber stopped")
     }
 
-    // MARK: Delivery
+    private func stopThread(_ done: borrowing Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>) async {
+        shared.withLock { $0.stopping = true }
+        wake.raise()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finished = done.withLock { state -> Bool in
+                if state.finished { return true }
+                state.waiter = continuation
+                return false
+            }
+            if finished { continuation.resume() }
+        }
+        context.terminate()
+    }
 
-    /// The one task that owns the sequencer: it orders what arrives and hands it to the application.
-    private func deliver() async {
-        var pipeline = DeliveryPipeline(
-            sequencer: Sequencer(gapTimeout: configuration.gapTimeout), topics: topics.map(\.name).sorted(),
-            initialHistory: configuration.history)
-        for await input in inputs.elements {
+    private func attach(_ record: LeaderRecord?) async {
+        guard let record else { return await Task.sleepUntilCancelled() }
+        guard record.speaksThisVersion else {
+            logger.error(
+                "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this subscriber speaks \(WireFormat.version); run the same Herald version everywhere",
+                metadata: ["leader": "\(record.broker)"])
+            return await Task.sleepUntilCancelled()
+        }
+        if record.mode == .direct, configuration.history > 0 {
+            logger.warning("history is kept by brokers, and this cluster runs in direct mode: --history is ignored")
+        }
+        shared.withLock { $0.commands.append(.attach(record)) }
+        wake.raise()
+        await Task.sleepUntilCancelled()
+        shared.withLock { $0.commands.append(.detach(record)) }
+        wake.raise()
+    }
+
+    // MARK: Sequences
+
+    /// The batches of a subscriber.
+    public struct Batches: AsyncSequence, Sendable {
+        public typealias Element = MessageBatch
+        public typealias Failure = Never
+        let queue: DeliveryQueue
+
+        /// Creates an iterator.
+        public func makeAsyncIterator() -> Iterator { Iterator(queue: queue) }
+
+        /// Iterates the batches.
+        public struct Iterator: AsyncIteratorProtocol {
+            let queue: DeliveryQueue
+            /// The next batch, or `nil` once the subscriber stopped or the task is cancelled.
+            public mutating func next() async -> MessageBatch? { await queue.next() }
+        }
+    }
+
+    /// The messages of a subscriber, one at a time.
+    public struct Messages: AsyncSequence, Sendable {
+        public typealias Element = ReceivedMessage
+        public typealias Failure = Never
+        let queue: DeliveryQueue
+
+        /// Creates an iterator.
+        public func makeAsyncIterator() -> Iterator { Iterator(queue: queue) }
+
+        /// Iterates the messages.
+        public struct Iterator: AsyncIteratorProtocol {
+            let queue: DeliveryQueue
+            var batch: MessageBatch?
+            var index = 0
+
+            /// The next message, or `nil` once the subscriber stopped or the task is cancelled.
+            public mutating func next() async -> ReceivedMessage? {
+                while true {
+                    if let batch, index < batch.endIndex {
+                        defer { index += 1 }
+                        return batch[index]
+                    }
+                    guard let next = await queue.next() else { return nil }
+                    batch = next
+                    index = 0
+                }
+            }
+        }
+    }
+
+    // MARK: For the socket thread
+
+    fileprivate var loopParts: (
+        configuration: SubscriberConfiguration, topics: [Topic], logger: Logger, context: ZMQContext,
+        wake: WakeSignal, queue: DeliveryQueue
+    ) { (configuration, orderedTopics, logger, context, wake, queue) }
+
+    fileprivate func withShared<R>(_ body: (inout Shared) -> R) -> R { shared.withLock { body(&$0) } }
+}
+
+// MARK: - The socket thread
+
+/// Everything the subscriber's socket thread owns: its sockets, the sequencer and the batch being filled.
+/// Not `Sendable`: made and used on that thread only.
+private final class SubscriberLoop {
+    let subscriber: Subscriber
+    let configuration: SubscriberConfiguration
+    let topics: [Topic]
+    let logger: Logger
+    let context: ZMQContext
+    let wake: WakeSignal
+    let queue: DeliveryQueue
+    let topicIndex: NameIndex
+    var sequencer: Sequencer
+    var batch: MessageBatch
+    var frame = ZMQFrame()
+
+    /// Broker mode: the connection to the leader that carries the subscription, the data and the
+    /// acknowledgements.
+    var dealer: ZMQSocket?
+    /// Direct mode: the socket connected to the publishers, and the connection to the leader for lookups.
+    var directSocket: ZMQSocket?
+    var lookups: ZMQSocket?
+    var leader: LeaderRecord?
+    /// Direct mode: publishers connected to, by endpoint, and when each started.
+    var publishers: [String: PublisherID] = [:]
+    var publisherStarts: [PublisherID: UInt64] = [:]
+
+    /// When this subscriber first subscribed (wall clock), and whether it has attached before.
+    var subscribedSince: UInt64?
+    /// Data bytes received on the current broker connection, and the count last acknowledged.
+    var consumed: UInt64 = 0
+    var acknowledged: UInt64 = 0
+    var lastAcknowledgement = ContinuousClock.now
+    var lastRecovery: ContinuousClock.Instant?
+    var nextLookup = ContinuousClock.now
+    var nextTick = ContinuousClock.now
+    var paused = false
+    var malformed: UInt64 = 0
+    var reported = Sequencer.Statistics()
+    var lastLatencySample = ContinuousClock.now
+    let receivedCounters = TopicCounters(label: Instruments.received)
+    let latencyTimer = CoreMetrics.Timer(label: Instruments.latency)
+
+    /// How often gaps, acknowledgements and discovery are looked at.
+    static let tickInterval: Duration = .milliseconds(100)
+    /// How long a gap may stay open before the leader is asked to send again, and how often.
+    static let recoveryInterval: Duration = .milliseconds(250)
+    /// Acknowledgements also keep the subscription alive at the leader.
+    static let keepAliveInterval: Duration = .seconds(1)
+    /// Messages taken from the socket before the batch is handed on.
+    static let batchLimit = 4096
+    static let batchBytes = 1 << 20
+
+    init(subscriber: Subscriber) {
+        self.subscriber = subscriber
+        (configuration, topics, logger, context, wake, queue) = subscriber.loopParts
+        var index = NameIndex()
+        for topic in topics { Array(topic.name.utf8).withUnsafeBytes { _ = index.insert($0) } }
+        topicIndex = index
+        sequencer = Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes)
+        batch = MessageBatch(topics: topics)
+    }
+
+    func run() {
+        var poller = ZMQPoller()
+        var pollerSockets: [ObjectIdentifier] = []
+        var entries: (wake: Int, data: Int?, lookups: Int?) = (
+            poller.register(fileDescriptor: wake.fileDescriptor, for: .readable), nil, nil
+        )
+        while true {
+            let (commands, stopping) = subscriber.withShared { shared in
+                defer { shared.commands = [] }
+                return (shared.commands, shared.stopping)
+            }
+            if stopping { break }
+            for command in commands {
+                switch command {
+                case .attach(let record): attach(record)
+                case .detach(let record): detach(record)
+                }
+            }
             let now = ContinuousClock.now
-            let before = pipeline.sequencer.statistics
-            let (delivered, request) = pipeline.handle(input, decode: decode, now: now)
-            if let request, let connection = pipeline.connection {
-                try? await connection.send(
-                    ZMQMessage(frames: [[RequestKind.history.rawValue], Array((try? JSONEncoder.herald.encode(request)) ?? Data())]))
+            if now >= nextTick {
+                nextTick = now + Self.tickInterval
+                tick(now: now)
             }
-            if case .historyEnd(let end) = input { noteHistoryEnd(end) }
-            for message in delivered {
-                receivedCounters.increment(message.topic.name)
-                // A send time in the future (clocks apart, or a lying sender) is no latency worth recording.
-                let latency = ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt)
-                if latency >= 0 { latencyTimer.recordNanoseconds(latency) }
-                await output.push(message)
+            handOn()
+
+            let data = dealer ?? directSocket
+            let sockets = [data, lookups].compactMap { $0 }.map(ObjectIdentifier.init)
+            if sockets != pollerSockets {
+                poller = ZMQPoller()
+                entries.wake = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+                entries.data = data.map { poller.register($0, for: .readable) }
+                entries.lookups = lookups.map { poller.register($0, for: .readable) }
+                pollerSockets = sockets
             }
-            let after = pipeline.sequencer.statistics
-            if after != before { record(before, after) }
+            // A full queue: stop reading, so the leader's window (broker mode) or libzmq's queue (direct mode)
+            // holds the rest.
+            paused = !queue.hasRoom
+            if let entry = entries.data { poller.update(entry, events: paused ? [] : .readable) }
+            let timeout = max(.zero, min(nextTick - ContinuousClock.now, Self.tickInterval))
+            do {
+                try poller.poll(timeout: timeout)
+            } catch where error.kind == .interrupted {
+                continue
+            } catch {
+                break
+            }
+            if poller.readyEvents(entries.wake).contains(.readable) { wake.reset() }
+            if let entry = entries.data, poller.readyEvents(entry).contains(.readable), let data {
+                receive(from: data)
+            }
+            if let entry = entries.lookups, poller.readyEvents(entry).contains(.readable), let lookups {
+                receiveLookups(from: lookups)
+            }
+            handOn()
+        }
+        handOn()
+        if leader != nil, let dealer { sendConsumed(on: dealer) }
+        dealer?.close()
+        directSocket?.close()
+        lookups?.close()
+        subscriber.withShared { $0.leader = nil }
+    }
+
+    // MARK: Attachment
+
+    private func attach(_ record: LeaderRecord) {
+        leader = record
+        switch record.mode {
+        case .broker:
+            dealer?.close()
+            dealer = nil
+            do {
+                let socket = try ZMQSocket(context: context, type: .dealer)
+                try configure(socket)
+                try socket.set(.linger(.zero))
+                try socket.connect(record.subscriberEndpoint)
+                dealer = socket
+            } catch {
+                logger.error("cannot connect to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
+                return
+            }
+            consumed = 0
+            acknowledged = 0
+            subscribe(topics: topics, on: dealer!, first: subscribedSince == nil)
+            if subscribedSince == nil { subscribedSince = WallClock.nanosecondsSinceEpoch() }
+            logger.info(
+                "attached to leader",
+                metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)", "endpoint": "\(record.subscriberEndpoint)"])
+        case .direct:
+            if subscribedSince == nil { subscribedSince = WallClock.nanosecondsSinceEpoch() }
+            do {
+                if directSocket == nil {
+                    let socket = try ZMQSocket(context: context, type: .sub)
+                    try configure(socket)
+                    for topic in topics { try socket.set(.subscribe(topic.key)) }
+                    directSocket = socket
+                }
+                lookups?.close()
+                let socket = try ZMQSocket(context: context, type: .dealer)
+                try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
+                try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+                try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
+                try socket.set(.linger(.zero))
+                try socket.connect(record.requestEndpoint)
+                lookups = socket
+            } catch {
+                logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
+                return
+            }
+            nextLookup = .now
+            logger.info("using leader for discovery", metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)"])
+        }
+        subscriber.withShared { $0.leader = record.broker }
+    }
+
+    private func configure(_ socket: ZMQSocket) throws {
+        try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
+        try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+        try socket.set(.maximumMessageSize(configuration.maximumMessageSize))
+        // The leader's window bounds what it sends; in direct mode, a queue of the smallest messages that fits in
+        // twice the window bounds what each publisher connection may hold.
+        try socket.set(.receiveHighWaterMark(Int32(clamping: max(1000, 2 * configuration.window / (WireFormat.dataOverhead + 1)))))
+    }
+
+    private func detach(_ record: LeaderRecord) {
+        guard leader == record else { return }
+        if let dealer { sendConsumed(on: dealer) }
+        dealer?.close()
+        dealer = nil
+        lookups?.close()
+        lookups = nil
+        leader = nil
+        subscriber.withShared { $0.leader = nil }
+    }
+
+    /// Sends a subscription: the first one asks for history, later ones say what is owed per publisher, so
+    /// the leader sends its log from there.
+    private func subscribe(topics: [Topic], on dealer: ZMQSocket, first: Bool) {
+        var resume: [String: [String: UInt64]]?
+        if !first {
+            var owed: [String: [String: UInt64]] = [:]
+            let wanted = Set(topics.map(\.name))
+            for (key, next) in sequencer.expectations where wanted.contains(self.topics[key.topic].name) {
+                owed[self.topics[key.topic].name, default: [:]][key.publisher.description] = next
+            }
+            resume = owed
+        }
+        let request = SubscribeRequest(
+            topics: topics.map(\.name), window: configuration.window,
+            history: first && configuration.history > 0 ? configuration.history : nil,
+            resume: resume, since: first ? nil : subscribedSince)
+        let bytes = ControlFrame.encode(.subscribe, request)
+        bytes.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
+    }
+
+    // MARK: Receiving
+
+    private func receive(from socket: ZMQSocket) {
+        let now = ContinuousClock.now
+        let receivedAt = WallClock.nanosecondsSinceEpoch()
+        for _ in 0..<Self.batchLimit {
+            guard let more = try? socket.receive(into: &frame, dontWait: true) else { break }
+            if more {
+                socket.discardRemainingFrames()
+                malformed += 1
+                continue
+            }
+            handle(now: now, receivedAt: receivedAt, from: socket)
+            if batch.payloadBytes >= Self.batchBytes { break }
+        }
+        if let dealer, consumed - acknowledged >= UInt64(configuration.window / 4) { sendConsumed(on: dealer) }
+    }
+
+    private func handle(now: ContinuousClock.Instant, receivedAt: UInt64, from socket: ZMQSocket) {
+        let size = frame.count
+        switch frame.withUnsafeBytes({ WireFormat.kind(of: $0) }) {
+        case .success(.data):
+            if socket === dealer { consumed += UInt64(size) }
+            let accepted: Bool = frame.withUnsafeBytes { bytes in
+                guard case .success(let layout) = DataLayout.decode(bytes),
+                    let topic = topicIndex.find(UnsafeRawBufferPointer(rebasing: bytes[layout.topic]))
+                else { return false }
+                let owedFromFirst =
+                    socket === directSocket
+                    && (publisherStarts[layout.header.publisher].map { $0 > (subscribedSince ?? .max) } ?? false)
+                var sink = BatchSink(loop: self)
+                sequencer.accept(
+                    topic: topic, header: layout.header, payload: UnsafeRawBufferPointer(rebasing: bytes[layout.payload]),
+                    receivedAt: receivedAt, lostBeforeFirst: owedFromFirst, now: now, into: &sink)
+                return true
+            }
+            if !accepted { malformed += 1 }
+        case .success(.subscribed) where socket === dealer:
+            if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
+                noteHistory(reply)
+            }
+        case .success(.refused) where socket === dealer:
+            guard case .success(let refusal) = frame.withUnsafeBytes({ ControlFrame.decode(Refusal.self, from: $0) })
+            else { return }
+            if refusal.reason == .notSubscribed, let dealer {
+                // The leader dropped this subscription (after a pause, say): subscribe again from what is owed.
+                logger.info("the leader no longer knows this subscription; subscribing again")
+                subscribe(topics: topics, on: dealer, first: false)
+            } else {
+                logger.warning("the leader refused the subscription: \(refusal.detail)")
+            }
+        default:
+            malformed += 1
         }
     }
 
-    private func record(_ before: Sequencer.Statistics, _ after: Sequencer.Statistics) {
-        state.withLock { $0.statistics = after }
-        if after.lost > before.lost {
-            Counter(label: Instruments.lost).increment(by: Int(clamping: after.lost - before.lost))
-            logger.warning("messages lost", metadata: ["count": "\(after.lost - before.lost)", "total": "\(after.lost)"])
-        }
-        if after.duplicates > before.duplicates {
-            Counter(label: Instruments.duplicated).increment(by: Int(clamping: after.duplicates - before.duplicates))
-        }
-        if after.reordered > before.reordered {
-            Counter(label: Instruments.reordered).increment(by: Int(clamping: after.reordered - before.reordered))
+    private func receiveLookups(from socket: ZMQSocket) {
+        for _ in 0..<64 {
+            guard let more = try? socket.receive(into: &frame, dontWait: true) else { return }
+            if more { socket.discardRemainingFrames() }
+            guard case .success(.lookup) = frame.withUnsafeBytes({ WireFormat.kind(of: $0) }),
+                case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(DiscoveryReply.self, from: $0) })
+            else {
+                malformed += 1
+                continue
+            }
+            apply(reply)
         }
     }
 
-    private func noteHistoryEnd(_ end: HistoryEnd) {
-        guard configuration.history > 0 else { return }
-        let short = end.offered.filter { $0.value < configuration.history }.sorted { $0.key < $1.key }
+    /// Direct mode: connects to new publishers and drops departed ones. Connections made stay up when the
+    /// leader changes.
+    private func apply(_ reply: DiscoveryReply) {
+        guard let socket = directSocket else { return }
+        var wanted: [String: PublisherRegistration] = [:]
+        for registration in reply.publishers where !registration.endpoint.isEmpty {
+            wanted[registration.endpoint] = wanted[registration.endpoint] ?? registration
+        }
+        for (endpoint, registration) in wanted where publishers[endpoint] == nil {
+            do {
+                try socket.connect(endpoint)
+                publishers[endpoint] = registration.publisher
+                if let started = registration.startedAt { publisherStarts[registration.publisher] = started }
+                logger.info(
+                    "connected to publisher",
+                    metadata: ["publisher": "\(registration.publisher.short)", "endpoint": "\(endpoint)"])
+            } catch {
+                logger.warning("cannot connect to publisher", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+            }
+        }
+        // A fresh leader may not have heard every publisher yet: only a complete list removes any.
+        if reply.complete {
+            for (endpoint, publisher) in publishers where wanted[endpoint] == nil {
+                try? socket.disconnect(endpoint)
+                publishers[endpoint] = nil
+                publisherStarts[publisher] = nil
+                logger.info("publisher departed", metadata: ["publisher": "\(publisher.short)", "endpoint": "\(endpoint)"])
+            }
+        }
+        let endpoints = publishers.keys.sorted()
+        subscriber.withShared { $0.publishers = endpoints }
+    }
+
+    // MARK: Time-driven work
+
+    private func tick(now: ContinuousClock.Instant) {
+        var sink = BatchSink(loop: self)
+        sequencer.expireGaps(now: now, into: &sink)
+        sequencer.forgetSilentStreams(now: now)
+        if let dealer {
+            if now - lastAcknowledgement >= Self.keepAliveInterval { sendConsumed(on: dealer) }
+            let gaps = sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
+            if !gaps.isEmpty, lastRecovery.map({ now - $0 >= Self.recoveryInterval }) ?? true {
+                lastRecovery = now
+                subscribe(topics: gaps.sorted().map { topics[$0] }, on: dealer, first: false)
+            }
+        }
+        if let lookups, now >= nextLookup {
+            nextLookup = now + configuration.discoveryInterval
+            let query = ControlFrame.encode(.lookup, DiscoveryQuery(topics: topics.map(\.name)))
+            query.withUnsafeBytes { _ = try? lookups.send(bytes: $0, dontWait: true) }
+        }
+    }
+
+    private func sendConsumed(on dealer: ZMQSocket) {
+        let bytes = ControlFrame.count(.consumed, consumed)
+        bytes.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
+        acknowledged = consumed
+        lastAcknowledgement = .now
+    }
+
+    // MARK: Handing on
+
+    /// Hands the filled batch to the application and publishes the counts: once per batch.
+    private func handOn() {
+        guard !batch.isEmpty || sequencer.statistics != reported || malformed > 0 else { return }
+        let full = batch
+        batch = MessageBatch(topics: topics)
+        record(full)
+        queue.push(full)
+        let statistics = sequencer.statistics
+        let newlyMalformed = malformed
+        malformed = 0
+        subscriber.withShared { shared in
+            shared.statistics = statistics
+            shared.malformed += newlyMalformed
+        }
+        if newlyMalformed > 0 { Counter(label: Instruments.malformedReceived).increment(by: Int(newlyMalformed)) }
+        if statistics.lost > reported.lost {
+            Counter(label: Instruments.lost).increment(by: Int(clamping: statistics.lost - reported.lost))
+            logger.warning(
+                "messages lost", metadata: ["count": "\(statistics.lost - reported.lost)", "total": "\(statistics.lost)"])
+        }
+        if statistics.duplicates > reported.duplicates {
+            Counter(label: Instruments.duplicated).increment(by: Int(clamping: statistics.duplicates - reported.duplicates))
+        }
+        if statistics.reordered > reported.reordered {
+            Counter(label: Instruments.reordered).increment(by: Int(clamping: statistics.reordered - reported.reordered))
+        }
+        reported = statistics
+    }
+
+    /// Per-topic counts once per batch, and latency samples: every message up to one per millisecond, so the
+    /// histogram costs little at any rate.
+    private func record(_ batch: MessageBatch) {
+        guard !batch.isEmpty else { return }
+        var counts = [Int](repeating: 0, count: topics.count)
+        let now = ContinuousClock.now
+        let sample = now - lastLatencySample >= .milliseconds(1)
+        if sample { lastLatencySample = now }
+        for entry in batch.entries { counts[Int(entry.topic)] += 1 }
+        if sample, let last = batch.entries.last {
+            let latency = ReceivedMessage.nanoseconds(from: last.header.sentAt, to: last.receivedAt)
+            // A send time in the future (clocks apart, or a lying sender) is no latency worth recording.
+            if latency >= 0 { latencyTimer.recordNanoseconds(latency) }
+        }
+        for (topic, count) in counts.enumerated() where count > 0 {
+            receivedCounters.increment(topics[topic].name, by: count)
+        }
+    }
+
+    private func noteHistory(_ reply: SubscribeReply) {
+        guard configuration.history > 0, let record = leader, record.mode == .broker else { return }
+        let short = reply.offered.filter { $0.value < configuration.history }.sorted { $0.key < $1.key }
         guard !short.isEmpty else { return }
         let detail = short.map { "'\($0.key)' at most \($0.value)" }.joined(separator: ", ")
         let notice =
             "asked for \(configuration.history) messages of history, but publishers offer \(detail); ask for less, or start publishers with a larger --history"
         logger.warning("\(notice)")
-        state.withLock { $0.historyNotice = notice }
-    }
-
-    private func decode(_ message: ZMQMessage, _ frames: ArraySlice<[UInt8]>) -> ReceivedMessage? {
-        guard let data = DataFrames(frames: frames), topics.contains(data.topic) else {
-            state.withLock { $0.malformed += 1 }
-            return nil
-        }
-        return ReceivedMessage(
-            topic: data.topic, header: data.header, payload: data.payload, receivedAt: Clock.nanosecondsSinceEpoch())
-    }
-
-    // MARK: Attachment
-
-    private func attach(_ record: LeaderRecord?) async {
-        guard let record else { return await Task.sleepUntilCancelled() }
-        switch record.mode {
-        case .broker:
-            let endpoint = record.subscriberEndpoint
-            do {
-                try await socket.withSocket { try $0.connect(endpoint) }
-            } catch {
-                logger.error("cannot connect to leader", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
-                return await Task.sleepUntilCancelled()
-            }
-            state.withLock { $0.leader = record.broker }
-            logger.info("attached to leader", metadata: ["leader": "\(record.broker)", "endpoint": "\(endpoint)"])
-            await withLeaderConnection(record) { dealer in
-                await self.inputs.push(.attached(dealer))
-                await Task.sleepUntilCancelled()
-                await self.inputs.push(.attached(nil))
-            }
-            state.withLock { $0.leader = nil }
-            _ = try? await socket.withSocket { try $0.disconnect(endpoint) }
-        case .direct:
-            if configuration.history > 0 {
-                logger.warning("history is kept by brokers, and this cluster runs in direct mode: --history is ignored")
-            }
-            state.withLock { $0.leader = record.broker }
-            logger.info("using leader for discovery", metadata: ["leader": "\(record.broker)"])
-            await withLeaderConnection(record) { dealer in await self.discover(through: dealer) }
-            state.withLock { $0.leader = nil }
-        }
-    }
-
-    /// Opens a request connection to the leader, reads its replies into the pipeline, and runs `body` with it
-    /// until cancelled.
-    private func withLeaderConnection(
-        _ record: LeaderRecord, _ body: @escaping @Sendable (AsyncZMQSocket) async -> Void
-    ) async {
-        let dealer: AsyncZMQSocket
-        do {
-            dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-requests") {
-                try $0.set(.heartbeatInterval(self.configuration.heartbeatInterval))
-                try $0.set(.heartbeatTimeout(self.configuration.heartbeatInterval * 3))
-                try $0.set(.receiveHighWaterMark(BrokerConfiguration.defaultHighWaterMark))
-                try $0.connect(record.requestEndpoint)
-            }
-        } catch {
-            logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
-            return await Task.sleepUntilCancelled()
-        }
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                for await reply in dealer.messages { await self.handleReply(reply) }
-            }
-            group.addTask {
-                await body(dealer)
-                await dealer.close()
-            }
-        }
-    }
-
-    private func handleReply(_ reply: ZMQMessage) async {
-        guard let kind = reply.frames.first.flatMap({ $0.count == 1 ? RequestKind(rawValue: $0[0]) : nil }) else {
-            state.withLock { $0.malformed += 1 }
-            return
-        }
-        switch kind {
-        case .history:
-            await inputs.push(.history(reply))
-        case .historyEnd:
-            if reply.frames.count == 2, let end = try? JSONDecoder().decode(HistoryEnd.self, from: Data(reply.frames[1])) {
-                await inputs.push(.historyEnd(end))
-            }
-        case .lookup:
-            if reply.frames.count == 2,
-                let answer = try? JSONDecoder().decode(DiscoveryReply.self, from: Data(reply.frames[1]))
-            {
-                await apply(answer)
-            }
-        case .publish, .register, .unregister, .status:
-            state.withLock { $0.malformed += 1 }
-        }
-    }
-
-    /// Direct mode: asks the leader for publishers until cancelled, connecting to new ones and dropping
-    /// departed ones. Connections already made stay up when the leader changes.
-    private func discover(through dealer: AsyncZMQSocket) async {
-        let query = Array((try? JSONEncoder.herald.encode(DiscoveryQuery(topics: topics.map(\.name).sorted()))) ?? Data())
-        while !Task.isCancelled {
-            try? await dealer.send(ZMQMessage(frames: [[RequestKind.lookup.rawValue], query]))
-            try? await Task.sleep(for: configuration.discoveryInterval)
-        }
-    }
-
-    private func apply(_ reply: DiscoveryReply) async {
-        let wanted = Dictionary(reply.publishers.map { ($0.endpoint, $0.publisher) }, uniquingKeysWith: { a, _ in a })
-        let (added, removed) = state.withLock { state -> ([String: PublisherID], [String]) in
-            let added = wanted.filter { state.publishers[$0.key] == nil }
-            // A fresh leader may not have heard every publisher yet: only a complete list removes any.
-            let removed = reply.complete ? state.publishers.keys.filter { wanted[$0] == nil } : []
-            return (added, removed)
-        }
-        for (endpoint, publisher) in added {
-            do {
-                try await socket.withSocket { try $0.connect(endpoint) }
-                state.withLock { $0.publishers[endpoint] = publisher }
-                logger.info("connected to publisher", metadata: ["publisher": "\(publisher.short)", "endpoint": "\(endpoint)"])
-            } catch {
-                logger.warning("cannot connect to publisher", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
-            }
-        }
-        for endpoint in removed {
-            _ = try? await socket.withSocket { try $0.disconnect(endpoint) }
-            let publisher = state.withLock { $0.publishers.removeValue(forKey: endpoint) }
-            logger.info("publisher departed", metadata: ["publisher": "\(publisher?.short ?? "?")", "endpoint": "\(endpoint)"])
-        }
+        subscriber.withShared { $0.historyNotice = notice }
     }
 }
 
-/// The subscriber's delivery logic without its I/O: what to deliver and which history to ask for, given what
-/// arrived. Owned by one task.
-struct DeliveryPipeline {
-    var sequencer: Sequencer
-    let topics: [String]
-    /// Late-joiner history still to be asked for (0: none, or already served).
-    var initialHistory: Int
-    /// The current leader's request connection, if attached in broker mode.
-    var connection: AsyncZMQSocket?
-    /// While initial history is on its way: what it brought so far, and live messages held behind it.
-    var awaitingHistory: (since: ContinuousClock.Instant, history: [ReceivedMessage], live: [ReceivedMessage])?
-    /// Whether the first live message since attaching should trigger a recovery request.
-    var recoverOnFirstLive = false
-    var lastRecoveryRequest: ContinuousClock.Instant?
+/// Appends what the sequencer delivers to the loop's batch.
+private struct BatchSink: Sequencer.Sink {
+    let loop: SubscriberLoop
 
-    init(sequencer: Sequencer, topics: [String], initialHistory: Int) {
-        self.sequencer = sequencer
-        self.topics = topics
-        self.initialHistory = initialHistory
-    }
-
-    /// Handles one input.
-    /// - Returns: the messages to deliver now, in order, and a history request to send to the leader, if any.
-    mutating func handle(
-        _ input: Subscriber.Input, decode: (ZMQMessage, ArraySlice<[UInt8]>) -> ReceivedMessage?,
-        now: ContinuousClock.Instant
-    ) -> ([ReceivedMessage], HistoryRequest?) {
-        switch input {
-        case .live(let raw):
-            guard let message = decode(raw, raw.frames[...]) else { return ([], nil) }
-            if awaitingHistory != nil {
-                awaitingHistory?.live.append(message)
-                return ([], nil)
-            }
-            var request: HistoryRequest?
-            if recoverOnFirstLive {
-                // The subscription at this leader is in effect now: whatever the leader forwarded before that
-                // moment is in its history.
-                recoverOnFirstLive = false
-                request = recoveryRequest(now: now)
-            }
-            return (sequencer.accept(message, now: now), request)
-        case .attached(let connection):
-            self.connection = connection
-            guard connection != nil else { return ([], nil) }
-            recoverOnFirstLive = true
-            if initialHistory > 0 {
-                defer { initialHistory = 0 }
-                awaitingHistory = (now, [], [])
-                return ([], HistoryRequest(topics: topics, limit: initialHistory, after: [:]))
-            }
-            return ([], recoveryRequest(now: now))
-        case .history(let raw):
-            guard let message = decode(raw, raw.frames.dropFirst()) else { return ([], nil) }
-            if awaitingHistory != nil {
-                awaitingHistory?.history.append(message)
-                return ([], nil)
-            }
-            return (sequencer.accept(message, now: now), nil)
-        case .historyEnd:
-            return (releaseHeldHistory(now: now), nil)
-        case .tick:
-            if let waiting = awaitingHistory, now - waiting.since > Subscriber.historyTimeout {
-                return (releaseHeldHistory(now: now), nil)
-            }
-            let delivered = sequencer.expireGaps(now: now)
-            let request: HistoryRequest? =
-                sequencer.hasOpenGaps && (lastRecoveryRequest.map { now - $0 >= Subscriber.recoveryInterval } ?? true)
-                ? recoveryRequest(now: now) : nil
-            return (delivered, request)
-        }
-    }
-
-    /// Feeds held history (oldest first, so streams start there) and then the live messages held behind it.
-    private mutating func releaseHeldHistory(now: ContinuousClock.Instant) -> [ReceivedMessage] {
-        guard let waiting = awaitingHistory else { return [] }
-        awaitingHistory = nil
-        var delivered: [ReceivedMessage] = []
-        for message in waiting.history + waiting.live { delivered += sequencer.accept(message, now: now) }
-        return delivered
-    }
-
-    /// Asks for what the leader kept from each stream's next owed number on; `nil` when no stream is known.
-    private mutating func recoveryRequest(now: ContinuousClock.Instant) -> HistoryRequest? {
-        let expectations = sequencer.expectations
-        guard !expectations.isEmpty, connection != nil else { return nil }
-        lastRecoveryRequest = now
-        var after: [String: [String: UInt64]] = [:]
-        for (key, next) in expectations { after[key.publisher.description, default: [:]][key.topic.name] = next }
-        return HistoryRequest(topics: topics, limit: nil, after: after)
+    mutating func deliver(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
+        loop.batch.append(topic: topic, header: header, payload: payload, receivedAt: receivedAt)
     }
 }

@@ -52,17 +52,24 @@ public struct ClusterStatus: Sendable, Codable {
 
     private static func askStatus(_ endpoint: String, timeout: Duration) async throws -> BrokerStatus? {
         let context = try ZMQContext()
+        defer { context.terminate() }
         let dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-status") {
             try $0.set(.linger(.zero))
+            try $0.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
             try $0.connect(endpoint)
         }
-        try await dealer.send(ZMQMessage(frames: [[RequestKind.status.rawValue]]))
+        try await dealer.send(ZMQMessage(frames: [ControlFrame.empty(.status)]))
         let reply = await firstResult(within: timeout) {
             var iterator = dealer.messages.makeAsyncIterator()
             return await iterator.next()
         }
         await dealer.close()
-        guard let reply, reply.frames.count == 2 else { return nil }
-        return try? JSONDecoder().decode(BrokerStatus.self, from: Data(reply.frames[1]))
+        guard let reply, reply.frames.count == 1 else { return nil }
+        return reply.frames[0].withUnsafeBytes { bytes -> BrokerStatus? in
+            guard case .success(.status) = WireFormat.kind(of: bytes),
+                case .success(let status) = ControlFrame.decode(BrokerStatus.self, from: bytes)
+            else { return nil }
+            return status
+        }
     }
 }

@@ -254,6 +254,7 @@ struct StatusReport: Decodable, Sendable {
         var mode: String
         var requestEndpoint: String
         var subscriberEndpoint: String
+        var epoch: UInt64?
     }
 
     struct LeaderStatus: Decodable, Sendable {
@@ -262,6 +263,10 @@ struct StatusReport: Decodable, Sendable {
         var publishers: [String]
         /// Messages the leader dropped because they were malformed (optional: older brokers did not report it).
         var malformedMessages: UInt64?
+        /// Requests the leader refused, by reason.
+        var refused: [String: UInt64]?
+        var subscribers: Int?
+        var epoch: UInt64?
     }
 
     var cluster: String
@@ -501,22 +506,23 @@ func heraldExecutable() throws -> URL {
 /// `herald subscribe: received N, lost L, duplicates D, reordered R (from P publishers)`.
 struct SubscribeSummary: Sendable, Equatable, CustomStringConvertible {
     var received: Int
-    var lost: Int
-    var duplicates: Int
-    var reordered: Int
+    /// Lost and duplicate counts saturate at 2^64 - 1 when a sender forges sequence numbers.
+    var lost: UInt64
+    var duplicates: UInt64
+    var reordered: UInt64
     var publishers: Int
 
     /// Parses the summary line; `nil` for any other line.
     init?(line: String) {
         let prefix = "herald subscribe: received "
         guard let start = line.range(of: prefix) else { return nil }
-        let numbers = line[start.upperBound...].split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        let numbers = line[start.upperBound...].split(whereSeparator: { !$0.isNumber }).compactMap { UInt64($0) }
         guard numbers.count == 5 else { return nil }
-        received = numbers[0]
+        received = Int(clamping: numbers[0])
         lost = numbers[1]
         duplicates = numbers[2]
         reordered = numbers[3]
-        publishers = numbers[4]
+        publishers = Int(clamping: numbers[4])
     }
 
     var description: String {

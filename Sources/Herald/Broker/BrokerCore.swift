@@ -1,0 +1,803 @@
+import Foundation
+import Logging
+import ZeroMQ
+
+/// Where the broker's decisions go: the engine sends them through its sockets, a fuzzer or a test records them.
+protocol BrokerOutput {
+    /// Sends `frame` to a client of the request socket (a reply: credit, a refusal, a status).
+    mutating func reply(to client: RoutingID, _ frame: inout ZMQFrame)
+    /// Sends `frame` to a subscriber.
+    mutating func deliver(to subscriber: RoutingID, _ frame: inout ZMQFrame) -> DeliveryOutcome
+}
+
+/// What happened to a frame sent to a subscriber.
+enum DeliveryOutcome: Sendable, Equatable {
+    /// Queued for the subscriber.
+    case sent
+    /// Its queue is full for now: try again later.
+    case wouldBlock
+    /// It is gone.
+    case unreachable
+}
+
+/// The leader's logic, without sockets or threads: frames in, decisions out through a ``BrokerOutput``.
+///
+/// ## The data path
+/// A publisher's frame is decoded in place (topic, header), appended to its topic's log by moving the frame
+/// there, and sent on to each subscriber whose cursor has reached it, as a shared copy of the same libzmq
+/// content: no byte of the payload is copied and nothing is allocated per message.
+///
+/// ## Flow control
+/// Each topic keeps a log bounded in bytes. Each subscriber has a cursor per topic and a window: the leader
+/// sends while the bytes in flight to it are below its window, and it reports what it took
+/// (``WireFormat/Kind/consumed``). Each publisher connection has credit, a cumulative byte limit the leader
+/// raises as it accepts data, unless a live subscriber of one of the publisher's topics lags more than half
+/// a topic log behind: then the publisher waits, and a full-speed publisher cannot outrun a slower subscriber.
+/// A subscriber that takes nothing for ``BrokerConfiguration/stallTimeout`` stops holding publishers back;
+/// what leaves the log before it returns is lost to it, and counted on both sides.
+struct BrokerCore: ~Copyable {
+    let configuration: BrokerConfiguration
+    let epoch: UInt64
+    let startedAt: ContinuousClock.Instant
+    private let logger: Logger
+
+    private var topicIndex = NameIndex()
+    private var topics: [TopicState] = []
+    private var logBytes = 0
+    private var evictionCursor = 0
+    private var connections: [RoutingID: PublisherConnection] = [:]
+    private var registrations: [PublisherID: Registered] = [:]
+    private var subscribers: [RoutingID: SubscriberState] = [:]
+    /// Subscribers whose queue was full, to be pumped again.
+    private var blockedSubscribers: Set<RoutingID> = []
+    /// Connections whose credit is held back by a slow subscriber.
+    private var waitingConnections: Set<RoutingID> = []
+    private var lastLog: [String: ContinuousClock.Instant] = [:]
+    /// What happened since the counters were last taken (``takeCounters()``).
+    private var counters = BrokerCounts()
+    /// Malformed and refused messages since this term began, for status.
+    private var malformedTotal: UInt64 = 0
+    private var refusedTotal: [Refusal.Reason: UInt64] = [:]
+
+    /// How long a publisher connection or registration lives without a heartbeat: three missed ones.
+    static let registrationTimeToLive: Duration = .seconds(3)
+    /// How long a subscriber lives without a consumption report (it sends one every second).
+    static let subscriberTimeToLive: Duration = .seconds(5)
+    /// The smallest window a subscriber gets, whatever it asks for: enough for a few large messages.
+    static let minimumSubscriberWindow = 64 * 1024
+
+    init(configuration: BrokerConfiguration, epoch: UInt64, now: ContinuousClock.Instant, logger: Logger) {
+        self.configuration = configuration
+        self.epoch = epoch
+        self.startedAt = now
+        self.logger = logger
+    }
+
+    // MARK: Input
+
+    /// Handles one message from the request socket (publishers and other clients).
+    mutating func handleRequest(
+        from client: RoutingID, _ frame: inout ZMQFrame, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
+        let kind = frame.withUnsafeBytes { WireFormat.kind(of: $0) }
+        switch kind {
+        case .failure(let failure):
+            malformed(failure, from: client, frame: frame, output: &output)
+        case .success(.data):
+            guard configuration.mode == .broker else { return malformed(.unknownKind, from: client, frame: frame, output: &output) }
+            handleData(from: client, &frame, now: now, output: &output)
+        case .success(.register), .success(.unregister):
+            switch frame.withUnsafeBytes({ ControlFrame.decode(PublisherRegistration.self, from: $0) }) {
+            case .failure(let failure): malformed(failure, from: client, frame: frame, output: &output)
+            case .success(let registration):
+                if case .success(.register) = kind {
+                    register(registration, from: client, now: now, output: &output)
+                } else {
+                    unregister(registration, from: client, output: &output)
+                }
+            }
+        case .success(.lookup):
+            switch frame.withUnsafeBytes({ ControlFrame.decode(DiscoveryQuery.self, from: $0) }) {
+            case .failure(let failure): malformed(failure, from: client, frame: frame, output: &output)
+            case .success(let query): lookup(query, from: client, now: now, output: &output)
+            }
+        case .success(.status):
+            guard frame.count == 2 else { return malformed(.truncated, from: client, frame: frame, output: &output) }
+            reply(to: client, ControlFrame.encode(.status, status(now: now)), output: &output)
+        case .success(.subscribe), .success(.subscribed), .success(.credit), .success(.consumed), .success(.refused):
+            malformed(.unknownKind, from: client, frame: frame, output: &output)
+        }
+    }
+
+    /// Handles one message from the subscriber socket (broker mode).
+    mutating func handleSubscriberMessage(
+        from subscriber: RoutingID, _ frame: inout ZMQFrame, now: ContinuousClock.Instant,
+        output: inout some BrokerOutput
+    ) {
+        switch frame.withUnsafeBytes({ WireFormat.kind(of: $0) }) {
+        case .failure(let failure):
+            noteMalformed(failure)
+            if failure == .versionMismatch { noteVersionMismatch(frame: frame, client: subscriber) }
+        case .success(.subscribe):
+            switch frame.withUnsafeBytes({ ControlFrame.decode(SubscribeRequest.self, from: $0) }) {
+            case .failure(let failure): noteMalformed(failure)
+            case .success(let request): subscribe(request, from: subscriber, now: now, output: &output)
+            }
+        case .success(.consumed):
+            switch frame.withUnsafeBytes({ ControlFrame.decodeCount($0) }) {
+            case .failure(let failure): noteMalformed(failure)
+            case .success(let consumed): acknowledge(consumed, from: subscriber, now: now, output: &output)
+            }
+        case .success:
+            noteMalformed(.unknownKind)
+        }
+    }
+
+    /// Time-driven work: expiring silent clients, noticing stalled subscribers, retrying what was blocked.
+    mutating func tick(now: ContinuousClock.Instant, output: inout some BrokerOutput) {
+        for (client, connection) in connections where now - connection.lastHeard > Self.registrationTimeToLive {
+            connections[client] = nil
+            waitingConnections.remove(client)
+        }
+        for (publisher, entry) in registrations where now - entry.lastSeen > Self.registrationTimeToLive {
+            registrations[publisher] = nil
+            logger.info("publisher silent; dropped", metadata: ["publisher": "\(publisher.short)"])
+        }
+        for (id, subscriber) in subscribers {
+            if now - subscriber.lastHeard > Self.subscriberTimeToLive {
+                removeSubscriber(id, reason: "silent for \(Self.subscriberTimeToLive)")
+                continue
+            }
+            if !subscriber.stalled, subscriber.inFlight > 0,
+                now - subscriber.lastProgress > configuration.stallTimeout
+            {
+                subscriber.stalled = true
+                counters.stalls += 1
+                logger.info(
+                    "subscriber takes nothing; publishers no longer wait for it",
+                    metadata: ["subscriber": "\(id)", "in_flight_bytes": "\(subscriber.inFlight)"])
+            }
+        }
+        for id in blockedSubscribers {
+            blockedSubscribers.remove(id)
+            if let subscriber = subscribers[id] { pump(subscriber, output: &output) }
+        }
+        retryWaitingGrants(output: &output)
+    }
+
+    // MARK: Publishers
+
+    private mutating func handleData(
+        from client: RoutingID, _ frame: inout ZMQFrame, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
+        guard let connection = connections[client] else {
+            return refuse(.notRegistered, "register before publishing", to: client, output: &output)
+        }
+        let layout: DataLayout
+        switch frame.withUnsafeBytes({ DataLayout.decode($0) }) {
+        case .failure(let failure): return malformed(failure, from: client, frame: frame, output: &output)
+        case .success(let decoded): layout = decoded
+        }
+        let size = frame.count
+        connection.lastHeard = now
+        guard connection.received + UInt64(size) <= connection.granted else {
+            return refuse(.overCredit, "sent beyond the credit granted", to: client, output: &output)
+        }
+        guard let topic = topic(named: layout.topic, in: frame, creating: true, client: client, output: &output) else {
+            return
+        }
+        connection.received += UInt64(size)
+        connection.notePublished(on: topic)
+        topic.received += 1
+        topic.totalReceived += 1
+        append(take(&frame), layout: layout, size: size, to: topic)
+        for subscriber in topic.subscribers where subscriber.isCaughtUp(on: topic) {
+            pump(subscriber, output: &output)
+        }
+        if connection.granted - connection.received < UInt64(configuration.publisherWindow / 2) {
+            grant(client, connection, output: &output)
+        }
+    }
+
+    private mutating func register(
+        _ registration: PublisherRegistration, from client: RoutingID, now: ContinuousClock.Instant,
+        output: inout some BrokerOutput
+    ) {
+        guard registration.topics.count <= configuration.maximumTopicsPerRequest else {
+            return refuse(
+                .tooManyTopics,
+                "\(registration.topics.count) topics in one registration; the limit is \(configuration.maximumTopicsPerRequest)",
+                to: client, output: &output)
+        }
+        guard registration.topics.allSatisfy({ (try? Topic($0)) != nil }) else {
+            return refuse(.invalidTopic, "a registered topic is not a valid name", to: client, output: &output)
+        }
+        if registrations[registration.publisher] == nil {
+            guard registrations.count < configuration.maximumPublishers else {
+                return refuse(
+                    .publisherLimit, "this broker knows \(configuration.maximumPublishers) publishers already",
+                    to: client, output: &output)
+            }
+            var metadata: Logger.Metadata = ["publisher": "\(registration.publisher.short)"]
+            if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
+            logger.info("publisher registered", metadata: metadata)
+        }
+        registrations[registration.publisher] = Registered(registration: registration, lastSeen: now, client: client)
+        if let offer = registration.history, offer > 0 {
+            for name in registration.topics {
+                let bytes = Array(name.utf8)
+                guard let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true) }) else { continue }
+                topic.offered = max(topic.offered, min(offer, configuration.historyLimit))
+            }
+        }
+        guard configuration.mode == .broker else { return }
+        if let connection = connections[client] {
+            connection.lastHeard = now
+            // Every heartbeat is answered with the current credit, so a lost grant costs at most one interval.
+            if !waitingConnections.contains(client) { sendCredit(client, connection, output: &output) }
+        } else {
+            guard connections.count < configuration.maximumPublishers else {
+                return refuse(
+                    .publisherLimit, "this broker serves \(configuration.maximumPublishers) publisher connections already",
+                    to: client, output: &output)
+            }
+            let connection = PublisherConnection(lastHeard: now, granted: UInt64(configuration.publisherWindow))
+            connections[client] = connection
+            sendCredit(client, connection, output: &output)
+        }
+    }
+
+    private mutating func unregister(
+        _ registration: PublisherRegistration, from client: RoutingID, output: inout some BrokerOutput
+    ) {
+        guard let known = registrations[registration.publisher] else { return }
+        // Anyone can name a publisher; only the connection it registered from can remove it.
+        guard known.client == client else {
+            return refuse(.notOwner, "unregistering another connection's publisher", to: client, output: &output)
+        }
+        registrations[registration.publisher] = nil
+        connections[client] = nil
+        waitingConnections.remove(client)
+        logger.info("publisher left", metadata: ["publisher": "\(registration.publisher.short)"])
+    }
+
+    private mutating func lookup(
+        _ query: DiscoveryQuery, from client: RoutingID, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
+        guard query.topics.count <= configuration.maximumTopicsPerRequest else {
+            return refuse(
+                .tooManyTopics, "\(query.topics.count) topics in one lookup; the limit is \(configuration.maximumTopicsPerRequest)",
+                to: client, output: &output)
+        }
+        let wanted = Set(query.topics)
+        let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
+        let reply = DiscoveryReply(
+            publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
+            complete: now - startedAt >= Self.registrationTimeToLive)
+        self.reply(to: client, ControlFrame.encode(.lookup, reply), output: &output)
+    }
+
+    /// Raises a connection's credit to a window beyond what it sent, unless a slow subscriber must catch up.
+    private mutating func grant(_ client: RoutingID, _ connection: PublisherConnection, output: inout some BrokerOutput) {
+        if slowSubscriber(holdingBack: connection) {
+            waitingConnections.insert(client)
+            counters.creditWaits += 1
+            return
+        }
+        waitingConnections.remove(client)
+        connection.granted = connection.received + UInt64(configuration.publisherWindow)
+        sendCredit(client, connection, output: &output)
+    }
+
+    private mutating func sendCredit(_ client: RoutingID, _ connection: PublisherConnection, output: inout some BrokerOutput) {
+        reply(to: client, ControlFrame.count(.credit, connection.granted), output: &output)
+    }
+
+    private mutating func retryWaitingGrants(output: inout some BrokerOutput) {
+        for client in waitingConnections {
+            guard let connection = connections[client] else {
+                waitingConnections.remove(client)
+                continue
+            }
+            grant(client, connection, output: &output)
+        }
+    }
+
+    /// Whether a live subscriber of a topic this connection publishes on lags more than half a topic log.
+    private func slowSubscriber(holdingBack connection: PublisherConnection) -> Bool {
+        let limit = UInt64(configuration.topicLogBytes / 2)
+        func lagging(_ topic: TopicState) -> Bool {
+            topic.subscribers.contains { !$0.stalled && $0.lag(on: topic) > limit }
+        }
+        if connection.publishedOnManyTopics { return topics.contains(where: lagging) }
+        return connection.topics.contains(where: lagging)
+    }
+
+    // MARK: Subscribers
+
+    private mutating func subscribe(
+        _ request: SubscribeRequest, from id: RoutingID, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
+        guard request.topics.count <= configuration.maximumTopicsPerRequest else {
+            return refuseSubscriber(
+                .tooManyTopics, "\(request.topics.count) topics in one subscription; the limit is \(configuration.maximumTopicsPerRequest)",
+                id, output: &output)
+        }
+        let subscriber: SubscriberState
+        if let existing = subscribers[id] {
+            subscriber = existing
+        } else {
+            guard subscribers.count < configuration.maximumSubscribers else {
+                return refuseSubscriber(
+                    .subscriberLimit, "this broker serves \(configuration.maximumSubscribers) subscribers already", id,
+                    output: &output)
+            }
+            subscriber = SubscriberState(id: id, now: now)
+            subscribers[id] = subscriber
+            logger.info("subscriber attached", metadata: ["subscriber": "\(id)", "topics": "\(request.topics.count)"])
+        }
+        subscriber.window = min(
+            max(request.window, Self.minimumSubscriberWindow), max(configuration.maximumSubscriberWindow, Self.minimumSubscriberWindow))
+        subscriber.lastHeard = now
+        subscriber.lastProgress = now
+        subscriber.stalled = false
+        let resume = Resume(request)
+        var offered: [String: Int] = [:]
+        var backlog: [String: Int] = [:]
+        var seen = Set<String>()
+        for name in request.topics where seen.insert(name).inserted {
+            let bytes = Array(name.utf8)
+            guard (try? Topic(name)) != nil,
+                let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true) })
+            else { continue }
+            let cursor = startingCursor(
+                in: topic, request: request, resume: resume, current: subscriber.cursor(on: topic))
+            subscriber.follow(topic, from: cursor)
+            offered[name] = topic.offered
+            backlog[name] = Int(topic.log.endIndex - cursor)
+        }
+        let reply = SubscribeReply(offered: offered, backlog: backlog, window: subscriber.window)
+        if var frame = try? ZMQFrame(ControlFrame.encode(.subscribed, reply)),
+            output.deliver(to: id, &frame) == .unreachable
+        {
+            return removeSubscriber(id, reason: "gone")
+        }
+        pump(subscriber, output: &output)
+    }
+
+    /// Where a subscription of `topic` starts in its log: live, some history back, or where a re-attaching
+    /// subscriber stopped.
+    ///
+    /// A subscriber that asks again on the same connection (`current`) has a gap to fill: its cursor moves back
+    /// only to a message it is owed exactly, since anything later it has already been sent.
+    private func startingCursor(
+        in topic: TopicState, request: SubscribeRequest, resume: Resume, current: UInt64?
+    ) -> UInt64 {
+        let end = topic.log.endIndex
+        if let current {
+            let owed = resume.streams[topic.name] ?? [:]
+            var index = topic.log.firstIndex
+            while index < min(current, end) {
+                let wanted = topic.log.withElement(at: index) { entry in owed[entry.publisher] == entry.sequence }
+                if wanted == true { return index }
+                index += 1
+            }
+            return current
+        }
+        if request.resume != nil || request.since != nil {
+            let owed = resume.streams[topic.name] ?? [:]
+            var index = topic.log.firstIndex
+            while index < end {
+                let wanted = topic.log.withElement(at: index) { entry in
+                    if let next = owed[entry.publisher] { return entry.sequence >= next }
+                    return entry.sentAt >= (request.since ?? .max)
+                }
+                if wanted == true { return index }
+                index += 1
+            }
+            return end
+        }
+        let history = min(max(request.history ?? 0, 0), topic.offered, configuration.historyLimit, topic.log.count)
+        return end - UInt64(history)
+    }
+
+    private mutating func acknowledge(
+        _ consumed: UInt64, from id: RoutingID, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
+        guard let subscriber = subscribers[id] else {
+            return refuseSubscriber(.notSubscribed, "subscribe again", id, output: &output)
+        }
+        subscriber.lastHeard = now
+        // A report beyond what was sent, or going backwards, comes from a broken or hostile client: clamp it.
+        let acknowledged = min(consumed, subscriber.sent)
+        guard acknowledged > subscriber.acknowledged else { return }
+        subscriber.acknowledged = acknowledged
+        subscriber.lastProgress = now
+        if subscriber.stalled {
+            subscriber.stalled = false
+            logger.info("subscriber takes messages again", metadata: ["subscriber": "\(id)"])
+        }
+        pump(subscriber, output: &output)
+        if !waitingConnections.isEmpty { retryWaitingGrants(output: &output) }
+    }
+
+    /// Sends a subscriber what its cursors have not reached yet, while its window allows, one topic after the
+    /// other.
+    private mutating func pump(_ subscriber: SubscriberState, output: inout some BrokerOutput) {
+        var idle = 0
+        while subscriber.inFlight < UInt64(subscriber.window), idle < subscriber.follows.count {
+            let position = subscriber.nextFollow
+            subscriber.nextFollow = (position + 1) % subscriber.follows.count
+            let topic = subscriber.follows[position].topic
+            var cursor = subscriber.follows[position].cursor
+            if cursor < topic.log.firstIndex {
+                // Left the log before this subscriber got it: it sees the gap and counts the loss.
+                counters.skipped += topic.log.firstIndex - cursor
+                cursor = topic.log.firstIndex
+                subscriber.follows[position].cursor = cursor
+            }
+            guard cursor < topic.log.endIndex else {
+                idle += 1
+                continue
+            }
+            idle = 0
+            guard var frame = topic.log.updateElement(at: cursor, { try? $0.frame.share() }) else { break }
+            let size = frame.count
+            switch output.deliver(to: subscriber.id, &frame) {
+            case .sent:
+                subscriber.follows[position].cursor = cursor + 1
+                subscriber.sent += UInt64(size)
+                topic.delivered += 1
+            case .wouldBlock:
+                blockedSubscribers.insert(subscriber.id)
+                return
+            case .unreachable:
+                removeSubscriber(subscriber.id, reason: "gone")
+                return
+            }
+        }
+    }
+
+    private mutating func removeSubscriber(_ id: RoutingID, reason: String) {
+        guard let subscriber = subscribers.removeValue(forKey: id) else { return }
+        for follow in subscriber.follows { follow.topic.subscribers.removeAll { $0 === subscriber } }
+        blockedSubscribers.remove(id)
+        logger.info("subscriber detached", metadata: ["subscriber": "\(id)", "reason": "\(reason)"])
+    }
+
+    // MARK: Topics and logs
+
+    /// The state of the topic spelled by the bytes at `range` of `frame`, created (after validating the name)
+    /// when it is new and allowed; `nil` after refusing.
+    private mutating func topic(
+        named range: Range<Int>, in frame: borrowing ZMQFrame, creating: Bool, client: RoutingID,
+        output: inout some BrokerOutput
+    ) -> TopicState? {
+        let found = frame.withUnsafeBytes { bytes in
+            topicIndex.find(UnsafeRawBufferPointer(rebasing: bytes[range]))
+        }
+        if let found { return topics[found] }
+        let name = frame.withUnsafeBytes { Topic(validating: UnsafeRawBufferPointer(rebasing: $0[range])) }
+        guard let name else {
+            malformed(.badTopic, from: client, frame: frame, output: &output)
+            return nil
+        }
+        guard topics.count < configuration.maximumTopics else {
+            refuse(.topicLimit, "this broker holds \(configuration.maximumTopics) topics already", to: client, output: &output)
+            return nil
+        }
+        return addTopic(name)
+    }
+
+    /// The state of a topic named by `bytes`, created when allowed; `nil` for invalid names or past the limit.
+    private mutating func topicState(for bytes: UnsafeRawBufferPointer, creating: Bool) -> TopicState? {
+        if let found = topicIndex.find(bytes) { return topics[found] }
+        guard creating, topics.count < configuration.maximumTopics, let name = Topic(validating: bytes) else {
+            return nil
+        }
+        return addTopic(name)
+    }
+
+    private mutating func addTopic(_ name: Topic) -> TopicState {
+        let state = TopicState(name: name.name)
+        Array(name.name.utf8).withUnsafeBytes { _ = topicIndex.insert($0) }
+        topics.append(state)
+        return state
+    }
+
+    private mutating func append(_ frame: consuming ZMQFrame, layout: DataLayout, size: Int, to topic: TopicState) {
+        let cost = size + LogEntry.overhead
+        topic.log.append(
+            LogEntry(
+                frame: frame, publisher: layout.header.publisher, sequence: layout.header.sequence,
+                sentAt: layout.header.sentAt, offset: topic.appendedBytes, cost: cost))
+        topic.appendedBytes += UInt64(size)
+        topic.bytes += cost
+        logBytes += cost
+        while topic.bytes > configuration.topicLogBytes, topic.log.count > 1 { evictOldest(of: topic) }
+        var attempts = 0
+        while logBytes > configuration.logBytes, attempts < topics.count {
+            let candidate = topics[evictionCursor % topics.count]
+            evictionCursor = (evictionCursor + 1) % topics.count
+            if candidate.log.count > (candidate === topic ? 1 : 0) {
+                evictOldest(of: candidate)
+                attempts = 0
+            } else {
+                attempts += 1
+            }
+        }
+    }
+
+    private mutating func evictOldest(of topic: TopicState) {
+        guard let entry = topic.log.removeFirst() else { return }
+        topic.bytes -= entry.cost
+        logBytes -= entry.cost
+        counters.evicted += 1
+    }
+
+    // MARK: Replies, refusals and counts
+
+    private mutating func reply(to client: RoutingID, _ bytes: [UInt8], output: inout some BrokerOutput) {
+        guard var frame = try? ZMQFrame(bytes) else { return }
+        output.reply(to: client, &frame)
+    }
+
+    private mutating func refuse(
+        _ reason: Refusal.Reason, _ detail: String, to client: RoutingID, output: inout some BrokerOutput
+    ) {
+        noteRefused(reason)
+        reply(to: client, ControlFrame.encode(.refused, Refusal(reason: reason, detail: detail)), output: &output)
+        logRarely("refused", reason.rawValue, "refused a request: \(detail)", client: client)
+    }
+
+    private mutating func refuseSubscriber(
+        _ reason: Refusal.Reason, _ detail: String, _ id: RoutingID, output: inout some BrokerOutput
+    ) {
+        noteRefused(reason)
+        if var frame = try? ZMQFrame(ControlFrame.encode(.refused, Refusal(reason: reason, detail: detail))) {
+            _ = output.deliver(to: id, &frame)
+        }
+        logRarely("refused", reason.rawValue, "refused a subscriber: \(detail)", client: id)
+    }
+
+    private mutating func malformed(
+        _ failure: WireFormat.DecodeFailure, from client: RoutingID, frame: borrowing ZMQFrame,
+        output: inout some BrokerOutput
+    ) {
+        noteMalformed(failure)
+        if failure == .versionMismatch {
+            noteVersionMismatch(frame: frame, client: client)
+            reply(
+                to: client,
+                ControlFrame.encode(
+                    .refused, Refusal(reason: .versionMismatch, detail: "this broker speaks wire format \(WireFormat.version)")),
+                output: &output)
+        }
+    }
+
+    private mutating func noteVersionMismatch(frame: borrowing ZMQFrame, client: RoutingID) {
+        let version = frame.withUnsafeBytes { WireFormat.foreignVersion(of: $0) } ?? 0
+        logRarely(
+            "version", "\(version)",
+            "a client speaks Herald wire format \(version), this broker speaks \(WireFormat.version); run the same Herald version everywhere",
+            client: client, level: .warning)
+    }
+
+    /// Logs at most once a minute per kind, so that a flood of bad requests costs a few lines.
+    private mutating func logRarely(
+        _ category: String, _ key: String, _ message: String, client: RoutingID, level: Logger.Level = .info
+    ) {
+        let now = ContinuousClock.now
+        let slot = category + "/" + key
+        if let last = lastLog[slot], now - last < .seconds(60) { return }
+        if lastLog.count > 256 { lastLog.removeAll() }
+        lastLog[slot] = now
+        logger.log(level: level, "\(message)", metadata: ["client": "\(client)"])
+    }
+
+    /// Counts a message dropped before it reached the core, for example one with too many frames.
+    mutating func noteMalformed(_ failure: WireFormat.DecodeFailure) {
+        counters.malformed[failure, default: 0] += 1
+        malformedTotal += 1
+    }
+
+    private mutating func noteRefused(_ reason: Refusal.Reason) {
+        counters.refused[reason, default: 0] += 1
+        refusedTotal[reason, default: 0] += 1
+    }
+
+    /// What happened since the last call, for metrics and status; resets the counts.
+    mutating func takeCounters() -> BrokerCounts {
+        var taken = counters
+        counters = BrokerCounts()
+        taken.logBytes = logBytes
+        taken.topicCount = topics.count
+        taken.subscriberCount = subscribers.count
+        for topic in topics where topic.received > 0 || topic.delivered > 0 {
+            taken.perTopic.append((topic.name, topic.received, topic.delivered))
+            topic.received = 0
+            topic.delivered = 0
+        }
+        return taken
+    }
+
+    /// What `herald status` shows.
+    func status(now: ContinuousClock.Instant) -> BrokerStatus {
+        BrokerStatus(
+            broker: configuration.brokerID, mode: configuration.mode, epoch: epoch,
+            leaderForSeconds: (now - startedAt).seconds,
+            topics: Dictionary(topics.map { ($0.name, $0.totalReceived) }, uniquingKeysWith: max),
+            subscribedTopics: topics.filter { !$0.subscribers.isEmpty }.map(\.name).sorted(),
+            subscribers: subscribers.count,
+            publishers: registrations.values.map { entry in
+                let registration = entry.registration
+                let endpoint = registration.endpoint.isEmpty ? "" : " \(registration.endpoint)"
+                return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]"
+            }.sorted(),
+            malformedMessages: malformedTotal,
+            refused: refusedTotal.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value },
+            logBytes: logBytes, logLimitBytes: configuration.logBytes)
+    }
+
+    /// Direct-mode registrations, for status.
+    var registeredPublishers: [PublisherRegistration] { registrations.values.map(\.registration) }
+}
+
+/// Moves a frame out of an `inout` parameter, leaving an empty one.
+func take(_ frame: inout ZMQFrame) -> ZMQFrame {
+    let taken = consume frame
+    frame = ZMQFrame()
+    return taken
+}
+
+// MARK: - State
+
+/// Counts a broker reports, by kind; taken and reset in batches.
+struct BrokerCounts: Sendable {
+    var malformed: [WireFormat.DecodeFailure: UInt64] = [:]
+    var refused: [Refusal.Reason: UInt64] = [:]
+    var evicted: UInt64 = 0
+    /// Messages subscribers never got because they left the log first.
+    var skipped: UInt64 = 0
+    var stalls: UInt64 = 0
+    var creditWaits: UInt64 = 0
+    var perTopic: [(topic: String, received: UInt64, delivered: UInt64)] = []
+    var logBytes = 0
+    var topicCount = 0
+    var subscriberCount = 0
+}
+
+/// One message kept in a topic's log.
+struct LogEntry: ~Copyable {
+    /// Bytes a kept message costs beyond its frame: this entry, and libzmq's counted block and allocator
+    /// header around the content.
+    static let overhead = MemoryLayout<LogEntry>.stride + 64
+
+    var frame: ZMQFrame
+    let publisher: PublisherID
+    let sequence: UInt64
+    let sentAt: UInt64
+    /// Data bytes appended to the topic before this message: how far behind a cursor here is.
+    let offset: UInt64
+    let cost: Int
+}
+
+/// A topic the leader knows: its log and the subscribers that follow it.
+final class TopicState {
+    let name: String
+    var log = Ring<LogEntry>()
+    /// Bytes the log costs, entries included.
+    var bytes = 0
+    /// Data bytes ever appended.
+    var appendedBytes: UInt64 = 0
+    var subscribers: [SubscriberState] = []
+    /// The most history any publisher of the topic offers.
+    var offered = 0
+    /// Messages received and delivered since the counters were last taken, and received in all.
+    var received: UInt64 = 0
+    var delivered: UInt64 = 0
+    var totalReceived: UInt64 = 0
+
+    init(name: String) { self.name = name }
+}
+
+/// A publisher connection's credit.
+final class PublisherConnection {
+    var lastHeard: ContinuousClock.Instant
+    /// The cumulative byte limit granted.
+    var granted: UInt64
+    /// Data bytes received in all.
+    var received: UInt64 = 0
+    /// The topics it published on, for deciding whether a slow subscriber holds it back.
+    private(set) var topics: [TopicState] = []
+    private(set) var publishedOnManyTopics = false
+    private static let trackedTopics = 16
+
+    init(lastHeard: ContinuousClock.Instant, granted: UInt64) {
+        self.lastHeard = lastHeard
+        self.granted = granted
+    }
+
+    func notePublished(on topic: TopicState) {
+        guard !publishedOnManyTopics, topics.last !== topic, !topics.contains(where: { $0 === topic }) else { return }
+        if topics.count == Self.trackedTopics {
+            publishedOnManyTopics = true
+            topics = []
+        } else {
+            topics.append(topic)
+        }
+    }
+}
+
+/// A subscriber: what it follows, and its window.
+final class SubscriberState {
+    struct Follow {
+        let topic: TopicState
+        var cursor: UInt64
+    }
+
+    let id: RoutingID
+    var follows: [Follow] = []
+    var nextFollow = 0
+    var window = BrokerCore.minimumSubscriberWindow
+    /// Data bytes sent and acknowledged, in all, on this connection.
+    var sent: UInt64 = 0
+    var acknowledged: UInt64 = 0
+    var lastHeard: ContinuousClock.Instant
+    var lastProgress: ContinuousClock.Instant
+    var stalled = false
+
+    init(id: RoutingID, now: ContinuousClock.Instant) {
+        self.id = id
+        lastHeard = now
+        lastProgress = now
+    }
+
+    var inFlight: UInt64 { sent - acknowledged }
+
+    func follow(_ topic: TopicState, from cursor: UInt64) {
+        if let index = follows.firstIndex(where: { $0.topic === topic }) {
+            follows[index].cursor = cursor
+        } else {
+            follows.append(Follow(topic: topic, cursor: cursor))
+            topic.subscribers.append(self)
+        }
+    }
+
+    func cursor(on topic: TopicState) -> UInt64? { follows.first { $0.topic === topic }?.cursor }
+
+    func isCaughtUp(on topic: TopicState) -> Bool {
+        // The newest message was just appended: a cursor one short of the end had reached everything before it.
+        cursor(on: topic).map { $0 + 1 >= topic.log.endIndex } ?? false
+    }
+
+    /// Data bytes of `topic` appended after this subscriber's cursor.
+    func lag(on topic: TopicState) -> UInt64 {
+        guard let cursor = cursor(on: topic), cursor < topic.log.endIndex else { return 0 }
+        let from = max(cursor, topic.log.firstIndex)
+        let offset = topic.log.withElement(at: from) { $0.offset } ?? topic.appendedBytes
+        return topic.appendedBytes - offset
+    }
+}
+
+/// A publisher's registration and who sent it.
+struct Registered {
+    var registration: PublisherRegistration
+    var lastSeen: ContinuousClock.Instant
+    var client: RoutingID
+}
+
+/// A subscribe request's resume information, keyed for lookups per log entry.
+private struct Resume {
+    var streams: [String: [PublisherID: UInt64]] = [:]
+
+    init(_ request: SubscribeRequest) {
+        for (topic, owed) in request.resume ?? [:] {
+            var byPublisher: [PublisherID: UInt64] = [:]
+            for (text, next) in owed {
+                if let publisher = PublisherID(text) { byPublisher[publisher] = next }
+            }
+            streams[topic] = byPublisher
+        }
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+
+/// The 16-byte identity of a publisher process. A publisher that restarts gets a new one, which subscribers
+/// treat as a new sequence epoch rather than as a gap or duplicates.
+///
+/// Kept as two integers, so that a subscriber or broker hashes and compares it per message without touching
+/// Foundation.
+public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable {
+    /// The first eight bytes, big-endian.
+    let high: UInt64
+    /// The last eight bytes, big-endian.
+    let low: UInt64
+
+    /// A new random identity (a version 4 UUID).
+    public init() { self.init(uuid: UUID()) }
+
+    /// An identity from a UUID.
+    /// - Parameter uuid: the UUID.
+    public init(uuid: UUID) {
+        (high, low) = withUnsafeBytes(of: uuid.uuid) { ($0.loadBigEndianUInt64(at: 0), $0.loadBigEndianUInt64(at: 8)) }
+    }
+
+    init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// An identity from its text form, as ``description`` writes it.
+    /// - Parameter text: a UUID.
+    public init?(_ text: String) {
+        guard let uuid = UUID(uuidString: text) else { return nil }
+        self.init(uuid: uuid)
+    }
+
+    /// The identity as a UUID.
+    public var uuid: UUID {
+        var raw: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &raw) { buffer in
+            buffer.storeBytes(of: high.bigEndian, toByteOffset: 0, as: UInt64.self)
+            buffer.storeBytes(of: low.bigEndian, toByteOffset: 8, as: UInt64.self)
+        }
+        return UUID(uuid: raw)
+    }
+
+    /// The first eight hex digits, enough to tell publishers apart in logs.
+    public var short: String { String(description.prefix(8)) }
+
+    /// The full UUID in lower case.
+    public var description: String { uuid.uuidString.lowercased() }
+
+    /// Encoded as its UUID text.
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let identity = PublisherID(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a UUID"))
+        }
+        self = identity
+    }
+
+    /// Encodes the UUID text.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+/// The metadata every data message carries next to its topic and payload.
+public struct MessageHeader: Sendable, Hashable {
+    /// Who published the message.
+    public var publisher: PublisherID
+    /// The publisher's sequence number on this topic, from 1, increasing by one per message.
+    public var sequence: UInt64
+    /// When the publisher sent it, in nanoseconds since the Unix epoch, by the publisher's clock.
+    public var sentAt: UInt64
+
+    /// Creates a header.
+    /// - Parameters:
+    ///   - publisher: the publisher's identity.
+    ///   - sequence: its sequence number, from 1.
+    ///   - sentAt: nanoseconds since the Unix epoch.
+    public init(publisher: PublisherID, sequence: UInt64, sentAt: UInt64) {
+        self.publisher = publisher
+        self.sequence = sequence
+        self.sentAt = sentAt
+    }
+}
+
+// MARK: - Control bodies
+
+/// A publisher's announcement to the leader; it is also its heartbeat.
+struct PublisherRegistration: Codable, Sendable, Equatable {
+    var publisher: PublisherID
+    /// Direct mode: where subscribers connect; empty in broker mode.
+    var endpoint: String
+    var topics: [String]
+    /// How many messages per topic the publisher asks brokers to keep for late joiners.
+    var history: Int?
+    /// When the publisher started, in nanoseconds since the Unix epoch: a direct-mode subscriber that was
+    /// there first is owed its stream from its first message.
+    var startedAt: UInt64?
+}
+
+/// A direct-mode subscriber's question to the leader.
+struct DiscoveryQuery: Codable, Sendable, Equatable {
+    var topics: [String]
+}
+
+/// The leader's answer: the live publishers of the asked topics.
+struct DiscoveryReply: Codable, Sendable, Equatable {
+    var publishers: [PublisherRegistration]
+    /// Whether the leader has led long enough to have heard every live publisher's heartbeat, so that a
+    /// publisher missing from the list really is gone (a fresh leader's list may still be filling).
+    var complete: Bool
+}
+
+/// A broker-mode subscriber's subscription, sent on attaching to a leader and to recover what it missed.
+///
+/// The leader keeps a cursor per subscribed topic into its log of that topic and sends from there, as fast as
+/// the subscriber's window allows: late-joiner history, recovery after a failover and live messages travel
+/// one ordered path.
+struct SubscribeRequest: Codable, Sendable, Equatable {
+    /// The topics.
+    var topics: [String]
+    /// Bytes the subscriber can take ahead of its acknowledgements (``WireFormat/Kind/consumed``).
+    var window: Int
+    /// First attachment only: the last `history` messages of each topic, as far as publishers offer them.
+    var history: Int?
+    /// Per topic, per publisher (UUID text): the next sequence number the subscriber is owed. The leader
+    /// sends those publishers' kept messages from there on.
+    var resume: [String: [String: UInt64]]?
+    /// When the subscriber first subscribed, in nanoseconds since the Unix epoch: kept messages of publishers
+    /// not in ``resume`` are sent if they were sent after it. Absent on a first attachment, which starts live.
+    var since: UInt64?
+}
+
+/// The leader's answer to a ``SubscribeRequest``.
+struct SubscribeReply: Codable, Sendable, Equatable {
+    /// Per topic: the most history any of its publishers offers.
+    var offered: [String: Int]
+    /// Per topic: how many kept messages are on their way before live ones.
+    var backlog: [String: Int]
+    /// The window the leader uses: the subscriber's, capped by the leader's limit.
+    var window: Int
+}
+
+/// Why a leader refused a request, sent back to the client that made it.
+struct Refusal: Codable, Sendable, Equatable {
+    /// What the client should do.
+    enum Reason: String, Codable, Sendable, CaseIterable {
+        /// The client speaks another wire format version: upgrade one side.
+        case versionMismatch = "version_mismatch"
+        /// Data from a connection that has not registered (or whose registration expired): register again.
+        case notRegistered = "not_registered"
+        /// Data beyond the credit the leader granted: the sender ignores flow control.
+        case overCredit = "over_credit"
+        /// A consumption report from a connection with no subscription: subscribe again.
+        case notSubscribed = "not_subscribed"
+        /// More topics in one request than the leader accepts.
+        case tooManyTopics = "too_many_topics"
+        /// A new topic while the leader already holds as many as it accepts.
+        case topicLimit = "topic_limit"
+        /// A new publisher while the leader already knows as many as it accepts.
+        case publisherLimit = "publisher_limit"
+        /// A new subscriber while the leader already serves as many as it accepts.
+        case subscriberLimit = "subscriber_limit"
+        /// A topic name that is not valid.
+        case invalidTopic = "invalid_topic"
+        /// An unregistration from another connection than the one that registered.
+        case notOwner = "not_owner"
+    }
+
+    var reason: Reason
+    /// A sentence for logs.
+    var detail: String
+}
+
+/// What the leader reports about itself to `herald status`.
+public struct BrokerStatus: Codable, Sendable, Equatable {
+    /// The broker's identity.
+    public var broker: String
+    /// The cluster's dissemination mode.
+    public var mode: DisseminationMode
+    /// The leader's term, as in its ``LeaderRecord``.
+    public var epoch: UInt64?
+    /// Seconds since this broker became leader.
+    public var leaderForSeconds: Double
+    /// Topics seen from publishers, with messages forwarded per topic (broker mode).
+    public var topics: [String: UInt64]
+    /// Topics subscribers asked for (broker mode).
+    public var subscribedTopics: [String]
+    /// Subscribers attached (broker mode).
+    public var subscribers: Int?
+    /// Publishers known to the broker: direct-mode registrations, or broker-mode senders seen recently.
+    public var publishers: [String]
+    /// Messages dropped because they were malformed.
+    public var malformedMessages: UInt64
+    /// Requests refused, by reason.
+    public var refused: [String: UInt64]?
+    /// Bytes kept in the broker's logs, and their limit.
+    public var logBytes: Int?
+    public var logLimitBytes: Int?
+}

@@ -1,0 +1,196 @@
+import DequeModule
+import Synchronization
+
+/// A message as a subscriber receives it.
+public struct ReceivedMessage: Sendable, Hashable {
+    /// The topic it was published on.
+    public var topic: Topic
+    /// Its publisher, sequence number and send time.
+    public var header: MessageHeader
+    /// The message body: a slice of the batch it arrived in, so handing it on copies nothing.
+    public var payload: ArraySlice<UInt8>
+    /// When it arrived, in nanoseconds since the Unix epoch.
+    public var receivedAt: UInt64
+
+    /// Creates a message.
+    /// - Parameters:
+    ///   - topic: the topic.
+    ///   - header: publisher, sequence number and send time.
+    ///   - payload: the body.
+    ///   - receivedAt: when it arrived, in nanoseconds since the Unix epoch.
+    public init(topic: Topic, header: MessageHeader, payload: ArraySlice<UInt8>, receivedAt: UInt64) {
+        self.topic = topic
+        self.header = header
+        self.payload = payload
+        self.receivedAt = receivedAt
+    }
+
+    /// End-to-end latency from the publisher's send to this arrival (publisher and subscriber clocks must agree
+    /// when they run on different hosts). Total for any send time a publisher claims: a difference beyond
+    /// `Int64`'s range saturates.
+    public var latency: Duration {
+        .nanoseconds(Self.nanoseconds(from: header.sentAt, to: receivedAt))
+    }
+
+    /// `to - from` in nanoseconds, saturated to `Int64`'s range: a send time comes from the network, so it
+    /// may be anything.
+    static func nanoseconds(from start: UInt64, to end: UInt64) -> Int64 {
+        if end >= start {
+            let difference = end - start
+            return difference > UInt64(Int64.max) ? .max : Int64(difference)
+        }
+        let difference = start - end
+        return difference > UInt64(Int64.max) ? .min : -Int64(difference)
+    }
+}
+
+/// Messages delivered together: what one wake-up of the application gets.
+///
+/// The payloads share one buffer, so a batch costs two allocations however many messages it holds, and its
+/// messages' payloads are slices of that buffer.
+public struct MessageBatch: RandomAccessCollection, Sendable {
+    struct Entry: Sendable {
+        var topic: Int32
+        var payloadStart: Int32
+        var payloadCount: Int32
+        var header: MessageHeader
+        var receivedAt: UInt64
+    }
+
+    let topics: [Topic]
+    var storage: [UInt8] = []
+    var entries: [Entry] = []
+
+    init(topics: [Topic], capacity: Int = 0) {
+        self.topics = topics
+        storage.reserveCapacity(capacity)
+    }
+
+    /// The position of the first message.
+    public var startIndex: Int { 0 }
+    /// One past the position of the last message.
+    public var endIndex: Int { entries.count }
+
+    /// The message at `position`.
+    public subscript(position: Int) -> ReceivedMessage {
+        let entry = entries[position]
+        let start = Int(entry.payloadStart)
+        return ReceivedMessage(
+            topic: topics[Int(entry.topic)], header: entry.header,
+            payload: storage[start..<(start + Int(entry.payloadCount))], receivedAt: entry.receivedAt)
+    }
+
+    /// The payload bytes the batch holds.
+    public var payloadBytes: Int { storage.count }
+
+    mutating func append(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
+        let start = storage.count
+        storage.append(contentsOf: payload)
+        entries.append(
+            Entry(
+                topic: Int32(truncatingIfNeeded: topic), payloadStart: Int32(truncatingIfNeeded: start),
+                payloadCount: Int32(truncatingIfNeeded: payload.count), header: header, receivedAt: receivedAt))
+    }
+}
+
+/// The hand-over from a subscriber's socket thread to the application: batches, bounded in bytes, with one
+/// wake-up per batch on either side.
+///
+/// When the application falls behind and the bytes reach the limit, the socket thread stops reading, so its
+/// acknowledgements stop and the leader stops sending: the back-pressure reaches the publishers.
+final class DeliveryQueue: Sendable {
+    private struct State {
+        var batches = Deque<MessageBatch>()
+        var bytes = 0
+        var consumer: CheckedContinuation<MessageBatch?, Never>?
+        var finished = false
+        /// The producer found the queue full and waits to be told there is room.
+        var producerWaiting = false
+    }
+
+    private let state = Mutex(State())
+    /// Bytes of payload queued at most (a batch is accepted whole when the queue is below it).
+    let limit: Int
+    private let onRoom: @Sendable () -> Void
+
+    /// Creates a queue.
+    /// - Parameters:
+    ///   - limit: bytes of payload queued at most.
+    ///   - onRoom: called, on the consumer's thread, when a full queue has room again.
+    init(limit: Int, onRoom: @escaping @Sendable () -> Void) {
+        self.limit = max(1, limit)
+        self.onRoom = onRoom
+    }
+
+    /// Whether a batch can be pushed now; when not, the producer is told through `onRoom` once there is room.
+    var hasRoom: Bool {
+        state.withLock { state in
+            if state.bytes < limit { return true }
+            state.producerWaiting = true
+            return false
+        }
+    }
+
+    /// Hands a batch on.
+    func push(_ batch: MessageBatch) {
+        guard !batch.isEmpty else { return }
+        let consumer = state.withLock { state -> CheckedContinuation<MessageBatch?, Never>? in
+            guard !state.finished else { return nil }
+            if let consumer = state.consumer {
+                state.consumer = nil
+                return consumer
+            }
+            state.batches.append(batch)
+            state.bytes += batch.payloadBytes
+            return nil
+        }
+        consumer?.resume(returning: batch)
+    }
+
+    /// Ends the queue: the consumer gets what is queued, then `nil`.
+    func finish() {
+        let consumer = state.withLock { state in
+            state.finished = true
+            defer { state.consumer = nil }
+            return state.batches.isEmpty ? state.consumer : nil
+        }
+        consumer?.resume(returning: nil)
+    }
+
+    /// The next batch; `nil` once finished and drained, or when the task is cancelled. One consumer at a time.
+    func next() async -> MessageBatch? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<MessageBatch?, Never>) in
+                enum Outcome { case batch(MessageBatch, wake: Bool), end, wait(wake: Bool) }
+                let outcome = state.withLock { state -> Outcome in
+                    if let batch = state.batches.popFirst() {
+                        state.bytes -= batch.payloadBytes
+                        let wake = state.producerWaiting && state.bytes < limit
+                        if wake { state.producerWaiting = false }
+                        return .batch(batch, wake: wake)
+                    }
+                    if state.finished || Task.isCancelled { return .end }
+                    state.consumer = continuation
+                    // Empty now, so a producer that found it full may go on.
+                    defer { state.producerWaiting = false }
+                    return .wait(wake: state.producerWaiting)
+                }
+                switch outcome {
+                case .batch(let batch, let wake):
+                    if wake { onRoom() }
+                    continuation.resume(returning: batch)
+                case .end:
+                    continuation.resume(returning: nil)
+                case .wait(let wake):
+                    if wake { onRoom() }
+                }
+            }
+        } onCancel: {
+            let consumer = state.withLock { state in
+                defer { state.consumer = nil }
+                return state.consumer
+            }
+            consumer?.resume(returning: nil)
+        }
+    }
+}

@@ -1,0 +1,288 @@
+import Foundation
+import Testing
+import ZeroMQ
+import ZooKeeper
+
+@testable import Herald
+
+/// Records what a broker core decides, as bytes, and answers deliveries as told.
+struct RecordingOutput: BrokerOutput {
+    var replies: [(client: RoutingID, bytes: [UInt8])] = []
+    var deliveries: [(subscriber: RoutingID, bytes: [UInt8])] = []
+    /// What a delivery to each subscriber returns (sent when absent).
+    var outcomes: [RoutingID: DeliveryOutcome] = [:]
+
+    mutating func reply(to client: RoutingID, _ frame: inout ZMQFrame) {
+        replies.append((client, frame.bytes))
+        frame.clear()
+    }
+
+    mutating func deliver(to subscriber: RoutingID, _ frame: inout ZMQFrame) -> DeliveryOutcome {
+        let outcome = outcomes[subscriber] ?? .sent
+        if outcome == .sent {
+            deliveries.append((subscriber, frame.bytes))
+            frame.clear()
+        }
+        return outcome
+    }
+
+    func kinds(to client: RoutingID) -> [WireFormat.Kind] {
+        replies.filter { $0.client == client }.compactMap { reply in
+            reply.bytes.withUnsafeBytes { try? WireFormat.kind(of: $0).get() }
+        }
+    }
+
+    func refusals(to client: RoutingID) -> [Refusal.Reason] {
+        replies.filter { $0.client == client }.compactMap { reply in
+            reply.bytes.withUnsafeBytes { try? ControlFrame.decode(Refusal.self, from: $0).get().reason }
+        }
+    }
+
+    func credit(to client: RoutingID) -> UInt64? {
+        replies.filter { $0.client == client }.compactMap { reply -> UInt64? in
+            reply.bytes.withUnsafeBytes { bytes in
+                guard case .success(.credit) = WireFormat.kind(of: bytes) else { return nil }
+                return try? ControlFrame.decodeCount(bytes).get()
+            }
+        }.last
+    }
+
+    /// The data frames delivered to `subscriber`, decoded to their sequence numbers.
+    func sequences(to subscriber: RoutingID) -> [UInt64] {
+        deliveries.filter { $0.subscriber == subscriber }.compactMap { delivery in
+            delivery.bytes.withUnsafeBytes { try? DataLayout.decode($0).get().header.sequence }
+        }
+    }
+}
+
+/// A broker core driven by frames, as the engine drives it.
+struct CoreHarness: ~Copyable {
+    var core: BrokerCore
+    var output = RecordingOutput()
+    var now = ContinuousClock.now
+
+    init(configure: (inout BrokerConfiguration) -> Void = { _ in }) throws {
+        var configuration = BrokerConfiguration(
+            zookeeper: ZooKeeperConfiguration(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "test"))
+        configuration.brokerID = "core"
+        configure(&configuration)
+        core = BrokerCore(configuration: configuration, epoch: 1, now: now, logger: .init(label: "test"))
+    }
+
+    static func id(_ value: UInt8) -> RoutingID { [0, 0, 0, 0, value].withUnsafeBytes { RoutingID($0)! } }
+
+    mutating func request(_ bytes: [UInt8], from client: RoutingID) {
+        var frame = try! ZMQFrame(bytes)
+        core.handleRequest(from: client, &frame, now: now, output: &output)
+    }
+
+    mutating func subscriberMessage(_ bytes: [UInt8], from subscriber: RoutingID) {
+        var frame = try! ZMQFrame(bytes)
+        core.handleSubscriberMessage(from: subscriber, &frame, now: now, output: &output)
+    }
+
+    mutating func register(_ publisher: PublisherID, topics: [String] = ["t"], history: Int? = nil, from client: RoutingID) {
+        request(
+            ControlFrame.encode(.register, PublisherRegistration(publisher: publisher, endpoint: "", topics: topics, history: history)),
+            from: client)
+    }
+
+    mutating func publish(
+        _ publisher: PublisherID, _ sequence: UInt64, topic: Topic = "t", payload: [UInt8] = [1, 2, 3], sentAt: UInt64 = 0,
+        from client: RoutingID
+    ) {
+        request(dataFrame(topic: topic, header: MessageHeader(publisher: publisher, sequence: sequence, sentAt: sentAt), payload: payload), from: client)
+    }
+
+    mutating func subscribe(_ request: SubscribeRequest, from subscriber: RoutingID) {
+        subscriberMessage(ControlFrame.encode(.subscribe, request), from: subscriber)
+    }
+
+    mutating func tick(after duration: Duration) {
+        now += duration
+        core.tick(now: now, output: &output)
+    }
+}
+
+@Suite("Broker core: frames in, decisions out")
+struct BrokerCoreTests {
+    let publisher = PublisherID()
+    let client = CoreHarness.id(1)
+    let subscriber = CoreHarness.id(2)
+
+    func subscription(topics: [String] = ["t"], window: Int = 1 << 20, history: Int? = nil) -> SubscribeRequest {
+        SubscribeRequest(topics: topics, window: window, history: history, resume: nil, since: nil)
+    }
+
+    @Test func aRegisteredPublisherGetsCreditAndItsFramesReachSubscribersUnchanged() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        #expect(harness.output.credit(to: client) == UInt64(BrokerConfiguration.defaultPublisherWindow))
+        let frame = dataFrame(topic: "t", header: MessageHeader(publisher: publisher, sequence: 1, sentAt: 42), payload: [9, 9])
+        harness.request(frame, from: client)
+        #expect(harness.output.deliveries.last?.bytes == frame, "forwarded byte for byte")
+        #expect(harness.output.sequences(to: subscriber) == [1])
+    }
+
+    @Test func dataFromAConnectionThatNeverRegisteredIsRefused() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.publish(publisher, 1, from: client)
+        #expect(harness.output.refusals(to: client) == [.notRegistered])
+        #expect(harness.output.sequences(to: subscriber).isEmpty)
+    }
+
+    @Test func aSlowSubscriberHoldsCreditBackUntilItStallsAndThenItIsLeftBehind() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 64 * 1024
+            $0.logBytes = 256 * 1024
+            $0.publisherWindow = 8 * 1024
+            $0.stallTimeout = .seconds(2)
+        }
+        // A subscriber with the smallest window, which never acknowledges.
+        harness.subscribe(subscription(window: 0), from: subscriber)
+        harness.register(publisher, from: client)
+        let payload = [UInt8](repeating: 0, count: 1000)
+        var sequence: UInt64 = 0
+        // Publishing as if credit did not exist: the subscriber's window fills, then its lag passes half the
+        // topic log, then the publisher's credit runs out and what it sends beyond is refused.
+        while sequence < 500, !harness.output.refusals(to: client).contains(.overCredit) {
+            sequence += 1
+            harness.publish(publisher, sequence, payload: payload, from: client)
+        }
+        #expect(harness.output.refusals(to: client).contains(.overCredit), "credit stopped at the slow subscriber")
+        #expect(sequence < 500)
+        let held = try #require(harness.output.credit(to: client))
+        // Past the stall timeout the subscriber no longer holds publishers back.
+        harness.tick(after: .seconds(3))
+        #expect(try #require(harness.output.credit(to: client)) > held, "credit flows again")
+    }
+
+    @Test func lateJoinersGetTheHistoryPublishersOffer() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, history: 3, from: client)
+        for sequence in 1...10 as ClosedRange<UInt64> { harness.publish(publisher, sequence, from: client) }
+        harness.subscribe(subscription(history: 5), from: subscriber)
+        #expect(harness.output.sequences(to: subscriber) == [8, 9, 10], "at most what publishers offer")
+        let reply = try #require(harness.output.deliveries.first { $0.bytes[1] == WireFormat.Kind.subscribed.rawValue })
+        let answer = try reply.bytes.withUnsafeBytes { try ControlFrame.decode(SubscribeReply.self, from: $0).get() }
+        #expect(answer.offered == ["t": 3])
+        #expect(answer.backlog == ["t": 3])
+    }
+
+    @Test func aReattachingSubscriberGetsWhatItIsOwedAndNewPublishersFromWhenItSubscribed() throws {
+        var harness = try CoreHarness()
+        let other = PublisherID()
+        harness.register(publisher, from: client)
+        harness.register(other, from: CoreHarness.id(3))
+        for sequence in 1...5 as ClosedRange<UInt64> { harness.publish(publisher, sequence, sentAt: 100, from: client) }
+        for sequence in 1...2 as ClosedRange<UInt64> { harness.publish(other, sequence, sentAt: 50, from: CoreHarness.id(3)) }
+        harness.publish(other, 3, sentAt: 200, from: CoreHarness.id(3))
+        harness.subscribe(
+            SubscribeRequest(topics: ["t"], window: 1 << 20, history: nil, resume: ["t": [publisher.description: 4]], since: 150),
+            from: subscriber)
+        #expect(harness.output.sequences(to: subscriber) == [4, 5, 1, 2, 3], "from the first owed message on, in log order")
+    }
+
+    @Test func aGapOnTheSameConnectionRewindsOnlyToAMessageItIsOwed() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        harness.subscribe(subscription(), from: subscriber)
+        for sequence in [1, 2, 3, 5, 6] as [UInt64] { harness.publish(publisher, sequence, from: client) }
+        let before = harness.output.sequences(to: subscriber).count
+        // Owed 4, which this leader never had: nothing is sent again.
+        harness.subscribe(SubscribeRequest(topics: ["t"], window: 1 << 20, resume: ["t": [publisher.description: 4]], since: 0), from: subscriber)
+        #expect(harness.output.sequences(to: subscriber).count == before)
+        // Owed 2, which it has: from there on.
+        harness.subscribe(SubscribeRequest(topics: ["t"], window: 1 << 20, resume: ["t": [publisher.description: 2]], since: 0), from: subscriber)
+        #expect(harness.output.sequences(to: subscriber).suffix(4) == [2, 3, 5, 6])
+    }
+
+    @Test func topicLogsAreBoundedInBytesAndWhatASubscriberMissedIsCounted() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 16 * 1024
+            $0.logBytes = 64 * 1024
+        }
+        harness.register(publisher, history: 1000, from: client)
+        let payload = [UInt8](repeating: 1, count: 1000)
+        for sequence in 1...100 as ClosedRange<UInt64> {
+            harness.publish(publisher, sequence, payload: payload, from: client)
+            if sequence % 10 == 0 { harness.register(publisher, history: 1000, from: client) }
+        }
+        let counts = harness.core.takeCounters()
+        #expect(counts.logBytes <= 16 * 1024)
+        #expect(counts.evicted > 80)
+        harness.subscribe(subscription(history: 1000), from: subscriber)
+        let delivered = harness.output.sequences(to: subscriber)
+        #expect(delivered.last == 100)
+        #expect(delivered.count < 20, "only what the log still holds")
+    }
+
+    @Test func limitsOnTopicsPublishersAndSubscribersAreRefusedWithReasons() throws {
+        var harness = try CoreHarness {
+            $0.maximumTopics = 2
+            $0.maximumTopicsPerRequest = 3
+            $0.maximumPublishers = 1
+            $0.maximumSubscribers = 1
+        }
+        harness.register(publisher, topics: ["a", "b", "c", "d"], from: client)
+        #expect(harness.output.refusals(to: client) == [.tooManyTopics])
+        harness.register(publisher, topics: ["a"], from: client)
+        harness.register(PublisherID(), topics: ["a"], from: CoreHarness.id(9))
+        #expect(harness.output.refusals(to: CoreHarness.id(9)) == [.publisherLimit])
+        harness.publish(publisher, 1, topic: "a", from: client)
+        harness.publish(publisher, 1, topic: "b", from: client)
+        harness.publish(publisher, 1, topic: "c", from: client)
+        #expect(harness.output.refusals(to: client).last == .topicLimit)
+        harness.subscribe(subscription(topics: ["a"]), from: subscriber)
+        harness.subscribe(subscription(topics: ["a"]), from: CoreHarness.id(8))
+        #expect(harness.output.deliveries.contains { $0.subscriber == CoreHarness.id(8) && $0.bytes[1] == WireFormat.Kind.refused.rawValue })
+        let status = harness.core.status(now: harness.now)
+        #expect(status.refused?["too_many_topics"] == 1)
+        #expect(status.refused?["publisher_limit"] == 1)
+        #expect(status.refused?["subscriber_limit"] == 1)
+    }
+
+    @Test func anUnregistrationFromAnotherConnectionIsRefused() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        let spoofer = CoreHarness.id(7)
+        harness.request(ControlFrame.encode(.unregister, PublisherRegistration(publisher: publisher, endpoint: "", topics: ["t"])), from: spoofer)
+        #expect(harness.output.refusals(to: spoofer) == [.notOwner])
+        #expect(harness.core.status(now: harness.now).publishers.count == 1)
+        harness.request(ControlFrame.encode(.unregister, PublisherRegistration(publisher: publisher, endpoint: "", topics: ["t"])), from: client)
+        #expect(harness.core.status(now: harness.now).publishers.isEmpty)
+    }
+
+    @Test func aSubscriberThatIsGoneIsForgottenAndOneThatIsFullIsRetried() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        harness.subscribe(subscription(), from: subscriber)
+        harness.output.outcomes[subscriber] = .wouldBlock
+        harness.publish(publisher, 1, from: client)
+        harness.publish(publisher, 2, from: client)
+        #expect(harness.output.sequences(to: subscriber).isEmpty)
+        harness.output.outcomes[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        #expect(harness.output.sequences(to: subscriber) == [1, 2], "retried in order once there is room")
+        harness.output.outcomes[subscriber] = .unreachable
+        harness.publish(publisher, 3, from: client)
+        #expect(harness.core.status(now: harness.now).subscribers == 0)
+    }
+
+    @Test func malformedAndForeignFramesAreCountedByReason() throws {
+        var harness = try CoreHarness()
+        harness.request([], from: client)
+        harness.request([1], from: client)
+        harness.request([2, 77], from: client)
+        harness.request([2, WireFormat.Kind.register.rawValue] + Array("{".utf8), from: client)
+        harness.subscriberMessage([2, WireFormat.Kind.consumed.rawValue, 1], from: subscriber)
+        let counts = harness.core.takeCounters()
+        #expect(counts.malformed[.truncated] == 2)
+        #expect(counts.malformed[.versionMismatch] == 1)
+        #expect(counts.malformed[.unknownKind] == 1)
+        #expect(counts.malformed[.badBody] == 1)
+        #expect(harness.output.refusals(to: client) == [.versionMismatch])
+    }
+}
