@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "Herald", targets: ["Herald"]),
         .executable(name: "herald", targets: ["herald"]),
         .executable(name: "herald-zmq-baseline", targets: ["ZMQBaseline"]),
+        .executable(name: "herald-fuzz", targets: ["HeraldFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -96,6 +97,13 @@ let package = Package(
         .executableTarget(
             name: "ZMQBaseline",
             linkerSettings: [.linkedLibrary("zmq")]
+        ),
+
+        // The fuzz targets: a libFuzzer binary when scripts/fuzz builds it with -D FUZZING, a replayer of inputs
+        // otherwise. The drivers themselves live in Herald (SPI), next to the code they reach.
+        .executableTarget(
+            name: "HeraldFuzz",
+            dependencies: ["Herald"]
         ),
 
         // Helpers the test targets share: private ZooKeeper servers, deadlines, a quiet logger.

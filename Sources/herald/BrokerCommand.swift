@@ -25,6 +25,24 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: "This broker's identity in the cluster. (env: HERALD_BROKER_ID; default: <host>-<pid>)")
     var brokerID: String?
 
+    @Option(help: "Largest message a client may send, in bytes; larger ones cut the sender off. (env: HERALD_MAX_MESSAGE_SIZE; default: 1052672)")
+    var maxMessageSize: Int?
+
+    @Option(help: "Bytes of messages kept in all topics' logs, for recovery, history and slow subscribers. (env: HERALD_LOG_BYTES; default: 67108864)")
+    var logBytes: Int?
+
+    @Option(help: "Bytes of messages kept per topic. (env: HERALD_TOPIC_LOG_BYTES; default: 33554432)")
+    var topicLogBytes: Int?
+
+    @Option(help: "Bytes a publisher may send ahead of the broker's credit. (env: HERALD_PUBLISHER_WINDOW; default: 2097152)")
+    var publisherWindow: Int?
+
+    @Option(help: "Seconds a subscriber that takes nothing may slow publishers before it is left behind. (env: HERALD_STALL_TIMEOUT; default: 2)")
+    var stallTimeout: Double?
+
+    @Option(help: "Topics the broker holds at most; more are refused. (env: HERALD_MAX_TOPICS; default: 10000)")
+    var maxTopics: Int?
+
     func run() async throws {
         let modeName = Setting.string(mode, "HERALD_MODE", default: "broker")
         guard let mode = DisseminationMode(rawValue: modeName) else {
@@ -38,6 +56,31 @@ struct BrokerCommand: AsyncParsableCommand {
         configuration.requestPort = try Setting.port(requestPort, "HERALD_REQUEST_PORT", default: BrokerConfiguration.defaultRequestPort)
         configuration.subscriberPort = try Setting.port(
             subscriberPort, "HERALD_SUBSCRIBER_PORT", default: BrokerConfiguration.defaultSubscriberPort)
+        configuration.maximumMessageSize =
+            try Setting.integer(
+                maxMessageSize, "HERALD_MAX_MESSAGE_SIZE", default: configuration.maximumMessageSize, range: 1024...(1 << 30))
+            ?? configuration.maximumMessageSize
+        configuration.logBytes =
+            try Setting.integer(logBytes, "HERALD_LOG_BYTES", default: configuration.logBytes, range: 0...(1 << 40))
+            ?? configuration.logBytes
+        configuration.topicLogBytes =
+            try Setting.integer(topicLogBytes, "HERALD_TOPIC_LOG_BYTES", default: configuration.topicLogBytes, range: 0...(1 << 40))
+            ?? configuration.topicLogBytes
+        configuration.publisherWindow =
+            try Setting.integer(
+                publisherWindow, "HERALD_PUBLISHER_WINDOW", default: configuration.publisherWindow, range: 65_536...(1 << 30))
+            ?? configuration.publisherWindow
+        let stall = try Setting.double(stallTimeout, "HERALD_STALL_TIMEOUT", default: configuration.stallTimeout.seconds)
+        guard stall > 0, stall <= 3600 else { throw ValidationError("stall timeout must be between 0 and 3600 seconds, got \(stall)") }
+        configuration.stallTimeout = .milliseconds(Int(stall * 1000))
+        configuration.maximumTopics =
+            try Setting.integer(maxTopics, "HERALD_MAX_TOPICS", default: configuration.maximumTopics, range: 1...10_000_000)
+            ?? configuration.maximumTopics
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         let logger = try cluster.makeLogger("herald.broker")
         // Before the broker exists: swift-metrics binds each metric to the backend when the metric is made.
         HeraldMetrics.bootstrap()

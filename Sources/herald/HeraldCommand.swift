@@ -1,5 +1,9 @@
 import ArgumentParser
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @main
 struct HeraldCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,4 +17,19 @@ struct HeraldCommand: AsyncParsableCommand {
             DemoCommand.self, BenchCommand.self,
         ]
     )
+
+    static func main() async {
+        // A reader that closes its end of a pipe must end a write with an error, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -36,6 +36,9 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Messages per topic brokers keep for late joiners (herald subscribe --history). (env: HERALD_HISTORY; default: 0)")
     var history: Int?
 
+    @Option(help: "Broker mode: bytes kept for replay after a leader failover, allocated up front; half may wait for credit. (env: HERALD_RETENTION_BYTES; default: 33554432)")
+    var retentionBytes: Int?
+
     @Option(help: "Broker mode: messages kept for replay after a leader failover. (env: HERALD_RETENTION_COUNT; default: 100000)")
     var retentionCount: Int?
 
@@ -64,6 +67,9 @@ struct PublishCommand: AsyncParsableCommand {
         configuration.retentionCount =
             try Setting.integer(retentionCount, "HERALD_RETENTION_COUNT", default: configuration.retentionCount, range: 0...10_000_000)
             ?? configuration.retentionCount
+        configuration.retentionBytes =
+            try Setting.integer(retentionBytes, "HERALD_RETENTION_BYTES", default: configuration.retentionBytes, range: 65_536...(1 << 34))
+            ?? configuration.retentionBytes
         let retentionAge = try Setting.double(retentionAge, "HERALD_RETENTION_AGE", default: configuration.retentionAge.seconds)
         guard retentionAge >= 0, retentionAge <= 3600 else {
             throw ValidationError("retention age must be between 0 and 3600 seconds, got \(retentionAge)")
@@ -102,28 +108,13 @@ struct PublishLoop: Service {
     static let drainPause: Duration = .milliseconds(500)
 
     func run() async throws {
-        let clock = ContinuousClock()
-        let sent = Mutex(0)
+        let sent = Atomic(0)
         do {
-            try await cancelWhenGracefulShutdown {
-                var next = clock.now
-                while count.map({ sent.withLock { $0 } < $0 }) ?? true {
-                    let number = sent.withLock { $0 }
-                    if rate > 0 {
-                        try await clock.sleep(until: next)
-                        // Keep the rate steady, but after a stall (waiting for the cluster's mode) do not burst
-                        // to catch up on more than a second's worth of messages.
-                        next = max(next + .seconds(1 / rate), clock.now - .seconds(1))
-                    }
-                    let sequence = try await publisher.publish(payload(number + 1), on: topic)
-                    sent.withLock { $0 += 1 }
-                    if sequence % 1000 == 0 { logger.debug("published", metadata: ["sequence": "\(sequence)"]) }
-                }
-            }
+            try await cancelWhenGracefulShutdown { try await publishAll(counting: sent) }
         } catch is CancellationError {
             // A graceful shutdown (SIGTERM, SIGINT) ends the loop by cancellation: a normal stop.
         }
-        let total = sent.withLock { $0 }
+        let total = sent.load(ordering: .relaxed)
         if let count, total >= count {
             // Messages wait in the retention buffer while no leader is known: give them a chance to leave.
             await publisher.waitUntilAttached()
@@ -132,11 +123,63 @@ struct PublishLoop: Service {
         }
     }
 
-    /// A readable reading padded to the requested size.
-    private func payload(_ number: Int) -> [UInt8] {
-        let text = "\(topic) #\(number) reading=\(Int.random(in: -20...40))"
-        var bytes = Array(text.utf8.prefix(size))
-        if bytes.count < size { bytes += Array(repeating: UInt8(ascii: "."), count: size - bytes.count) }
-        return bytes
+    private func publishAll(counting total: borrowing Atomic<Int>) async throws {
+        let clock = ContinuousClock()
+        var sent = 0
+        // Payloads are written into reused buffers: the publisher copies them into its retention buffer, so
+        // once `publish` returns they are ours again and changing them allocates nothing.
+        var buffers = [[UInt8]](repeating: [UInt8](repeating: UInt8(ascii: "."), count: size), count: rate > 0 ? 1 : Self.batch)
+        var next = clock.now
+        var readings = UInt64.random(in: .min ... .max)
+        while count.map({ sent < $0 }) ?? true {
+            let batch = rate > 0 ? 1 : min(Self.batch, (count ?? .max) - sent)
+            if rate > 0 {
+                try await clock.sleep(until: next)
+                // Keep the rate steady, but after a stall (waiting for the cluster's mode) do not burst to catch
+                // up on more than a second's worth of messages.
+                next = max(next + .seconds(1 / rate), clock.now - .seconds(1))
+            }
+            for index in 0..<batch { fill(&buffers[index], number: sent + index + 1, readings: &readings) }
+            let sequences = try await publisher.publish(contentsOf: buffers[0..<batch], on: topic)
+            sent += batch
+            total.store(sent, ordering: .relaxed)
+            if sequences.upperBound % 1000 < UInt64(batch) {
+                logger.debug("published", metadata: ["sequence": "\(sequences.upperBound)"])
+            }
+        }
+    }
+
+    /// Messages handed to the publisher at once when sending as fast as possible.
+    static let batch = 256
+
+    /// Writes a readable reading, `<topic> #<number> reading=<value>`, into `buffer`, padded with dots to its size.
+    private func fill(_ buffer: inout [UInt8], number: Int, readings: inout UInt64) {
+        buffer.withUnsafeMutableBytes { bytes in
+            var offset = 0
+            func put(_ byte: UInt8) {
+                if offset < bytes.count { bytes[offset] = byte }
+                offset += 1
+            }
+            func put(_ value: Int) {
+                if value < 0 { put(UInt8(ascii: "-")) }
+                let magnitude = value.magnitude
+                var divisor: UInt = 1
+                while divisor <= magnitude / 10 { divisor *= 10 }
+                var rest = magnitude
+                while divisor > 0 {
+                    put(UInt8(ascii: "0") + UInt8(rest / divisor))
+                    rest %= divisor
+                    divisor /= 10
+                }
+            }
+            for byte in topic.name.utf8 { put(byte) }
+            for byte in " #".utf8 { put(byte) }
+            put(number)
+            for byte in " reading=".utf8 { put(byte) }
+            // A cheap generator: the system's draws a random number from the kernel on every call.
+            readings = readings &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            put(Int((readings >> 33) % 61) - 20)
+            while offset < bytes.count { put(UInt8(ascii: ".")) }
+        }
     }
 }

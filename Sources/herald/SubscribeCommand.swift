@@ -26,6 +26,21 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object per message per line (topic, publisher, seq, latency_us, payload). (env: HERALD_JSON=1)")
     var json = false
 
+    @Option(help: "How payloads are printed: auto (text when UTF-8, else base64), text, base64 or none. (env: HERALD_PAYLOAD; default: auto)")
+    var payload: String?
+
+    @Option(help: "Broker mode: bytes the leader may send ahead of this subscriber's acknowledgements. (env: HERALD_WINDOW; default: 1048576)")
+    var window: Int?
+
+    @Option(help: "Bytes of received messages waiting to be printed at most; past it the leader, then publishers, slow down. (env: HERALD_BUFFER_BYTES; default: 16777216)")
+    var bufferBytes: Int?
+
+    @Option(help: "Bytes of out-of-order messages held for reordering at most. (env: HERALD_REORDER_BYTES; default: 16777216)")
+    var reorderBytes: Int?
+
+    @Option(help: "Largest message accepted from a leader or publisher, in bytes. (env: HERALD_MAX_MESSAGE_SIZE; default: 1052672)")
+    var maxMessageSize: Int?
+
     func run() async throws {
         let names =
             topic.isEmpty
@@ -35,6 +50,10 @@ struct SubscribeCommand: AsyncParsableCommand {
         let topics = try parseTopics(names)
         let count = try Setting.integer(count, "HERALD_COUNT", default: nil, range: 1...Int.max)
         let json = json || ["1", "true", "yes"].contains(Setting.value(nil, "HERALD_JSON")?.lowercased() ?? "")
+        let payloadName = Setting.string(payload, "HERALD_PAYLOAD", default: "auto")
+        guard let payloadStyle = MessageLineEncoder.PayloadStyle(rawValue: payloadName) else {
+            throw ValidationError("unknown payload style '\(payloadName)'; use auto, text, base64 or none")
+        }
         let logger = try cluster.makeLogger("herald.subscriber")
         // Before the subscriber exists: swift-metrics binds each metric to the backend when the metric is made.
         HeraldMetrics.bootstrap()
@@ -42,8 +61,22 @@ struct SubscribeCommand: AsyncParsableCommand {
             zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
         configuration.history =
             try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
+        configuration.window =
+            try Setting.integer(window, "HERALD_WINDOW", default: configuration.window, range: 65_536...(1 << 30))
+            ?? configuration.window
+        configuration.bufferBytes =
+            try Setting.integer(bufferBytes, "HERALD_BUFFER_BYTES", default: configuration.bufferBytes, range: 65_536...(1 << 34))
+            ?? configuration.bufferBytes
+        configuration.reorderBytes =
+            try Setting.integer(reorderBytes, "HERALD_REORDER_BYTES", default: configuration.reorderBytes, range: 0...(1 << 34))
+            ?? configuration.reorderBytes
+        configuration.maximumMessageSize =
+            try Setting.integer(
+                maxMessageSize, "HERALD_MAX_MESSAGE_SIZE", default: configuration.maximumMessageSize, range: 1024...(1 << 30))
+            ?? configuration.maximumMessageSize
         let subscriber = try Subscriber(configuration: configuration, topics: topics, logger: logger)
-        let printer = MessagePrinter(subscriber: subscriber, count: count, json: json)
+        let printer = MessagePrinter(
+            subscriber: subscriber, count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))
         let group = ServiceGroup(
             configuration: .init(
                 services: try http.services(reportingOn: subscriber, logger: logger) + [
@@ -55,66 +88,46 @@ struct SubscribeCommand: AsyncParsableCommand {
     }
 }
 
-/// Prints received messages to standard output, one line each, flushed at once so pipes see them live.
+/// Prints received messages to standard output: one line each, one `write` per batch, so a pipe sees them as
+/// they arrive without a system call per line.
 struct MessagePrinter: Service {
     let subscriber: Subscriber
     let count: Int?
-    let json: Bool
+    let encoder: MessageLineEncoder
 
     func run() async throws {
-        let tally = Mutex((received: 0, publishers: Set<PublisherID>()))
-        await cancelWhenGracefulShutdown {
-            for await message in subscriber.messages {
-                let received = tally.withLock {
-                    $0.received += 1
-                    $0.publishers.insert(message.header.publisher)
-                    return $0.received
-                }
-                // Written straight to the descriptor, so a pipe sees each line as it arrives.
-                FileHandle.standardOutput.write(Data(((json ? Self.json(message) : Self.line(message)) + "\n").utf8))
-                if let count, received >= count { break }
-            }
-        }
-        let (received, publishers) = tally.withLock { ($0.received, $0.publishers.count) }
+        let (received, publishers) = await cancelWhenGracefulShutdown { await printAll() }
         let statistics = subscriber.statistics
+        let error = DescriptorWriter(descriptor: STDERR_FILENO)
         if let notice = subscriber.historyNotice {
-            FileHandle.standardError.write(Data("herald subscribe: \(notice)\n".utf8))
+            error.write(Array("herald subscribe: \(notice)\n".utf8))
         }
         // Received is what was printed, each once and in order; the sequencer counted what did not make it.
-        FileHandle.standardError.write(
-            Data(
+        error.write(
+            Array(
                 "herald subscribe: received \(received), lost \(statistics.lost), duplicates \(statistics.duplicates), reordered \(statistics.reordered) (from \(publishers) publishers)\n"
                     .utf8))
     }
 
-    static func line(_ message: ReceivedMessage) -> String {
-        let latency = String(format: "%.3f", Double(message.latency.components.attoseconds) / 1e15 + Double(message.latency.components.seconds) * 1000)
-        let text = String(decoding: message.payload.prefix(60), as: UTF8.self)
-        return "\(message.topic) publisher=\(message.header.publisher.short) seq=\(message.header.sequence) latency_ms=\(latency) \(text)"
-    }
-
-    static func json(_ message: ReceivedMessage) -> String {
-        struct Line: Encodable {
-            var topic: String
-            var publisher: String
-            var seq: UInt64
-            var sent_at_ns: UInt64
-            var latency_us: Int64
-            var size: Int
-            var payload: String
+    /// Prints until the subscriber stops or the count is reached.
+    /// - Returns: how many messages were printed, and from how many publishers.
+    private func printAll() async -> (received: Int, publishers: Int) {
+        let output = DescriptorWriter(descriptor: STDOUT_FILENO)
+        var received = 0
+        var publishers = Set<PublisherID>()
+        var buffer: [UInt8] = []
+        batches: for await batch in subscriber.batches {
+            buffer.removeAll(keepingCapacity: true)
+            for message in batch {
+                encoder.append(message, to: &buffer)
+                publishers.insert(message.header.publisher)
+                received += 1
+                if let count, received >= count { break }
+            }
+            // A reader that went away (a closed pipe) ends the printing, not the process with SIGPIPE.
+            guard output.write(buffer) else { break batches }
+            if let count, received >= count { break batches }
         }
-        let latency = message.latency.components
-        let line = Line(
-            topic: message.topic.name, publisher: message.header.publisher.description, seq: message.header.sequence,
-            sent_at_ns: message.header.sentAt, latency_us: latency.seconds * 1_000_000 + latency.attoseconds / 1_000_000_000_000,
-            size: message.payload.count, payload: String(decoding: message.payload, as: UTF8.self))
-        return String(decoding: (try? lineEncoder.encode(line)) ?? Data(), as: UTF8.self)
+        return (received, publishers.count)
     }
-
-    /// One encoder for every line: making one per message costs more than encoding the message.
-    private static let lineEncoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return encoder
-    }()
 }

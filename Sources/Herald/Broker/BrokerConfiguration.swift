@@ -17,9 +17,10 @@ public struct BrokerConfiguration: Sendable {
     public static let defaultLogBytes = 64 << 20
     /// Bytes of messages kept per topic, so one busy topic cannot push every other topic's history out.
     public static let defaultTopicLogBytes = 32 << 20
-    /// Bytes a publisher may send ahead of the broker's credit: at 1 GB/s over loopback a millisecond of
-    /// traffic, far more than a round trip, so credit never slows a publisher the broker keeps up with.
-    public static let defaultPublisherWindow = 1 << 20
+    /// Bytes a publisher may send ahead of the broker's credit: two milliseconds of traffic at 1 GB/s over
+    /// loopback, far more than a round trip, so credit never slows a publisher the broker keeps up with; and
+    /// more than the largest message, which must fit in a window.
+    public static let defaultPublisherWindow = 2 << 20
     /// The largest window a subscriber may ask for: bytes in flight to it, bounded per subscriber.
     public static let defaultMaximumSubscriberWindow = 4 << 20
     /// How long a subscriber that takes nothing may hold publishers back before the broker stops waiting for
@@ -111,6 +112,26 @@ public struct BrokerConfiguration: Sendable {
         self.maximumPublishers = Self.defaultMaximumPublishers
         self.maximumSubscribers = Self.defaultMaximumSubscribers
         self.metricTopicLimit = TopicCounters.defaultLimit
+    }
+
+    /// Checks that the limits fit together.
+    /// - Throws: ``HeraldConfigurationError`` naming the setting to change.
+    public func validate() throws(HeraldConfigurationError) {
+        guard topicLogBytes >= 2 * maximumMessageSize else {
+            throw HeraldConfigurationError(
+                "the topic log of \(topicLogBytes) bytes cannot hold two messages of the largest size (\(maximumMessageSize) bytes); raise --topic-log-bytes or lower --max-message-size"
+            )
+        }
+        guard logBytes >= topicLogBytes else {
+            throw HeraldConfigurationError(
+                "the log of \(logBytes) bytes is smaller than one topic's log (\(topicLogBytes) bytes); raise --log-bytes or lower --topic-log-bytes"
+            )
+        }
+        guard publisherWindow >= maximumMessageSize else {
+            throw HeraldConfigurationError(
+                "the publisher window of \(publisherWindow) bytes is smaller than the largest message (\(maximumMessageSize) bytes), which could then never be sent; raise --publisher-window or lower --max-message-size"
+            )
+        }
     }
 
     /// `<host>-<pid>`: unique among live brokers, readable in `herald status`.

@@ -43,10 +43,45 @@ public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable 
     }
 
     /// The first eight hex digits, enough to tell publishers apart in logs.
-    public var short: String { String(description.prefix(8)) }
+    public var short: String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(8)
+        appendText(to: &bytes, short: true)
+        return String(decoding: bytes, as: UTF8.self)
+    }
 
     /// The full UUID in lower case.
-    public var description: String { uuid.uuidString.lowercased() }
+    public var description: String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(36)
+        appendText(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the UUID text in lower case (or its first eight digits), written directly: subscribers print it
+    /// for every message, where Foundation's formatting would cost more than the rest of the line.
+    /// - Parameters:
+    ///   - output: where the text goes.
+    ///   - short: only the first eight digits.
+    public func appendText(to output: inout [UInt8], short: Bool = false) {
+        func put(_ value: UInt64, from start: Int, count: Int) {
+            for index in start..<(start + count) {
+                output.append(Self.hexDigits[Int((value >> UInt64(60 - 4 * index)) & 0xF)])
+            }
+        }
+        put(high, from: 0, count: 8)
+        if short { return }
+        output.append(UInt8(ascii: "-"))
+        put(high, from: 8, count: 4)
+        output.append(UInt8(ascii: "-"))
+        put(high, from: 12, count: 4)
+        output.append(UInt8(ascii: "-"))
+        put(low, from: 0, count: 4)
+        output.append(UInt8(ascii: "-"))
+        put(low, from: 4, count: 12)
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// Encoded as its UUID text.
     public init(from decoder: any Decoder) throws {

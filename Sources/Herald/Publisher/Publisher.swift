@@ -381,7 +381,11 @@ private struct Link: ~Copyable {
 
     let configuration: PublisherConfiguration
     var mode: DisseminationMode?
-    var leader: LeaderRecord?
+    var leader: LeaderRecord? {
+        didSet { attached = leader != nil }
+    }
+    /// Whether a leader is attached: read on every publish, where copying the record would cost more.
+    private(set) var attached = false
     var commands: [Command] = []
     var stopping = false
     /// Broker mode: the connection to the leader, for data and registrations. Direct mode: registrations only.
@@ -424,7 +428,7 @@ private struct Link: ~Copyable {
     /// is attached (messages wait for one without limit), less than half the buffer waits unsent.
     var hasRoom: Bool {
         guard let mode else { return false }
-        return mode == .direct || leader == nil
+        return mode == .direct || !attached
             || (unsentBytes < unsentLimit && unsentCount < configuration.retentionCount / 2)
     }
 
@@ -497,7 +501,7 @@ private struct Link: ~Copyable {
         let now = WallClock.monotonicNanoseconds()
         trimRetention(now: now)
         let unsentBefore = unsent
-        let attached = leader != nil
+        let attached = self.attached
         var droppedUnsent: UInt64 = 0
         let position = retention.append(
             size: size, now: now,
@@ -547,7 +551,7 @@ private struct Link: ~Copyable {
             let tooOld = now &- oldest > maximumAge
             guard overCount || tooOld else { break }
             let oldestUnsent = unsentNumber <= retention.startNumber
-            if oldestUnsent && leader != nil && !overCount { break }
+            if oldestUnsent && attached && !overCount { break }
             if oldestUnsent { expired += 1 }
             retention.removeFirst()
         }

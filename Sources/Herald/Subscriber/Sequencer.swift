@@ -128,6 +128,9 @@ public struct Sequencer: Sendable {
     /// The next sequence number owed for each stream, for asking a leader to resume from there.
     var expectations: [StreamKey: UInt64] { streams.filter { !$0.value.exhausted }.mapValues(\.next) }
 
+    /// Whether the sequencer remembers a stream.
+    func knows(_ key: StreamKey) -> Bool { streams[key] != nil }
+
     /// Bytes of payload held for reordering now.
     var heldPayloadBytes: Int { heldBytes }
 
@@ -160,17 +163,16 @@ public struct Sequencer: Sendable {
             return
         }
         // Changed in place through the index: the stream, and its held messages, are never copied.
-        streams.values[index].lastSeen = now
-        let next = streams.values[index].next
-        if streams.values[index].exhausted || sequence < next || streams.values[index].held[sequence] != nil {
+        switch Self.classify(&streams.values[index], sequence: sequence, now: now) {
+        case .duplicate:
             statistics.duplicates = statistics.duplicates.addingSaturated(1)
             return
-        }
-        if sequence > next {
+        case .early:
             hold(at: index, header: header, payload: payload, receivedAt: receivedAt, now: now, into: &sink)
             return
+        case .next(let fillsGap):
+            if fillsGap { statistics.reordered = statistics.reordered.addingSaturated(1) }
         }
-        if !streams.values[index].held.isEmpty { statistics.reordered = statistics.reordered.addingSaturated(1) }
         Self.deliver(
             &streams.values[index], topic: topic, header: header, payload: payload, receivedAt: receivedAt, now: now,
             statistics: &statistics, heldBytes: &heldBytes, into: &sink)
@@ -194,6 +196,16 @@ public struct Sequencer: Sendable {
     }
 
     // MARK: Internals
+
+    private enum Arrival { case duplicate, early, next(fillsGap: Bool) }
+
+    /// Where a message falls in its stream, noting that the stream was heard from.
+    private static func classify(_ stream: inout Stream, sequence: UInt64, now: ContinuousClock.Instant) -> Arrival {
+        stream.lastSeen = now
+        if stream.exhausted || sequence < stream.next || stream.held[sequence] != nil { return .duplicate }
+        if sequence > stream.next { return .early }
+        return .next(fillsGap: !stream.held.isEmpty)
+    }
 
     /// Delivers a message that is next in its stream, then the held ones that follow on.
     private static func deliver(

@@ -280,8 +280,7 @@ private final class SubscriberLoop {
     let context: ZMQContext
     let wake: WakeSignal
     let queue: DeliveryQueue
-    let topicIndex: NameIndex
-    var sequencer: Sequencer
+    var core: SubscriberCore
     var batch: MessageBatch
     var frame = ZMQFrame()
 
@@ -325,10 +324,8 @@ private final class SubscriberLoop {
     init(subscriber: Subscriber) {
         self.subscriber = subscriber
         (configuration, topics, logger, context, wake, queue) = subscriber.loopParts
-        var index = NameIndex()
-        for topic in topics { Array(topic.name.utf8).withUnsafeBytes { _ = index.insert($0) } }
-        topicIndex = index
-        sequencer = Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes)
+        core = SubscriberCore(
+            topics: topics, sequencer: Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes))
         batch = MessageBatch(topics: topics)
     }
 
@@ -472,12 +469,8 @@ private final class SubscriberLoop {
     private func subscribe(topics: [Topic], on dealer: ZMQSocket, first: Bool) {
         var resume: [String: [String: UInt64]]?
         if !first {
-            var owed: [String: [String: UInt64]] = [:]
-            let wanted = Set(topics.map(\.name))
-            for (key, next) in sequencer.expectations where wanted.contains(self.topics[key.topic].name) {
-                owed[self.topics[key.topic].name, default: [:]][key.publisher.description] = next
-            }
-            resume = owed
+            let wanted = Set(topics.compactMap { self.topics.firstIndex(of: $0) })
+            resume = core.owed(onTopics: wanted)
         }
         let request = SubscribeRequest(
             topics: topics.map(\.name), window: configuration.window,
@@ -510,18 +503,14 @@ private final class SubscriberLoop {
         switch frame.withUnsafeBytes({ WireFormat.kind(of: $0) }) {
         case .success(.data):
             if socket === dealer { consumed += UInt64(size) }
+            let direct = socket === directSocket
+            let since = subscribedSince ?? .max
+            let starts = publisherStarts
+            var sink = BatchSink(loop: self)
             let accepted: Bool = frame.withUnsafeBytes { bytes in
-                guard case .success(let layout) = DataLayout.decode(bytes),
-                    let topic = topicIndex.find(UnsafeRawBufferPointer(rebasing: bytes[layout.topic]))
-                else { return false }
-                let owedFromFirst =
-                    socket === directSocket
-                    && (publisherStarts[layout.header.publisher].map { $0 > (subscribedSince ?? .max) } ?? false)
-                var sink = BatchSink(loop: self)
-                sequencer.accept(
-                    topic: topic, header: layout.header, payload: UnsafeRawBufferPointer(rebasing: bytes[layout.payload]),
-                    receivedAt: receivedAt, lostBeforeFirst: owedFromFirst, now: now, into: &sink)
-                return true
+                core.acceptData(
+                    bytes, receivedAt: receivedAt, now: now,
+                    lostBeforeFirst: { direct && (starts[$0].map { $0 > since } ?? false) }, into: &sink)
             }
             if !accepted { malformed += 1 }
         case .success(.subscribed) where socket === dealer:
@@ -594,11 +583,11 @@ private final class SubscriberLoop {
 
     private func tick(now: ContinuousClock.Instant) {
         var sink = BatchSink(loop: self)
-        sequencer.expireGaps(now: now, into: &sink)
-        sequencer.forgetSilentStreams(now: now)
+        core.sequencer.expireGaps(now: now, into: &sink)
+        core.sequencer.forgetSilentStreams(now: now)
         if let dealer {
             if now - lastAcknowledgement >= Self.keepAliveInterval { sendConsumed(on: dealer) }
-            let gaps = sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
+            let gaps = core.sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
             if !gaps.isEmpty, lastRecovery.map({ now - $0 >= Self.recoveryInterval }) ?? true {
                 lastRecovery = now
                 subscribe(topics: gaps.sorted().map { topics[$0] }, on: dealer, first: false)
@@ -622,12 +611,12 @@ private final class SubscriberLoop {
 
     /// Hands the filled batch to the application and publishes the counts: once per batch.
     private func handOn() {
-        guard !batch.isEmpty || sequencer.statistics != reported || malformed > 0 else { return }
+        guard !batch.isEmpty || core.sequencer.statistics != reported || malformed > 0 else { return }
         let full = batch
         batch = MessageBatch(topics: topics)
         record(full)
         queue.push(full)
-        let statistics = sequencer.statistics
+        let statistics = core.sequencer.statistics
         let newlyMalformed = malformed
         malformed = 0
         subscriber.withShared { shared in

@@ -1,0 +1,310 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a subscriber's messages are written as text: one line each, plain or JSON, into a buffer that is
+/// written out once per batch. The same format is read back by ``MessageLine``.
+///
+/// JSON lines have the keys `latency_us`, `payload` (or `payload_base64`), `publisher`, `sent_at_ns`, `seq`,
+/// `size` and `topic`, in that order, and are written by hand: a general encoder costs more than the message.
+public struct MessageLineEncoder: Sendable {
+    /// How the payload appears in a line.
+    public enum PayloadStyle: String, Sendable, CaseIterable {
+        /// As text when it is valid UTF-8, else base64 (`payload_base64`).
+        case auto
+        /// As text; bytes that are not UTF-8 become U+FFFD.
+        case text
+        /// Always base64, under `payload_base64`.
+        case base64
+        /// Left out; `size` still tells its length.
+        case none
+    }
+
+    /// Whether lines are JSON objects.
+    public var json: Bool
+    /// How payloads appear.
+    public var payload: PayloadStyle
+    /// Plain lines show at most this many payload bytes.
+    public static let plainPayloadPrefix = 60
+
+    /// Creates an encoder.
+    /// - Parameters:
+    ///   - json: JSON objects rather than plain lines.
+    ///   - payload: how payloads appear.
+    public init(json: Bool, payload: PayloadStyle = .auto) {
+        self.json = json
+        self.payload = payload
+    }
+
+    /// Appends one line, with its newline, to `output`.
+    /// - Parameters:
+    ///   - message: the message.
+    ///   - output: the buffer.
+    public func append(_ message: ReceivedMessage, to output: inout [UInt8]) {
+        if json { appendJSON(message, to: &output) } else { appendPlain(message, to: &output) }
+        output.append(UInt8(ascii: "\n"))
+    }
+
+    private func appendPlain(_ message: ReceivedMessage, to output: inout [UInt8]) {
+        output.append(contentsOf: message.topic.name.utf8)
+        output.append(contentsOf: " publisher=".utf8)
+        message.header.publisher.appendText(to: &output, short: true)
+        output.append(contentsOf: " seq=".utf8)
+        appendDecimal(message.header.sequence, to: &output)
+        output.append(contentsOf: " latency_ms=".utf8)
+        let microseconds = ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt) / 1000
+        if microseconds < 0 { output.append(UInt8(ascii: "-")) }
+        let magnitude = microseconds.magnitude
+        appendDecimal(magnitude / 1000, to: &output)
+        output.append(UInt8(ascii: "."))
+        let fraction = magnitude % 1000
+        if fraction < 100 { output.append(UInt8(ascii: "0")) }
+        if fraction < 10 { output.append(UInt8(ascii: "0")) }
+        appendDecimal(fraction, to: &output)
+        if payload != .none {
+            output.append(UInt8(ascii: " "))
+            for byte in message.payload.prefix(Self.plainPayloadPrefix) {
+                output.append(byte >= 0x20 && byte < 0x7F ? byte : UInt8(ascii: "."))
+            }
+        }
+    }
+
+    private func appendJSON(_ message: ReceivedMessage, to output: inout [UInt8]) {
+        output.append(contentsOf: #"{"latency_us":"#.utf8)
+        appendSigned(ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt) / 1000, to: &output)
+        let style: PayloadStyle =
+            switch payload {
+            case .auto: isValidUTF8(message.payload) ? .text : .base64
+            case let other: other
+            }
+        switch style {
+        case .text, .auto:
+            output.append(contentsOf: #","payload":""#.utf8)
+            if isValidUTF8(message.payload) {
+                appendEscaped(message.payload, to: &output)
+            } else {
+                appendEscaped(Array(String(decoding: message.payload, as: UTF8.self).utf8)[...], to: &output)
+            }
+            output.append(UInt8(ascii: "\""))
+        case .base64:
+            output.append(contentsOf: #","payload_base64":""#.utf8)
+            appendBase64(message.payload, to: &output)
+            output.append(UInt8(ascii: "\""))
+        case .none:
+            break
+        }
+        output.append(contentsOf: #","publisher":""#.utf8)
+        message.header.publisher.appendText(to: &output)
+        output.append(contentsOf: #"","sent_at_ns":"#.utf8)
+        appendDecimal(message.header.sentAt, to: &output)
+        output.append(contentsOf: #","seq":"#.utf8)
+        appendDecimal(message.header.sequence, to: &output)
+        output.append(contentsOf: #","size":"#.utf8)
+        appendDecimal(UInt64(message.payload.count), to: &output)
+        output.append(contentsOf: #","topic":""#.utf8)
+        appendEscaped(Array(message.topic.name.utf8)[...], to: &output)
+        output.append(contentsOf: #""}"#.utf8)
+    }
+
+    private func appendSigned(_ value: Int64, to output: inout [UInt8]) {
+        if value < 0 { output.append(UInt8(ascii: "-")) }
+        appendDecimal(value.magnitude, to: &output)
+    }
+
+    private func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        var count = 0
+        var rest = value
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[19 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            output.append(contentsOf: buffer[(20 - count)..<20])
+        }
+    }
+
+    /// Appends bytes as the inside of a JSON string: runs that need no escape are copied whole.
+    private func appendEscaped(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8]) {
+        var runStart = bytes.startIndex
+        var index = bytes.startIndex
+        while index < bytes.endIndex {
+            let byte = bytes[index]
+            if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") {
+                index += 1
+                continue
+            }
+            output.append(contentsOf: bytes[runStart..<index])
+            switch byte {
+            case UInt8(ascii: "\""): output.append(contentsOf: #"\""#.utf8)
+            case UInt8(ascii: "\\"): output.append(contentsOf: #"\\"#.utf8)
+            case UInt8(ascii: "\n"): output.append(contentsOf: #"\n"#.utf8)
+            case UInt8(ascii: "\r"): output.append(contentsOf: #"\r"#.utf8)
+            case UInt8(ascii: "\t"): output.append(contentsOf: #"\t"#.utf8)
+            default:
+                output.append(contentsOf: #"\u00"#.utf8)
+                output.append(Self.hex[Int(byte >> 4)])
+                output.append(Self.hex[Int(byte & 0xF)])
+            }
+            index += 1
+            runStart = index
+        }
+        output.append(contentsOf: bytes[runStart..<index])
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+    private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    private func appendBase64(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8]) {
+        var index = bytes.startIndex
+        while index + 3 <= bytes.endIndex {
+            let value = UInt32(bytes[index]) << 16 | UInt32(bytes[index + 1]) << 8 | UInt32(bytes[index + 2])
+            for shift in [18, 12, 6, 0] { output.append(Self.base64Alphabet[Int((value >> UInt32(shift)) & 0x3F)]) }
+            index += 3
+        }
+        let remaining = bytes.endIndex - index
+        guard remaining > 0 else { return }
+        let value = UInt32(bytes[index]) << 16 | (remaining == 2 ? UInt32(bytes[index + 1]) << 8 : 0)
+        output.append(Self.base64Alphabet[Int((value >> 18) & 0x3F)])
+        output.append(Self.base64Alphabet[Int((value >> 12) & 0x3F)])
+        output.append(remaining == 2 ? Self.base64Alphabet[Int((value >> 6) & 0x3F)] : UInt8(ascii: "="))
+        output.append(UInt8(ascii: "="))
+    }
+
+    /// Whether bytes are valid UTF-8; plain ASCII, the usual case, is checked without decoding.
+    private func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
+        if bytes.allSatisfy({ $0 < 0x80 }) { return true }
+        return bytes.withUnsafeBytes { String(validating: $0, as: UTF8.self) != nil }
+    }
+}
+
+/// Writes buffered output to a file descriptor: one `write` per batch, however many lines it holds.
+public struct DescriptorWriter: Sendable {
+    /// The descriptor.
+    public let descriptor: Int32
+
+    /// Creates a writer.
+    /// - Parameter descriptor: for example `STDOUT_FILENO`.
+    public init(descriptor: Int32) { self.descriptor = descriptor }
+
+    /// Writes all of `bytes`, retrying after signals and partial writes.
+    /// - Returns: `false` when the descriptor no longer takes output (a closed pipe, say).
+    @discardableResult
+    public func write(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += written
+            }
+            return true
+        }
+    }
+}
+
+/// One JSON line of ``MessageLineEncoder``, read back without a JSON decoder: a line may carry a large
+/// payload, and readers (benchmarks, tests, scripts) need only the small fields around it.
+///
+/// `latency_us` comes before the payload; every other field comes after it, so those are found from the end
+/// of the line, and a payload that happens to contain the text of a key cannot be mistaken for it.
+public struct MessageLine: Sendable, Equatable {
+    /// The topic.
+    public var topic: String
+    /// The publisher's identity, as text.
+    public var publisher: String
+    /// The sequence number.
+    public var sequence: UInt64
+    /// When the publisher sent it, in nanoseconds since the Unix epoch.
+    public var sentAt: UInt64
+    /// The latency the subscriber measured, in microseconds.
+    public var latencyMicroseconds: Int64
+    /// The payload's size in bytes.
+    public var size: Int
+
+    /// Parses a line; `nil` for anything that is not a message line.
+    /// - Parameter line: the line's bytes, without its newline.
+    public init?(_ line: ArraySlice<UInt8>) {
+        guard let latency = Self.number(after: Self.latencyKey, in: line, fromEnd: false),
+            let sequence = Self.number(after: Self.sequenceKey, in: line, fromEnd: true), sequence >= 0,
+            let sentAt = Self.number(after: Self.sentAtKey, in: line, fromEnd: true),
+            let size = Self.number(after: Self.sizeKey, in: line, fromEnd: true),
+            let topic = Self.string(after: Self.topicKey, in: line),
+            let publisher = Self.string(after: Self.publisherKey, in: line)
+        else { return nil }
+        self.topic = topic
+        self.publisher = publisher
+        self.sequence = UInt64(sequence)
+        self.sentAt = UInt64(max(0, sentAt))
+        self.latencyMicroseconds = latency
+        self.size = Int(size)
+    }
+
+    /// Parses a line given as text.
+    /// - Parameter line: the line, without its newline.
+    public init?(_ line: String) { self.init(Array(line.utf8)[...]) }
+
+    private static let latencyKey = Array("\"latency_us\":".utf8)
+    private static let sequenceKey = Array(",\"seq\":".utf8)
+    private static let sentAtKey = Array(",\"sent_at_ns\":".utf8)
+    private static let sizeKey = Array(",\"size\":".utf8)
+    private static let topicKey = Array(",\"topic\":\"".utf8)
+    private static let publisherKey = Array(",\"publisher\":\"".utf8)
+
+    /// Where `key` ends in `line`, searching from the start or (past a long payload) from the end.
+    private static func end(of key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool) -> Int? {
+        guard line.count >= key.count else { return nil }
+        let first = line.startIndex
+        let last = line.endIndex - key.count
+        var start = fromEnd ? last : first
+        while fromEnd ? start >= first : start <= last {
+            if line[start] == key[0], line[start..<(start + key.count)].elementsEqual(key) { return start + key.count }
+            start += fromEnd ? -1 : 1
+        }
+        return nil
+    }
+
+    /// The number after `key`; sequence numbers and send times above `Int64.max` (forged ones) saturate.
+    private static func number(after key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool) -> Int64? {
+        guard var index = end(of: key, in: line, fromEnd: fromEnd) else { return nil }
+        var negative = false
+        if index < line.endIndex, line[index] == UInt8(ascii: "-") {
+            negative = true
+            index += 1
+        }
+        var value: UInt64 = 0
+        var digits = 0
+        while index < line.endIndex, line[index] >= 48, line[index] <= 57 {
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(UInt64(line[index] - 48))
+            value = overflow1 || overflow2 ? .max : sum
+            index += 1
+            digits += 1
+        }
+        guard digits > 0 else { return nil }
+        let magnitude = Int64(clamping: value)
+        return negative ? -magnitude : magnitude
+    }
+
+    /// The string after `key`, searched from the end, with the escapes a topic name may need undone.
+    private static func string(after key: [UInt8], in line: ArraySlice<UInt8>) -> String? {
+        guard var index = end(of: key, in: line, fromEnd: true) else { return nil }
+        var bytes: [UInt8] = []
+        while index < line.endIndex {
+            let byte = line[index]
+            if byte == UInt8(ascii: "\"") { return String(decoding: bytes, as: UTF8.self) }
+            if byte == UInt8(ascii: "\\"), index + 1 < line.endIndex {
+                index += 1
+                bytes.append(line[index] == UInt8(ascii: "n") ? UInt8(ascii: "\n") : line[index])
+            } else {
+                bytes.append(byte)
+            }
+            index += 1
+        }
+        return nil
+    }
+}
