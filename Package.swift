@@ -103,8 +103,9 @@ let package = Package(
         // otherwise. The drivers themselves live in Herald (SPI), next to the code they reach.
         .executableTarget(
             name: "HeraldFuzz",
-            dependencies: ["Herald"]
+            dependencies: ["Herald", "CHeraldFuzz"]
         ),
+        .target(name: "CHeraldFuzz"),
 
         // Helpers the test targets share: private ZooKeeper servers, deadlines, a quiet logger.
         .target(

@@ -5,6 +5,10 @@
 
 @_spi(Drivers) import Herald
 
+#if FUZZING
+import CHeraldFuzz
+#endif
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,10 +37,15 @@ let selected: @Sendable (UnsafeRawBufferPointer) -> Void = {
     return driver
 }()
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    selected(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
+// SwiftPM calls an executable's entry point `<module>_main`; libFuzzer then runs from here.
+@_cdecl("HeraldFuzz_main")
+public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var count = argc
+    var arguments = argv
+    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in
+        selected(UnsafeRawBufferPointer(start: data, count: size))
+        return 0
+    }
 }
 #else
 @main

@@ -285,4 +285,18 @@ struct BrokerCoreTests {
         #expect(counts.malformed[.badBody] == 1)
         #expect(harness.output.refusals(to: client) == [.versionMismatch])
     }
+
+    @Test func aTermsTopicsAndSubscribersAreReleasedWithItsCore() throws {
+        // Found by the broker fuzzer: topics and subscribers refer to each other, and leaked every term's logs.
+        weak var topic: TopicState?
+        do {
+            var harness = try CoreHarness()
+            harness.register(publisher, from: client)
+            harness.subscribe(subscription(), from: subscriber)
+            harness.publish(publisher, 1, from: client)
+            topic = harness.core.topics.first
+            #expect(topic != nil)
+        }
+        #expect(topic == nil, "released with the core")
+    }
 }

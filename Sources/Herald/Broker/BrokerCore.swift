@@ -42,7 +42,7 @@ struct BrokerCore: ~Copyable {
     private let logger: Logger
 
     private var topicIndex = NameIndex()
-    private var topics: [TopicState] = []
+    private(set) var topics: [TopicState] = []
     private var logBytes = 0
     private var evictionCursor = 0
     private var connections: [RoutingID: PublisherConnection] = [:]
@@ -71,6 +71,11 @@ struct BrokerCore: ~Copyable {
         self.epoch = epoch
         self.startedAt = now
         self.logger = logger
+    }
+
+    deinit {
+        // Topics and their subscribers refer to each other; without this every term would leak its logs.
+        for topic in topics { topic.subscribers.removeAll() }
     }
 
     // MARK: Input

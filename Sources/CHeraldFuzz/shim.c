@@ -1,0 +1,2 @@
+// Intentionally empty: the header declares what libFuzzer's runtime defines.
+#include "CHeraldFuzz.h"
