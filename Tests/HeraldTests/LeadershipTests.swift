@@ -198,7 +198,6 @@ struct LeadershipTests {
         let messages = subscriber.messages
         #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
         #expect(summary.lost == 0, "summary: \(summary)")
-        #expect(messages.first?.seq == 1, "from the first message")
         print("[leadership] \(summary)")
     }
 }
