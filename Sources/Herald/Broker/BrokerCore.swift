@@ -295,7 +295,8 @@ struct BrokerCore: ~Copyable {
     }
 
     private mutating func sendCredit(_ client: RoutingID, _ connection: PublisherConnection, output: inout some BrokerOutput) {
-        reply(to: client, ControlFrame.count(.credit, connection.granted), output: &output)
+        guard var frame = ControlFrame.countFrame(.credit, connection.granted) else { return }
+        output.reply(to: client, &frame)
     }
 
     private mutating func retryWaitingGrants(output: inout some BrokerOutput) {

@@ -127,16 +127,7 @@ extension EncodeLoop {
             iteration += 1
             if iteration % 256 == 0 {
                 for subscriber in subscribers {
-                    let acknowledged = output.deliveredBytes
-                    guard
-                        var consumed = try? ZMQFrame(
-                            count: 10,
-                            initializingWith: { bytes in
-                                bytes[0] = WireFormat.version
-                                bytes[1] = WireFormat.Kind.consumed.rawValue
-                                bytes.storeBytes(of: acknowledged.bigEndian, toByteOffset: 2, as: UInt64.self)
-                            })
-                    else { continue }
+                    guard var consumed = ControlFrame.countFrame(.consumed, output.deliveredBytes) else { continue }
                     core.handleSubscriberMessage(from: subscriber, &consumed, now: now, output: &output)
                 }
             }
@@ -202,7 +193,7 @@ extension RoutingID {
             if sink.batch.count == 1024 {
                 // Handed on: the application keeps that batch, and a new one is filled.
                 delivered += sink.batch.count
-                sink.batch = MessageBatch(topics: core.topics)
+                sink.batch = MessageBatch(following: sink.batch)
             }
         }
         batch = sink.batch

@@ -1,4 +1,5 @@
 import Foundation
+import ZeroMQ
 
 /// Herald's wire format, version 2: every message is a single ZeroMQ frame that starts with the version and
 /// a kind byte.
@@ -208,6 +209,16 @@ enum ControlFrame {
         guard frame.count - 2 <= WireFormat.maximumControlBody else { return .failure(.badBody) }
         guard let body = try? JSONDecoder().decode(type, from: Data(frame[2...])) else { return .failure(.badBody) }
         return .success(body)
+    }
+
+    /// A credit or consumption frame made in place: these go out once per window, and making them allocates
+    /// nothing (libzmq keeps a frame this small inside its handle).
+    static func countFrame(_ kind: WireFormat.Kind, _ value: UInt64) -> ZMQFrame? {
+        try? ZMQFrame(count: 10) { bytes in
+            bytes[0] = WireFormat.version
+            bytes[1] = kind.rawValue
+            bytes.storeBytes(of: value.bigEndian, toByteOffset: 2, as: UInt64.self)
+        }
     }
 
     /// The count of a credit or consumption frame whose kind was already checked.

@@ -66,6 +66,14 @@ public struct MessageBatch: RandomAccessCollection, Sendable {
         storage.reserveCapacity(capacity)
     }
 
+    /// An empty batch with room for as much as `previous` held, so that filling it allocates twice, not once per
+    /// doubling.
+    init(following previous: MessageBatch) {
+        topics = previous.topics
+        storage.reserveCapacity(previous.storage.count)
+        entries.reserveCapacity(previous.entries.count)
+    }
+
     /// The position of the first message.
     public var startIndex: Int { 0 }
     /// One past the position of the last message.

@@ -402,7 +402,7 @@ private final class SubscriberLoop {
             dealer = nil
             do {
                 let socket = try ZMQSocket(context: context, type: .dealer)
-                try configure(socket)
+                try configure(socket, mode: .broker)
                 try socket.set(.linger(.zero))
                 try socket.connect(record.subscriberEndpoint)
                 dealer = socket
@@ -422,7 +422,7 @@ private final class SubscriberLoop {
             do {
                 if directSocket == nil {
                     let socket = try ZMQSocket(context: context, type: .sub)
-                    try configure(socket)
+                    try configure(socket, mode: .direct)
                     for topic in topics { try socket.set(.subscribe(topic.key)) }
                     directSocket = socket
                 }
@@ -444,13 +444,26 @@ private final class SubscriberLoop {
         subscriber.withShared { $0.leader = record.broker }
     }
 
-    private func configure(_ socket: ZMQSocket) throws {
+    /// Bytes a direct-mode publisher connection may have queued towards this subscriber: with the message size
+    /// limit it sets libzmq's count limit, so a publisher cannot fill the subscriber's memory.
+    static let directQueueBytes = 64 << 20
+
+    private func configure(_ socket: ZMQSocket, mode: DisseminationMode) throws {
         try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
         try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
         try socket.set(.maximumMessageSize(configuration.maximumMessageSize))
-        // The leader's window bounds what it sends; in direct mode, a queue of the smallest messages that fits in
-        // twice the window bounds what each publisher connection may hold.
-        try socket.set(.receiveHighWaterMark(Int32(clamping: max(1000, 2 * configuration.window / (WireFormat.dataOverhead + 1)))))
+        let queue: Int
+        switch mode {
+        case .broker:
+            // The leader sends at most a window ahead; the queue must hold a window of the smallest messages, or
+            // the leader would find it full.
+            queue = 2 * configuration.window / (WireFormat.dataOverhead + 1)
+        case .direct:
+            // Nothing paces a publisher: the queue is bounded in bytes (lower the message size limit for more
+            // messages of a smaller size).
+            queue = Self.directQueueBytes / configuration.maximumMessageSize
+        }
+        try socket.set(.receiveHighWaterMark(Int32(clamping: max(16, queue))))
     }
 
     private func detach(_ record: LeaderRecord) {
@@ -601,8 +614,7 @@ private final class SubscriberLoop {
     }
 
     private func sendConsumed(on dealer: ZMQSocket) {
-        let bytes = ControlFrame.count(.consumed, consumed)
-        bytes.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
+        if var frame = ControlFrame.countFrame(.consumed, consumed) { try? dealer.send(&frame, dontWait: true) }
         acknowledged = consumed
         lastAcknowledgement = .now
     }
@@ -613,7 +625,7 @@ private final class SubscriberLoop {
     private func handOn() {
         guard !batch.isEmpty || core.sequencer.statistics != reported || malformed > 0 else { return }
         let full = batch
-        batch = MessageBatch(topics: topics)
+        batch = MessageBatch(following: full)
         record(full)
         queue.push(full)
         let statistics = core.sequencer.statistics

@@ -1,0 +1,71 @@
+// The per-message work of Herald's data path, one benchmark per hot path, at 64 B and 16 KiB payloads.
+//
+// Two views of each path:
+// - "<path>": time per message (package-benchmark scales an iteration to 1,000 messages and reports per message);
+// - "<path> ×100k allocations": each iteration is 100,000 messages, unscaled, so "Malloc (total)" is the number
+//   of allocations for 100,000 messages in the steady state, exactly. The target is 0.
+import Benchmark
+
+@_spi(Drivers) import Herald
+
+/// Messages per iteration of the allocation-counting benchmarks.
+let messagesPerCount = 100_000
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
+        scalingFactor: .kilo,
+        maxDuration: .seconds(2),
+        maxIterations: 1_000_000
+    )
+    let counting = Benchmark.Configuration(
+        metrics: [.mallocCountTotal, .wallClock], scalingFactor: .one, maxDuration: .seconds(5), maxIterations: 5)
+
+    for size in [64, 16_384] {
+        var encode = EncodeLoop(payloadSize: size)
+        var decode = DecodeLoop(payloadSize: size)
+        var sequence = SequenceLoop(payloadSize: size)
+        Benchmark("encode \(size) B") { benchmark in
+            benchmark.startMeasurement()
+            encode.run(benchmark.scaledIterations.count)
+        }
+        Benchmark("encode \(size) B ×100k allocations", configuration: counting) { benchmark in
+            for _ in benchmark.scaledIterations { encode.run(messagesPerCount) }
+        }
+        Benchmark("decode \(size) B") { benchmark in
+            benchmark.startMeasurement()
+            decode.run(benchmark.scaledIterations.count)
+            blackHole(decode.checksum)
+        }
+        Benchmark("decode \(size) B ×100k allocations", configuration: counting) { benchmark in
+            for _ in benchmark.scaledIterations { decode.run(messagesPerCount) }
+            blackHole(decode.checksum)
+        }
+        Benchmark("sequence \(size) B") { benchmark in
+            benchmark.startMeasurement()
+            sequence.run(benchmark.scaledIterations.count)
+            blackHole(sequence.delivered)
+        }
+        Benchmark("sequence \(size) B ×100k allocations", configuration: counting) { benchmark in
+            for _ in benchmark.scaledIterations { sequence.run(messagesPerCount) }
+            blackHole(sequence.delivered)
+        }
+        for subscribers in [1, 4] {
+            Benchmark("forward \(size) B to \(subscribers) subscribers") { benchmark in
+                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers)
+                benchmark.startMeasurement()
+                forward.run(benchmark.scaledIterations.count)
+                benchmark.stopMeasurement()
+                blackHole(forward.delivered)
+            }
+            Benchmark("forward \(size) B to \(subscribers) subscribers ×100k allocations", configuration: counting) {
+                benchmark in
+                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers)
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations { forward.run(messagesPerCount) }
+                benchmark.stopMeasurement()
+                blackHole(forward.delivered)
+            }
+        }
+    }
+}
