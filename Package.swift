@@ -78,15 +78,26 @@ let package = Package(
             ]
         ),
 
+        // `herald bench`: real broker, publisher and subscriber processes against the raw ZeroMQ baseline.
+        .target(
+            name: "HeraldBench",
+            dependencies: [
+                "Herald", "LocalZooKeeper", "ZeroMQ", "ZooKeeper",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         // The `herald` command: thin subcommands that wire the modules together.
         .executableTarget(
             name: "herald",
             dependencies: [
                 "Herald",
+                "HeraldBench",
                 "HeraldHTTP",
                 "LocalZooKeeper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -21,8 +21,8 @@ struct Backoff: Sendable {
 }
 
 extension Duration {
-    /// Seconds as a floating-point number, for logs and JSON.
-    var seconds: Double {
+    /// Seconds as a floating-point number, for logs, reports and JSON.
+    public var seconds: Double {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Herald
 import Synchronization
 
 /// Nanoseconds since the Unix epoch, the clock `herald publish` stamps `sent_at_ns` with.
@@ -8,7 +9,7 @@ func wallClockNanoseconds() -> UInt64 {
     return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }
 
-/// One message line of `herald subscribe --json`, the fields the benchmark needs.
+/// One message line of `herald subscribe --json`, the fields the benchmark needs, and when it was read.
 struct BenchMessage: Sendable {
     var topic: String
     var publisher: String
@@ -18,68 +19,15 @@ struct BenchMessage: Sendable {
     /// When the benchmark read the line (wall clock, nanoseconds).
     var readAt: UInt64
 
-    /// Parses a JSON line without a JSON decoder: the payload can be 64 KiB, and only a few small fields matter.
-    /// The subscriber writes sorted keys, so `latency_us` precedes the payload and the rest follow it.
+    /// Parses a line with the codec the subscriber writes with.
     init?(line: ArraySlice<UInt8>, readAt: UInt64) {
-        guard let latency = Self.number(after: Self.latencyKey, in: line, fromEnd: false),
-            let sequence = Self.number(after: Self.sequenceKey, in: line, fromEnd: true),
-            let sentAt = Self.number(after: Self.sentAtKey, in: line, fromEnd: true),
-            let topic = Self.string(after: Self.topicKey, in: line),
-            let publisher = Self.string(after: Self.publisherKey, in: line)
-        else { return nil }
-        self.topic = topic
-        self.publisher = publisher
-        self.sequence = UInt64(sequence)
-        self.sentAt = UInt64(max(0, sentAt))
-        self.latencyMicroseconds = latency
+        guard let parsed = MessageLine(line) else { return nil }
+        topic = parsed.topic
+        publisher = parsed.publisher
+        sequence = parsed.sequence
+        sentAt = parsed.sentAt
+        latencyMicroseconds = parsed.latencyMicroseconds
         self.readAt = readAt
-    }
-
-    private static let latencyKey = Array("\"latency_us\":".utf8)
-    private static let sequenceKey = Array(",\"seq\":".utf8)
-    private static let sentAtKey = Array(",\"sent_at_ns\":".utf8)
-    private static let topicKey = Array(",\"topic\":\"".utf8)
-    private static let publisherKey = Array(",\"publisher\":\"".utf8)
-
-    /// Where `key` ends in `line`, searching from the start or (past a long payload) from the end.
-    private static func end(of key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool) -> Int? {
-        guard line.count >= key.count else { return nil }
-        let first = line.startIndex
-        let last = line.endIndex - key.count
-        var start = fromEnd ? last : first
-        while fromEnd ? start >= first : start <= last {
-            if line[start] == key[0] {
-                var offset = 1
-                while offset < key.count, line[start + offset] == key[offset] { offset += 1 }
-                if offset == key.count { return start + key.count }
-            }
-            start += fromEnd ? -1 : 1
-        }
-        return nil
-    }
-
-    private static func number(after key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool) -> Int64? {
-        guard var index = end(of: key, in: line, fromEnd: fromEnd) else { return nil }
-        var negative = false
-        if index < line.endIndex, line[index] == UInt8(ascii: "-") {
-            negative = true
-            index += 1
-        }
-        var value: Int64 = 0
-        var digits = 0
-        while index < line.endIndex, line[index] >= 48, line[index] <= 57 {
-            value = value &* 10 &+ Int64(line[index] - 48)
-            index += 1
-            digits += 1
-        }
-        guard digits > 0 else { return nil }
-        return negative ? -value : value
-    }
-
-    private static func string(after key: [UInt8], in line: ArraySlice<UInt8>) -> String? {
-        guard let start = end(of: key, in: line, fromEnd: true) else { return nil }
-        guard let close = line[start...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
-        return String(decoding: line[start..<close], as: UTF8.self)
     }
 }
 
@@ -113,6 +61,7 @@ final class BenchChild: Sendable {
         self.arguments = arguments
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        // The children are `herald` itself: the benchmark runs inside `herald bench`.
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.standardInput = FileHandle.nullDevice

@@ -2,7 +2,7 @@ import Foundation
 import Histogram
 
 /// Percentiles of one latency distribution, in microseconds.
-struct LatencySummary: Codable, Sendable {
+public struct LatencySummary: Codable, Sendable {
     var count: UInt64
     var p50: Double
     var p90: Double
@@ -70,7 +70,7 @@ struct FailoverRound: Codable, Sendable {
     var killedAtNanoseconds: UInt64
     /// Signal to a different leader record in ZooKeeper (what `herald status --json` shows).
     var newLeaderMilliseconds: Double
-    /// Signal to the first message the subscriber read after the new leader record appeared.
+    /// Signal to the first message sent after the signal that the subscriber read (replays do not count).
     var receivingAgainMilliseconds: Double
     /// The longest silence at the subscriber between the signal and that message.
     var gapMilliseconds: Double
@@ -123,19 +123,22 @@ struct BenchResults: Codable, Sendable {
     var startedAt: String
     var machine: MachineInfo
     var settings: [String: String]
-    var baselineThroughput: [RawZeroMQBaseline.Throughput] = []
-    var baselineLatency: [RawZeroMQBaseline.Latency] = []
+    var baselineThroughput: [ZeroMQBaseline.Throughput] = []
+    var baselineLatency: [ZeroMQBaseline.Latency] = []
+    var proxyChain: ZeroMQBaseline.ProxyChain?
     var latency: [LatencyPoint] = []
     var throughput: [ThroughputPoint] = []
     var failover: [FailoverRound] = []
     var memory: MemoryReading?
     var targets: [TargetCheck] = []
 
-    func baselineLatency(size: Int) -> RawZeroMQBaseline.Latency? {
-        baselineLatency.first { $0.size == size } ?? baselineLatency.min { abs($0.size - size) < abs($1.size - size) }
+    /// The raw figure at the same rate and size, or the nearest size at that rate.
+    func baselineLatency(size: Int, rate: Double) -> ZeroMQBaseline.Latency? {
+        let atRate = baselineLatency.filter { $0.rate == rate }
+        return atRate.first { $0.size == size } ?? atRate.min { abs($0.size - size) < abs($1.size - size) }
     }
 
-    func baselineThroughput(size: Int) -> RawZeroMQBaseline.Throughput? {
+    func baselineThroughput(size: Int) -> ZeroMQBaseline.Throughput? {
         baselineThroughput.first { $0.size == size }
     }
 }
@@ -152,11 +155,15 @@ extension BenchResults {
 
         var csv = "kind,size,messages,seconds,msgs_per_s,mb_per_s,p50_us,p90_us,p99_us,p999_us,max_us\n"
         for point in baselineThroughput {
-            csv += "push_pull,\(point.size),\(point.messages),\(f(point.seconds)),\(f(point.messagesPerSecond)),\(f(point.megabytesPerSecond)),,,,,\n"
+            csv += "push_pull,\(point.size),\(point.count),,\(f(point.messagesPerSecond)),\(f(point.megabytesPerSecond)),,,,,\n"
         }
         for point in baselineLatency {
             let l = point.oneWay
-            csv += "req_rep_one_way,\(point.size),\(point.roundTrips),,,,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+            csv += "req_rep_one_way_at_\(f(point.rate, 0))_per_s,\(point.size),\(point.count),,,,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+        }
+        if let chain = proxyChain {
+            csv += "proxy_chain_loss_free,\(chain.size),,,\(f(chain.lossFreeRate)),,,,,,\n"
+            csv += "proxy_chain_full_speed,\(chain.size),,,\(f(chain.fullSpeedMessagesPerSecond)),,,,,,\n"
         }
         try write(csv, directory + "/baseline.csv")
 
@@ -167,9 +174,7 @@ extension BenchResults {
             csv += "\(point.mode),\(f(point.rate)),\(point.size),\(point.sent),\(point.measured),\(point.missing),\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max)),\(f(l.mean))\n"
             for row in l.cdf { cdf += "\(point.mode),\(f(point.rate)),\(point.size),\(row[0]),\(row[1])\n" }
         }
-        for point in baselineLatency {
-            for row in point.oneWay.cdf { cdf += "raw_zeromq_one_way,0,\(point.size),\(row[0]),\(row[1])\n" }
-        }
+
         try write(csv, directory + "/latency.csv")
         try write(cdf, directory + "/latency_cdf.csv")
 
@@ -209,16 +214,18 @@ extension BenchResults {
     func summary() -> String {
         var out = "\n== herald bench: \(machine.processors) CPUs, \(machine.cpuModel), \(f(machine.memoryGigabytes, 1)) GiB, libzmq \(machine.zeroMQVersion)\n"
         if !baselineLatency.isEmpty || !baselineThroughput.isEmpty {
-            out += "\n-- raw ZeroMQ baseline (loopback TCP, one hop, project's ZeroMQ module)\n"
-            out += pad(["size", "one-way p50 us", "p99 us", "max us", "PUSH/PULL msg/s", "MB/s"]) + "\n"
-            let sizes = Set(baselineLatency.map(\.size)).union(baselineThroughput.map(\.size)).sorted()
-            for size in sizes {
-                let l = baselineLatency.first { $0.size == size }?.oneWay
-                let t = baselineThroughput(size: size)
-                out += pad([
-                    "\(size)", l.map { f($0.p50) } ?? "-", l.map { f($0.p99) } ?? "-", l.map { f($0.max) } ?? "-",
-                    t.map { f($0.messagesPerSecond, 0) } ?? "-", t.map { f($0.megabytesPerSecond, 1) } ?? "-",
-                ]) + "\n"
+            out += "\n-- raw ZeroMQ baseline (libzmq from C, each peer its own process, loopback TCP)\n"
+            out += pad(["size", "rate/s", "one-way p50 us", "p99 us", "max us"]) + "\n"
+            for point in baselineLatency {
+                let l = point.oneWay
+                out += pad(["\(point.size)", f(point.rate, 0), f(l.p50), f(l.p99), f(l.max)]) + "\n"
+            }
+            out += pad(["size", "PUSH/PULL msg/s", "MB/s"]) + "\n"
+            for point in baselineThroughput {
+                out += pad(["\(point.size)", f(point.messagesPerSecond, 0), f(point.megabytesPerSecond, 1)]) + "\n"
+            }
+            if let chain = proxyChain {
+                out += "proxy chain PUB -> zmq_proxy -> SUB, \(chain.size) B: loss-free up to \(f(chain.lossFreeRate, 0)) msg/s (sweep \(chain.sweep.map { "\(f($0[0], 0)):\(f($0[1], 0)) lost" }.joined(separator: ", "))); full speed drains \(f(chain.fullSpeedMessagesPerSecond, 0)) msg/s losing \(f(chain.fullSpeedLostFraction * 100, 1))%\n"
             }
         }
         if !latency.isEmpty {
@@ -226,7 +233,7 @@ extension BenchResults {
             out += pad(["mode", "rate/s", "size", "n", "p50", "p90", "p99", "p99.9", "max", "p50/raw", "p99/raw"]) + "\n"
             for point in latency {
                 let l = point.latency
-                let raw = baselineLatency(size: point.size)?.oneWay
+                let raw = baselineLatency(size: point.size, rate: point.rate)?.oneWay
                 out += pad([
                     point.mode, f(point.rate, 0), "\(point.size)", "\(l.count)", f(l.p50, 0), f(l.p90, 0), f(l.p99, 0),
                     f(l.p999, 0), f(l.max, 0), raw.map { f(l.p50 / $0.p50) + "x" } ?? "-",
@@ -248,8 +255,8 @@ extension BenchResults {
             }
         }
         if !failover.isEmpty {
-            out += "\n-- leader failover (3 brokers; milliseconds from the signal)\n"
-            out += pad(["signal", "round", "new leader ms", "receiving ms", "gap ms", "received", "lost", "dups", "reord"]) + "\n"
+            out += "\n-- leader failover (3 brokers; milliseconds from the signal to the new leader's record, to the first message sent after the signal, and the longest silence)\n"
+            out += pad(["signal", "round", "new leader ms", "first new ms", "gap ms", "received", "lost", "dups", "reord"]) + "\n"
             for round in failover {
                 out += pad([
                     round.signal, "\(round.round)", f(round.newLeaderMilliseconds, 0), f(round.receivingAgainMilliseconds, 0),
