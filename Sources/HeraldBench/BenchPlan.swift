@@ -146,6 +146,9 @@ public struct BenchPlan: Service {
             results.failover = rounds.map(\.round)
             failoverMessages = rounds
         }
+        if !skip.contains("overload") {
+            results.overload = try await overload(cluster: "\(run)-ol", zookeeper: zookeeper, processes: processes)
+        }
         results.targets = targets(results)
         print(results.summary())
         if let output {
@@ -344,6 +347,43 @@ public struct BenchPlan: Service {
         return (memory, results)
     }
 
+    /// Memory under overload: a subscriber stopped with SIGSTOP and a publisher of 16 KiB messages at full speed,
+    /// with the default bounds; resident memory sampled every half second.
+    private func overload(cluster: String, zookeeper: String, processes: BenchProcessSet) async throws -> OverloadReading {
+        let env = environment(cluster, zookeeper)
+        let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: cluster, logger: logger)
+        let broker = try processes.start("broker", ["broker", "--broker-id", "ol-b1"], environment: env)
+        _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
+        await probe.close()
+        let subscriber = try processes.start("subscriber", ["subscribe", "--topic", "heavy", "--payload", "none"], environment: env)
+        try await Task.sleep(for: Self.subscriberSettle)
+        subscriber.signal(SIGSTOP)
+        let publisher = try processes.start(
+            "publisher", ["publish", "--topic", "heavy", "--rate", "0", "--size", "16384"], environment: env)
+        var brokerPeak = 0
+        var publisherPeak = 0
+        for _ in 0..<Int(Self.overloadSeconds * 2) {
+            try await Task.sleep(for: .milliseconds(500))
+            brokerPeak = max(brokerPeak, broker.residentKilobytes ?? 0)
+            publisherPeak = max(publisherPeak, publisher.residentKilobytes ?? 0)
+        }
+        subscriber.signal(SIGCONT)
+        await publisher.stop()
+        try await Task.sleep(for: .seconds(1))
+        await subscriber.stop()
+        await broker.stop()
+        let reading = OverloadReading(
+            seconds: Self.overloadSeconds, brokerPeakKilobytes: brokerPeak, publisherPeakKilobytes: publisherPeak,
+            brokerBoundBytes: BrokerConfiguration.defaultLogBytes, publisherBoundBytes: PublisherConfiguration.defaultRetentionBytes,
+            subscriberReceived: subscriber.subscriberSummary?.received ?? -1, subscriberLost: subscriber.subscriberSummary?.lost ?? -1)
+        progress(
+            "overload: broker peak \(brokerPeak) kB (log bound \(reading.brokerBoundBytes >> 10) kB), publisher peak \(publisherPeak) kB (retention \(reading.publisherBoundBytes >> 10) kB), stopped subscriber lost \(reading.subscriberLost) and counted it")
+        return reading
+    }
+
+    /// How long the overload scenario runs.
+    static let overloadSeconds = 15.0
+
     /// Milliseconds from the signal to the first message sent after the signal that the subscriber read (a
     /// replay of an older message does not count), and the longest silence between the signal and it.
     static func recovery(_ messages: [BenchMessage], killedAt: UInt64) -> (again: Double, gap: Double) {
@@ -425,6 +465,20 @@ public struct BenchPlan: Service {
                 TargetCheck(
                     name: "messages lost in \(results.failover.count) failover rounds", target: "0", measured: "\(lost)",
                     pass: lost == 0))
+        }
+        if let overload = results.overload {
+            let slack = 32 * 1024
+            let brokerLimit = overload.brokerBoundBytes / 1024 + slack
+            let publisherLimit = overload.publisherBoundBytes / 1024 + slack
+            checks.append(
+                TargetCheck(
+                    name: "broker memory with a stopped subscriber under a full-speed 16 KiB publisher",
+                    target: "< log bound + 32 MB = \(brokerLimit) kB", measured: "peak \(overload.brokerPeakKilobytes) kB",
+                    pass: overload.brokerPeakKilobytes < brokerLimit))
+            checks.append(
+                TargetCheck(
+                    name: "publisher memory in the same run", target: "< retention bound + 32 MB = \(publisherLimit) kB",
+                    measured: "peak \(overload.publisherPeakKilobytes) kB", pass: overload.publisherPeakKilobytes < publisherLimit))
         }
         if let memory = results.memory {
             checks.append(

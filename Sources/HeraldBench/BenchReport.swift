@@ -86,6 +86,17 @@ struct MemoryReading: Codable, Sendable {
     var idleStandbyKilobytes: Int
 }
 
+/// Peak memory with a stopped subscriber under a full-speed publisher.
+struct OverloadReading: Codable, Sendable {
+    var seconds: Double
+    var brokerPeakKilobytes: Int
+    var publisherPeakKilobytes: Int
+    var brokerBoundBytes: Int
+    var publisherBoundBytes: Int
+    var subscriberReceived: Int
+    var subscriberLost: Int
+}
+
 /// One target of the issue, checked against this run.
 struct TargetCheck: Codable, Sendable {
     var name: String
@@ -130,6 +141,7 @@ struct BenchResults: Codable, Sendable {
     var throughput: [ThroughputPoint] = []
     var failover: [FailoverRound] = []
     var memory: MemoryReading?
+    var overload: OverloadReading?
     var targets: [TargetCheck] = []
 
     /// The raw figure at the same rate and size, or the nearest size at that rate.
@@ -264,6 +276,9 @@ extension BenchResults {
                     "\(round.reordered)",
                 ]) + "\n"
             }
+        }
+        if let overload {
+            out += "\n-- overload: a stopped subscriber, a 16 KiB publisher at full speed for \(f(overload.seconds, 0)) s: broker peak VmRSS \(overload.brokerPeakKilobytes) kB (log bound \(overload.brokerBoundBytes >> 10) kB), publisher peak \(overload.publisherPeakKilobytes) kB (retention bound \(overload.publisherBoundBytes >> 10) kB); the subscriber, resumed, received \(overload.subscriberReceived) and counted \(overload.subscriberLost) lost\n"
         }
         if let memory {
             out += "\n-- idle broker memory: leader VmRSS \(memory.idleLeaderKilobytes) kB, standby VmRSS \(memory.idleStandbyKilobytes) kB\n"
