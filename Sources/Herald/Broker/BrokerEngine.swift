@@ -29,7 +29,7 @@ final class BrokerEngine: Sendable {
 
     let endpoints: Endpoints
     private let stopRequested = Atomic(false)
-    private let finished = Mutex((done: false, waiters: [CheckedContinuation<Void, Never>]()))
+    private let finished = Completion()
 
     private init(endpoints: Endpoints) {
         self.endpoints = endpoints
@@ -72,24 +72,10 @@ final class BrokerEngine: Sendable {
     /// Stops serving, closes both sockets (clients see their connections drop) and waits for the thread.
     func stop() async {
         stopRequested.store(true, ordering: .releasing)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = finished.withLock { state -> Bool in
-                if state.done { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
+        await finished.wait()
     }
 
-    fileprivate func markFinished() {
-        let waiters = finished.withLock { state in
-            state.done = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
+    fileprivate func markFinished() { finished.complete() }
 }
 
 // MARK: - The thread's loop

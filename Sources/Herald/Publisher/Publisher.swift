@@ -128,7 +128,7 @@ public final class Publisher: Service, Sendable {
     private let wake: WakeSignal
     private let publishedCounters = TopicCounters(label: Instruments.published)
     private let startedAt = WallClock.nanosecondsSinceEpoch()
-    private let threadDone = Mutex((done: false, waiters: [CheckedContinuation<Void, Never>]()))
+    private let threadDone = Completion()
 
     /// How long stopping waits for the last messages to leave for the leader.
     static let flushLimit: Duration = .seconds(2)
@@ -150,12 +150,6 @@ public final class Publisher: Service, Sendable {
         self.context = try ZMQContext()
         self.wake = try WakeSignal()
         self.link = Mutex(Link(configuration: configuration))
-        let thread = Thread { [self] in
-            runSocketThread()
-            finishThread()
-        }
-        thread.name = "herald-publisher"
-        thread.start()
     }
 
     /// The leader this publisher is attached to, if any.
@@ -221,15 +215,27 @@ public final class Publisher: Service, Sendable {
 
     /// Follows the leader until cancelled or shut down gracefully.
     public func run() async throws {
+        let thread = Thread { [self] in
+            runSocketThread()
+            threadDone.complete()
+        }
+        thread.name = "herald-publisher"
+        thread.start()
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
             logger: logger)
-        try await cancelWhenGracefulShutdown {
-            try await follower.run { record in await self.attach(record) }
+        // The socket thread is stopped and the last messages flushed on every way out, an error included.
+        var failure: (any Error)?
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await follower.run { record in await self.attach(record) }
+            }
+        } catch {
+            failure = error
         }
         link.withLock { $0.stopping = true }
         wake.raise()
-        await waitForThread()
+        await threadDone.wait()
         // Closed sockets keep their last messages for the linger period, but only a terminated context waits
         // for them: without this, a process that exits right after publishing loses its last messages.
         // Bounded, so that a socket some future change forgets to close costs a log line, not a hung exit.
@@ -251,6 +257,7 @@ public final class Publisher: Service, Sendable {
             Counter(label: Instruments.expired).increment(by: Int(clamping: expired + UInt64(unsent)))
         }
         logger.info("publisher stopped")
+        if let failure { throw failure }
     }
 
     // MARK: Attachment
@@ -325,26 +332,6 @@ public final class Publisher: Service, Sendable {
             }
             _ = try? poller.poll(timeout: timeout)
             if poller.readyEvents(wakeEntry).contains(.readable) { wake.reset() }
-        }
-    }
-
-    private func finishThread() {
-        let waiters = threadDone.withLock { state in
-            state.done = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    private func waitForThread() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = threadDone.withLock { state -> Bool in
-                if state.done { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
         }
     }
 }

@@ -72,19 +72,22 @@ public struct MessageLineEncoder: Sendable {
     private func appendJSON(_ message: ReceivedMessage, to output: inout [UInt8]) {
         output.append(contentsOf: #"{"latency_us":"#.utf8)
         appendSigned(ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt) / 1000, to: &output)
-        let style: PayloadStyle =
-            switch payload {
-            case .auto: isValidUTF8(message.payload) ? .text : .base64
-            case let other: other
-            }
-        switch style {
-        case .text, .auto:
+        switch payload {
+        case .auto:
+            // Text when it is valid UTF-8 (checked while copying), else base64.
+            let start = output.count
             output.append(contentsOf: #","payload":""#.utf8)
-            if isValidUTF8(message.payload) {
-                appendEscaped(message.payload, to: &output)
+            if appendText(message.payload, to: &output, repairing: false) {
+                output.append(UInt8(ascii: "\""))
             } else {
-                appendEscaped(Array(String(decoding: message.payload, as: UTF8.self).utf8)[...], to: &output)
+                output.removeSubrange(start...)
+                output.append(contentsOf: #","payload_base64":""#.utf8)
+                appendBase64(message.payload, to: &output)
+                output.append(UInt8(ascii: "\""))
             }
+        case .text:
+            output.append(contentsOf: #","payload":""#.utf8)
+            _ = appendText(message.payload, to: &output, repairing: true)
             output.append(UInt8(ascii: "\""))
         case .base64:
             output.append(contentsOf: #","payload_base64":""#.utf8)
@@ -123,6 +126,35 @@ public struct MessageLineEncoder: Sendable {
             } while rest > 0
             output.append(contentsOf: buffer[(20 - count)..<20])
         }
+    }
+
+    /// Appends a payload as the inside of a JSON string. Printable ASCII, the usual payload, is copied in one go;
+    /// the rest is escaped where JSON needs it.
+    /// - Returns: `false` when the payload is not valid UTF-8 and `repairing` is off (nothing useful was written);
+    ///   with `repairing`, invalid bytes become U+FFFD.
+    private func appendText(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8], repairing: Bool) -> Bool {
+        let plain = bytes.withUnsafeBufferPointer { buffer -> Bool in
+            var index = 0
+            while index < buffer.count {
+                let byte = buffer[index]
+                if byte < 0x20 || byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { break }
+                index += 1
+            }
+            guard index == buffer.count else { return false }
+            output.append(contentsOf: buffer)
+            return true
+        }
+        if plain { return true }
+        if bytes.contains(where: { $0 >= 0x80 }) {
+            let valid = bytes.withUnsafeBytes { String(validating: $0, as: UTF8.self) != nil }
+            if !valid {
+                guard repairing else { return false }
+                appendEscaped(Array(String(decoding: bytes, as: UTF8.self).utf8)[...], to: &output)
+                return true
+            }
+        }
+        appendEscaped(bytes, to: &output)
+        return true
     }
 
     /// Appends bytes as the inside of a JSON string: runs that need no escape are copied whole.
@@ -170,12 +202,6 @@ public struct MessageLineEncoder: Sendable {
         output.append(Self.base64Alphabet[Int((value >> 12) & 0x3F)])
         output.append(remaining == 2 ? Self.base64Alphabet[Int((value >> 6) & 0x3F)] : UInt8(ascii: "="))
         output.append(UInt8(ascii: "="))
-    }
-
-    /// Whether bytes are valid UTF-8; plain ASCII, the usual case, is checked without decoding.
-    private func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
-        if bytes.allSatisfy({ $0 < 0x80 }) { return true }
-        return bytes.withUnsafeBytes { String(validating: $0, as: UTF8.self) != nil }
     }
 }
 
@@ -230,18 +256,19 @@ public struct MessageLine: Sendable, Equatable {
     /// - Parameter line: the line's bytes, without its newline.
     public init?(_ line: ArraySlice<UInt8>) {
         guard let latency = Self.number(after: Self.latencyKey, in: line, fromEnd: false),
-            let sequence = Self.number(after: Self.sequenceKey, in: line, fromEnd: true), sequence >= 0,
-            let sentAt = Self.number(after: Self.sentAtKey, in: line, fromEnd: true),
-            let size = Self.number(after: Self.sizeKey, in: line, fromEnd: true),
+            let sequence = Self.number(after: Self.sequenceKey, in: line, fromEnd: true), !sequence.negative,
+            let sentAt = Self.number(after: Self.sentAtKey, in: line, fromEnd: true), !sentAt.negative,
+            let size = Self.number(after: Self.sizeKey, in: line, fromEnd: true), !size.negative,
             let topic = Self.string(after: Self.topicKey, in: line),
             let publisher = Self.string(after: Self.publisherKey, in: line)
         else { return nil }
         self.topic = topic
         self.publisher = publisher
-        self.sequence = UInt64(sequence)
-        self.sentAt = UInt64(max(0, sentAt))
-        self.latencyMicroseconds = latency
-        self.size = Int(size)
+        self.sequence = sequence.magnitude
+        self.sentAt = sentAt.magnitude
+        let magnitude = Int64(clamping: latency.magnitude)
+        self.latencyMicroseconds = latency.negative ? -magnitude : magnitude
+        self.size = Int(clamping: size.magnitude)
     }
 
     /// Parses a line given as text.
@@ -268,8 +295,10 @@ public struct MessageLine: Sendable, Equatable {
         return nil
     }
 
-    /// The number after `key`; sequence numbers and send times above `Int64.max` (forged ones) saturate.
-    private static func number(after key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool) -> Int64? {
+    /// The number after `key`, as a sign and a magnitude; a number beyond 64 bits saturates.
+    private static func number(
+        after key: [UInt8], in line: ArraySlice<UInt8>, fromEnd: Bool
+    ) -> (negative: Bool, magnitude: UInt64)? {
         guard var index = end(of: key, in: line, fromEnd: fromEnd) else { return nil }
         var negative = false
         if index < line.endIndex, line[index] == UInt8(ascii: "-") {
@@ -286,8 +315,7 @@ public struct MessageLine: Sendable, Equatable {
             digits += 1
         }
         guard digits > 0 else { return nil }
-        let magnitude = Int64(clamping: value)
-        return negative ? -magnitude : magnitude
+        return (negative, value)
     }
 
     /// The string after `key`, searched from the end, with the escapes a topic name may need undone.

@@ -152,15 +152,10 @@ public final class Subscriber: Service, Sendable {
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
             logger: logger)
-        let done = Mutex((finished: false, waiter: CheckedContinuation<Void, Never>?.none))
+        let done = Completion()
         let thread = Thread { [self] in
             SubscriberLoop(subscriber: self).run()
-            let waiter = done.withLock { state in
-                state.finished = true
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
+            done.complete()
         }
         thread.name = "herald-subscriber"
         thread.start()
@@ -177,17 +172,10 @@ public final class Subscriber: Service, Sendable {
         logger.info("subscriber stopped")
     }
 
-    private func stopThread(_ done: borrowing Mutex<(finished: Bool, waiter: CheckedContinuation<Void, Never>?)>) async {
+    private func stopThread(_ done: Completion) async {
         shared.withLock { $0.stopping = true }
         wake.raise()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let finished = done.withLock { state -> Bool in
-                if state.finished { return true }
-                state.waiter = continuation
-                return false
-            }
-            if finished { continuation.resume() }
-        }
+        await done.wait()
         context.terminate()
     }
 
@@ -534,8 +522,11 @@ private final class SubscriberLoop {
             guard case .success(let refusal) = frame.withUnsafeBytes({ ControlFrame.decode(Refusal.self, from: $0) })
             else { return }
             if refusal.reason == .notSubscribed, let dealer {
-                // The leader dropped this subscription (after a pause, say): subscribe again from what is owed.
+                // The leader dropped this subscription (after a pause, or the connection was made again): subscribe
+                // again from what is owed. Its window counts from zero, so the acknowledgements do too.
                 logger.info("the leader no longer knows this subscription; subscribing again")
+                consumed = 0
+                acknowledged = 0
                 subscribe(topics: topics, on: dealer, first: false)
             } else {
                 logger.warning("the leader refused the subscription: \(refusal.detail)")

@@ -1,0 +1,77 @@
+import Foundation
+import Testing
+
+@testable import Herald
+
+@Suite("Message lines: what herald subscribe prints, and reading it back")
+struct MessageLineTests {
+    let publisher = PublisherID()
+
+    func message(_ payload: [UInt8], topic: Topic = "weather", sequence: UInt64 = 7) -> ReceivedMessage {
+        ReceivedMessage(
+            topic: topic, header: MessageHeader(publisher: publisher, sequence: sequence, sentAt: 1_000_000),
+            payload: payload[...], receivedAt: 1_250_000)
+    }
+
+    func line(_ message: ReceivedMessage, json: Bool = true, payload: MessageLineEncoder.PayloadStyle = .auto) -> String {
+        var output: [UInt8] = []
+        MessageLineEncoder(json: json, payload: payload).append(message, to: &output)
+        #expect(output.last == UInt8(ascii: "\n"))
+        return String(decoding: output.dropLast(), as: UTF8.self)
+    }
+
+    func object(_ line: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    @Test(arguments: ["sunny", "", "a \"quoted\" \\ back\\slash", "line\nbreak\ttab\u{1}", "métro 東京"])
+    func textPayloadsArePrintedAsValidJSONStrings(_ text: String) throws {
+        let fields = try object(line(message(Array(text.utf8))))
+        #expect(fields["payload"] as? String == text)
+        #expect(fields["payload_base64"] == nil)
+        #expect(fields["seq"] as? Int == 7)
+        #expect(fields["latency_us"] as? Int == 250)
+        #expect(fields["publisher"] as? String == publisher.description)
+        #expect(fields["topic"] as? String == "weather")
+        #expect(fields["size"] as? Int == text.utf8.count)
+    }
+
+    @Test func bytesThatAreNotUTF8ArePrintedAsBase64() throws {
+        let bytes: [UInt8] = [0xFF, 0x00, 0x41, 0xC3]
+        let fields = try object(line(message(bytes)))
+        #expect(fields["payload"] == nil)
+        #expect(fields["payload_base64"] as? String == Data(bytes).base64EncodedString())
+        let text = try object(line(message(bytes), payload: .text))
+        #expect(text["payload"] as? String == String(decoding: bytes, as: UTF8.self), "repaired with U+FFFD")
+        for count in 0..<5 {
+            let bytes = Array(repeating: UInt8(0x9F), count: count)
+            let base64 = try object(line(message(bytes), payload: .base64))
+            #expect(base64["payload_base64"] as? String == Data(bytes).base64EncodedString())
+        }
+        let none = try object(line(message(bytes), payload: .none))
+        #expect(none["payload"] == nil && none["payload_base64"] == nil && none["size"] as? Int == 4)
+    }
+
+    @Test func linesAreReadBackWithoutAJSONDecoder() throws {
+        let tricky = Array(#"{"seq":99,"topic":"x","publisher":"y"}"#.utf8)
+        let printed = line(message(tricky, topic: "a\"b", sequence: .max))
+        let parsed = try #require(MessageLine(printed))
+        #expect(parsed.sequence == .max)
+        #expect(parsed.topic == "a\"b")
+        #expect(parsed.publisher == publisher.description)
+        #expect(parsed.sentAt == 1_000_000)
+        #expect(parsed.latencyMicroseconds == 250)
+        #expect(parsed.size == tricky.count)
+        #expect(MessageLine("not a message line") == nil)
+    }
+
+    @Test func plainLinesShowAShortIdentityAndAPrintablePrefix() {
+        let printed = line(message(Array("sunny\u{7}".utf8)), json: false)
+        #expect(printed == "weather publisher=\(publisher.short) seq=7 latency_ms=0.250 sunny.")
+    }
+
+    @Test func publisherIdentitiesPrintAsLowerCaseUUIDs() {
+        #expect(publisher.description == publisher.uuid.uuidString.lowercased())
+        #expect(publisher.short == String(publisher.description.prefix(8)))
+    }
+}
