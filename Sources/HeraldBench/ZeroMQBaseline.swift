@@ -72,6 +72,7 @@ public enum ZeroMQBaseline {
         var received: Int
         var lost: Int
         var msgsPerS: Double?
+        var oneWayUs: Percentiles?
     }
 
     struct Percentiles: Decodable {
@@ -97,6 +98,16 @@ public enum ZeroMQBaseline {
         let output = try run(ThroughputOutput.self, ["throughput", "--size", "\(max(size, 1))", "--count", "\(count)"])
         return Throughput(
             size: size, count: output.count, messagesPerSecond: output.msgsPerS, megabytesPerSecond: output.mbytesPerS)
+    }
+
+    /// One-way latency through the proxy chain at a paced rate: two hops, like Herald's broker mode, with a
+    /// broker that does nothing but forward.
+    static func proxyChainLatency(size: Int, rate: Double, count: Int) throws -> Latency {
+        let output = try run(
+            ChainOutput.self,
+            ["proxy-chain", "--size", "\(max(size, 20))", "--count", "\(count)", "--rate", "\(Int(rate))"])
+        guard let percentiles = output.oneWayUs else { throw BenchError("the proxy chain reported no latency") }
+        return Latency(size: size, rate: rate, count: output.received, oneWay: LatencySummary(percentiles, count: output.received))
     }
 
     /// The proxy chain: a sweep of paced rates for the highest that loses nothing, and one run at full speed.
