@@ -128,11 +128,12 @@ struct PublishLoop: Service {
         var sent = 0
         // Payloads are written into reused buffers: the publisher copies them into its retention buffer, so
         // once `publish` returns they are ours again and changing them allocates nothing.
-        var buffers = [[UInt8]](repeating: [UInt8](repeating: UInt8(ascii: "."), count: size), count: rate > 0 ? 1 : Self.batch)
+        let batchLimit = rate > 0 ? 1 : Self.batchCount(forPayloadSize: size)
+        var buffers = [[UInt8]](repeating: [UInt8](repeating: UInt8(ascii: "."), count: size), count: batchLimit)
         var next = clock.now
         var readings = UInt64.random(in: .min ... .max)
         while count.map({ sent < $0 }) ?? true {
-            let batch = rate > 0 ? 1 : min(Self.batch, (count ?? .max) - sent)
+            let batch = min(batchLimit, (count ?? .max) - sent)
             if rate > 0 {
                 try await clock.sleep(until: next)
                 // Keep the rate steady, but after a stall (waiting for the cluster's mode) do not burst to catch
@@ -149,8 +150,11 @@ struct PublishLoop: Service {
         }
     }
 
-    /// Messages handed to the publisher at once when sending as fast as possible.
-    static let batch = 256
+    /// Messages handed to the publisher at once when sending as fast as possible: up to 256, and no more than
+    /// 256 KiB of payload, so that the reused buffers stay small next to the retention buffer whatever `--size` is.
+    static func batchCount(forPayloadSize size: Int) -> Int {
+        max(1, min(256, (256 * 1024) / max(size, 1)))
+    }
 
     /// Writes a readable reading, `<topic> #<number> reading=<value>`, into `buffer`, padded with dots to its size.
     private func fill(_ buffer: inout [UInt8], number: Int, readings: inout UInt64) {
