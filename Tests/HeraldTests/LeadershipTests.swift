@@ -84,6 +84,45 @@ struct LeadershipTests {
         }
     }
 
+    @Test("A publisher whose leader record flips to direct mode and back keeps running, and publishes to the next real leader")
+    func aLeaderRecordThatFlipsModeDoesNotStopPublishers() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            let layout = try ClusterLayout(cluster: cluster.name)
+            let writer = try ZooKeeperSession(
+                configuration: ZooKeeperConfiguration(connectionString: cluster.server.connectionString), logger: testLogger("zk"))
+            try await writer.waitUntilConnected(timeout: .seconds(5))
+            try await writer.ensurePath(layout.root)
+            // Records nobody serves: anyone who can write to ZooKeeper can write these.
+            func record(_ mode: DisseminationMode, epoch: UInt64) -> [UInt8] {
+                LeaderRecord(
+                    broker: "forged", mode: mode, requestEndpoint: "tcp://127.0.0.1:1", subscriberEndpoint: "tcp://127.0.0.1:1",
+                    epoch: epoch
+                ).encoded()
+            }
+            try await writer.create(layout.leaderPath, data: record(.broker, epoch: 1), mode: .ephemeral)
+            let publisher = try cluster.publisher("flip", rate: 200)
+            try await publisher.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            let mark = publisher.stderrLines.count
+            _ = try await writer.set(layout.leaderPath, data: record(.direct, epoch: 2))
+            try await publisher.waitForLine(from: mark, containing: "registered with leader", timeout: .seconds(10))
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await writer.set(layout.leaderPath, data: record(.broker, epoch: 3))
+            try await publisher.waitForLine(from: mark, containing: "attached to leader", timeout: .seconds(10))
+            // Publishing at 200 msg/s into a broker-mode buffer sized for direct mode would trap at once.
+            try await Task.sleep(for: .seconds(1))
+            // (A crashing process may still run while its backtrace prints: look for the crash itself.)
+            #expect(!publisher.stderrLines.contains { $0.contains("Precondition failed") || $0.contains("Fatal error") || $0.contains("crashed") })
+            #expect(publisher.isRunning, "\(publisher.diagnostics(lines: 20))")
+
+            await writer.close()
+            _ = try cluster.broker("b1")
+            let subscriber = try cluster.subscriber(["flip"])
+            let message = try await subscriber.waitForMessage(timeout: Self.startup, "a message from the publisher")
+            #expect(message.seq > 0)
+            #expect(publisher.isRunning)
+        }
+    }
+
     @Test("A leader paused past its session timeout does not serve again; nothing is lost or duplicated")
     func aPausedLeaderDoesNotServeAgain() async throws {
         try await withCluster(mode: "broker") { cluster in

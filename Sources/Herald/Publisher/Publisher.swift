@@ -406,10 +406,12 @@ private struct Link: ~Copyable {
     /// Bytes that may wait unsent while a leader is attached before callers wait.
     var unsentLimit: Int { retention.capacity / 2 }
 
-    var unsentBytes: Int { Int(retention.end - max(unsent, retention.start)) }
+    var unsentBytes: Int { Int(retention.end - min(max(unsent, retention.start), retention.end)) }
 
     /// Messages not yet sent to any leader.
-    var unsentCount: Int { Int(retention.endNumber - max(unsentNumber, retention.startNumber)) }
+    var unsentCount: Int {
+        Int(retention.endNumber - min(max(unsentNumber, retention.startNumber), retention.endNumber))
+    }
 
     /// Whether a caller may publish now: the mode is known, and unless it is direct (no retention) or no leader
     /// is attached (messages wait for one without limit), less than half the buffer waits unsent.
@@ -693,6 +695,13 @@ private struct Link: ~Copyable {
                 logger.error("cannot listen for subscribers", metadata: ["error": "\(error)"])
             }
         }
+        if record.mode != mode, mode != nil || record.mode == .direct {
+            // Direct mode keeps nothing for replay. The mode can also change under a running publisher (a cluster
+            // recreated in the other mode, or a record rewritten by hand): broker mode then gets its whole buffer
+            // back, and what waited for a broker-mode leader can no longer reach one.
+            if mode == .broker { expired = expired.addingSaturated(UInt64(unsentCount)) }
+            retention = RetentionBuffer(capacity: record.mode == .direct ? 64 : configuration.retentionBytes)
+        }
         mode = record.mode
         leader = record
         sent = 0
@@ -702,7 +711,6 @@ private struct Link: ~Copyable {
         unsent = retention.start
         unsentNumber = retention.startNumber
         ownedByThread = record.mode == .broker
-        if record.mode == .direct { retention = RetentionBuffer(capacity: 64) }
         logger.info(
             record.mode == .broker ? "attached to leader" : "registered with leader",
             metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)", "replaying": "\(replaying)"])
