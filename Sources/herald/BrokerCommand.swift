@@ -22,7 +22,7 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: "Port for subscribers; 0 picks a free one. (env: HERALD_SUBSCRIBER_PORT; default: 5556)")
     var subscriberPort: Int?
 
-    @Option(help: "This broker's identity in the cluster. (env: HERALD_BROKER_ID; default: <host>-<pid>)")
+    @Option(help: "This broker's identity in the cluster. (env: HERALD_BROKER_ID; default: <host>-<pid>-<random>)")
     var brokerID: String?
 
     @Option(help: "Largest message a client may send, in bytes; larger ones cut the sender off. (env: HERALD_MAX_MESSAGE_SIZE; default: 1052672)")

@@ -148,7 +148,7 @@ struct StatusReader {
         while ContinuousClock.now < deadline {
             if let status = try? await ClusterStatus.fetch(
                 zookeeper: ZooKeeperConfiguration(connectionString: zookeeper), layout: ClusterLayout(cluster: "demo"),
-                timeout: .seconds(2), logger: logger),
+                timeout: .seconds(2), leaderTimeout: nil, logger: logger),
                 let leader = status.leader?.broker, leader != previous
             {
                 return leader

@@ -12,12 +12,20 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the status as one JSON object.")
     var json = false
 
+    @Option(help: "Seconds to wait for the leader's own report; 0 asks only ZooKeeper. A crashed leader keeps its record until its session expires and answers nothing. (env: HERALD_LEADER_TIMEOUT; default: 1)")
+    var leaderTimeout: Double?
+
     func run() async throws {
         let logger = try cluster.makeLogger("herald.status")
+        let leaderTimeout = try Setting.double(leaderTimeout, "HERALD_LEADER_TIMEOUT", default: 1)
+        guard leaderTimeout.isFinite, (0...3600).contains(leaderTimeout) else {
+            throw ValidationError("--leader-timeout must be between 0 and 3600 seconds")
+        }
         let status: ClusterStatus
         do {
             status = try await ClusterStatus.fetch(
-                zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(), logger: logger)
+                zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(),
+                leaderTimeout: leaderTimeout > 0 ? .milliseconds(Int(leaderTimeout * 1000)) : nil, logger: logger)
         } catch {
             FileHandle.standardError.write(Data("herald status: cannot read the cluster: \(error)\n".utf8))
             throw ExitCode(1)
@@ -34,6 +42,11 @@ struct StatusCommand: AsyncParsableCommand {
             print("leader:     \(leader.broker)")
             print("  requests:    \(leader.requestEndpoint)")
             print("  subscribers: \(leader.subscriberEndpoint)")
+            if let since = status.leaderSinceMilliseconds {
+                let ago = max(0, Date().timeIntervalSince1970 - Double(since) / 1000)
+                print(String(format: "  elected:     %.1f s ago (by ZooKeeper's clock)", ago))
+            }
+            if let summary = status.leaderAnswerSummary { print("  \(summary)") }
         } else {
             print("leader:     none")
         }

@@ -265,7 +265,8 @@ public final class Broker: Service, Sendable {
         }
         let record = LeaderRecord(
             broker: configuration.brokerID, mode: configuration.mode,
-            requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber, epoch: epoch)
+            requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber, epoch: epoch,
+            sessionTimeout: configuration.zookeeper.sessionTimeout)
         term.record = record
         do {
             try await announce(record, term)

@@ -84,7 +84,7 @@ public struct BrokerConfiguration: Sendable {
     ///   - zookeeper: the ZooKeeper ensemble.
     ///   - layout: the cluster.
     ///   - mode: the expected dissemination mode.
-    ///   - brokerID: a unique identity; defaults to host name and process id.
+    ///   - brokerID: a unique identity; defaults to host name, process id and a random suffix.
     public init(
         zookeeper: ZooKeeperConfiguration,
         layout: ClusterLayout,
@@ -134,9 +134,14 @@ public struct BrokerConfiguration: Sendable {
         }
     }
 
-    /// `<host>-<pid>`: unique among live brokers, readable in `herald status`.
+    /// `<host>-<pid>-<6 hex digits>`, new for every broker started. Host and pid alone repeat: a restarted
+    /// container keeps its host name and runs as pid 1, and a broker restarted before its predecessor's session
+    /// expires would otherwise share its name in the election, the brokers list and `herald status`, and
+    /// delete its predecessor's presence node as if it were its own.
     public static func defaultBrokerID() -> String {
-        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let suffix = String(UInt32.random(in: 0..<(1 << 24)), radix: 16)
+        let padded = String(repeating: "0", count: 6 - suffix.count) + suffix
+        return "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(padded)"
     }
 
     /// A bound endpoint rewritten with the host clients should use.

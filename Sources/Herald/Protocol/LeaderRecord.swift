@@ -17,6 +17,9 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     public var epoch: UInt64
     /// The wire format version the leader speaks (``WireFormat/version``); absent in records of version 1.
     public var protocolVersion: Int?
+    /// The ZooKeeper session timeout the leader asked for, in milliseconds: how long its record can outlive it
+    /// when it crashes. Absent in records of older builds.
+    public var sessionTimeoutMilliseconds: Int?
 
     /// Creates a record.
     /// - Parameters:
@@ -25,8 +28,10 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     ///   - requestEndpoint: the request endpoint as reachable by clients.
     ///   - subscriberEndpoint: the subscriber endpoint as reachable by clients.
     ///   - epoch: the leader's term.
+    ///   - sessionTimeout: the leader's ZooKeeper session timeout.
     public init(
-        broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String, epoch: UInt64
+        broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String, epoch: UInt64,
+        sessionTimeout: Duration? = nil
     ) {
         self.broker = broker
         self.mode = mode
@@ -34,11 +39,13 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         self.subscriberEndpoint = subscriberEndpoint
         self.epoch = epoch
         self.protocolVersion = Int(WireFormat.version)
+        self.sessionTimeoutMilliseconds = sessionTimeout.flatMap { Int(exactly: ($0.seconds * 1000).rounded()) }
     }
 
     private enum CodingKeys: String, CodingKey {
         case broker, mode, requestEndpoint, subscriberEndpoint, epoch
         case protocolVersion = "protocol"
+        case sessionTimeoutMilliseconds = "sessionTimeoutMs"
     }
 
     /// Decodes a record, reading one written by version 1 (no epoch, no protocol) as epoch 0 and protocol 1,
@@ -51,6 +58,9 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         subscriberEndpoint = try container.decode(String.self, forKey: .subscriberEndpoint)
         epoch = try container.decodeIfPresent(UInt64.self, forKey: .epoch) ?? 0
         protocolVersion = try container.decodeIfPresent(Int.self, forKey: .protocolVersion) ?? 1
+        // Only shown to people ("expires within N s"); a value no session can have is read as absent.
+        sessionTimeoutMilliseconds = (try? container.decodeIfPresent(Int.self, forKey: .sessionTimeoutMilliseconds))
+            .flatMap { $0 }.flatMap { (1...86_400_000).contains($0) ? $0 : nil }
     }
 
     /// Whether the leader speaks this build's wire format.

@@ -11,19 +11,42 @@ public struct ClusterStatus: Sendable, Codable {
     public var mode: DisseminationMode?
     /// The leader's record, if there is a leader.
     public var leader: LeaderRecord?
+    /// When the leader's record was written, in milliseconds since 1970 by ZooKeeper's clock: when it was elected
+    /// (or wrote its record again after someone deleted it).
+    public var leaderSinceMilliseconds: Int64?
+    /// Whether the leader answered the status request; `nil` when it was not asked. A leader that crashed keeps
+    /// its record until its session expires, and answers nothing meanwhile.
+    public var leaderAnswering: Bool?
     /// Every live broker candidate, leader first.
     public var candidates: [String]
     /// What the leader reported, if it answered.
     public var leaderStatus: BrokerStatus?
 
+    /// For people: whether the leader answers, and if not, the longest it can keep its place.
+    public var leaderAnswerSummary: String? {
+        guard let leader, leaderAnswering == false else { return nil }
+        let expiry = leader.sessionTimeoutMilliseconds.map {
+            "its session expires within \(Double($0) / 1000) s of its last contact, and a standby then takes over"
+        } ?? "its session expires within the session timeout, and a standby then takes over"
+        return "leader \(leader.broker) not answering; \(expiry)"
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case cluster, mode, leader, candidates, leaderStatus, leaderAnswering
+        case leaderSinceMilliseconds = "leaderSinceMs"
+    }
+
     /// Reads the cluster's state from ZooKeeper and asks the leader for its own.
     /// - Parameters:
     ///   - zookeeper: the ZooKeeper ensemble.
     ///   - layout: the cluster.
-    ///   - timeout: how long to wait for ZooKeeper and for the leader.
+    ///   - timeout: how long to wait for ZooKeeper.
+    ///   - leaderTimeout: how long to wait for the leader's answer, or `nil` not to ask it. Short by default: a
+    ///     live leader answers in milliseconds, and a crashed one never does.
     ///   - logger: for the ZooKeeper client.
     public static func fetch(
-        zookeeper: ZooKeeperConfiguration, layout: ClusterLayout, timeout: Duration = .seconds(5), logger: Logger
+        zookeeper: ZooKeeperConfiguration, layout: ClusterLayout, timeout: Duration = .seconds(5),
+        leaderTimeout: Duration? = .seconds(1), logger: Logger
     ) async throws -> ClusterStatus {
         let session = try ZooKeeperSession(configuration: zookeeper, logger: logger)
         do {
@@ -32,16 +55,18 @@ public struct ClusterStatus: Sendable, Codable {
             if let (data, _) = try? await session.get(layout.modePath) {
                 status.mode = DisseminationMode(rawValue: String(decoding: data, as: UTF8.self))
             }
-            if let (data, _) = try? await session.get(layout.leaderPath) {
+            if let (data, stat) = try? await session.get(layout.leaderPath) {
                 status.leader = LeaderRecord(decoding: data)
+                status.leaderSinceMilliseconds = status.leader == nil ? nil : stat.ctime
             }
             if (try? await session.exists(layout.electionPath)) != nil {
                 status.candidates = (try? await LeaderElection.currentCandidates(session: session, layout: layout))?
                     .map { String(decoding: $0.data, as: UTF8.self) } ?? []
             }
             await session.close()
-            if let leader = status.leader {
-                status.leaderStatus = try? await askStatus(leader.requestEndpoint, timeout: timeout)
+            if let leader = status.leader, let leaderTimeout {
+                status.leaderStatus = try? await askStatus(leader.requestEndpoint, timeout: leaderTimeout)
+                status.leaderAnswering = status.leaderStatus != nil
             }
             return status
         } catch {

@@ -255,6 +255,7 @@ struct StatusReport: Decodable, Sendable {
         var requestEndpoint: String
         var subscriberEndpoint: String
         var epoch: UInt64?
+        var sessionTimeoutMs: Int?
     }
 
     struct LeaderStatus: Decodable, Sendable {
@@ -272,6 +273,8 @@ struct StatusReport: Decodable, Sendable {
     var cluster: String
     var mode: String?
     var leader: Leader?
+    var leaderSinceMs: Int64?
+    var leaderAnswering: Bool?
     var candidates: [String]
     var leaderStatus: LeaderStatus?
 }
@@ -342,10 +345,11 @@ final class HeraldCluster: Sendable {
         try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] })
     }
 
-    /// Runs `herald status --json` once.
+    /// Runs `herald status --json` once, with `extraArguments`.
     /// - Returns: the status, or `nil` when the command failed or printed something else.
-    func status() async throws -> StatusReport? {
-        let process = try HeraldProcess(name: "status", arguments: ["status", "--json"], environment: environment)
+    func status(_ extraArguments: [String] = []) async throws -> StatusReport? {
+        let process = try HeraldProcess(
+            name: "status", arguments: ["status", "--json"] + extraArguments, environment: environment)
         let code = try await process.waitForExit(timeout: .seconds(15))
         guard code == 0 else { return nil }
         // The reader threads may still be draining after the exit.
