@@ -43,6 +43,12 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: "Topics the broker holds at most; more are refused. (env: HERALD_MAX_TOPICS; default: 10000)")
     var maxTopics: Int?
 
+    @Option(help: "Topic subscriptions the broker holds at most, over all subscribers; more are refused. (env: HERALD_MAX_SUBSCRIPTIONS; default: 100000)")
+    var maxSubscriptions: Int?
+
+    @Option(help: "Bytes of publisher registrations (endpoints and topic lists) the broker holds at most. (env: HERALD_REGISTRATION_BYTES; default: 16777216)")
+    var registrationBytes: Int?
+
     func run() async throws {
         let modeName = Setting.string(mode, "HERALD_MODE", default: "broker")
         guard let mode = DisseminationMode(rawValue: modeName) else {
@@ -76,6 +82,14 @@ struct BrokerCommand: AsyncParsableCommand {
         configuration.maximumTopics =
             try Setting.integer(maxTopics, "HERALD_MAX_TOPICS", default: configuration.maximumTopics, range: 1...10_000_000)
             ?? configuration.maximumTopics
+        configuration.maximumSubscriptions =
+            try Setting.integer(
+                maxSubscriptions, "HERALD_MAX_SUBSCRIPTIONS", default: configuration.maximumSubscriptions, range: 1...100_000_000)
+            ?? configuration.maximumSubscriptions
+        configuration.registrationBytes =
+            try Setting.integer(
+                registrationBytes, "HERALD_REGISTRATION_BYTES", default: configuration.registrationBytes, range: 65_536...(1 << 40))
+            ?? configuration.registrationBytes
         do {
             try configuration.validate()
         } catch {

@@ -244,6 +244,57 @@ struct BrokerCoreTests {
         #expect(status.refused?["subscriber_limit"] == 1)
     }
 
+    @Test func registrationsAreBoundedInBytesAndLongEndpointsAreRefused() throws {
+        var harness = try CoreHarness { $0.registrationBytes = 4096 }
+        let long = PublisherRegistration(
+            publisher: publisher, endpoint: "tcp://" + String(repeating: "x", count: 2000) + ":1", topics: ["t"])
+        harness.request(ControlFrame.encode(.register, long), from: client)
+        #expect(harness.output.refusals(to: client) == [.registrationLimit])
+        #expect(harness.core.status(now: harness.now).publishers.isEmpty)
+
+        // Registrations of 20 topics of 100 bytes each: the second no longer fits in 4 KiB.
+        let topics = (0..<20).map { String(repeating: "t", count: 99) + "\($0 % 10)" }
+        harness.register(publisher, topics: topics, from: client)
+        harness.register(PublisherID(), topics: topics, from: CoreHarness.id(9))
+        #expect(harness.output.refusals(to: CoreHarness.id(9)) == [.registrationLimit])
+        #expect(harness.core.status(now: harness.now).publishers.count == 1)
+        // Registering again in place (a heartbeat) still fits; once the first leaves, the second fits.
+        harness.register(publisher, topics: topics, from: client)
+        #expect(harness.output.refusals(to: client) == [.registrationLimit])
+        harness.request(ControlFrame.encode(.unregister, PublisherRegistration(publisher: publisher, endpoint: "", topics: topics)), from: client)
+        harness.register(PublisherID(), topics: topics, from: CoreHarness.id(9))
+        #expect(harness.output.refusals(to: CoreHarness.id(9)) == [.registrationLimit])
+        #expect(harness.core.status(now: harness.now).publishers.count == 1)
+    }
+
+    @Test func subscriptionsAreBoundedPerSubscriberAndInAllWhateverTheNumberOfRequests() throws {
+        var harness = try CoreHarness {
+            $0.maximumTopicsPerRequest = 3
+            $0.maximumSubscriptions = 4
+        }
+        func refusals(_ id: RoutingID) -> Int {
+            harness.output.deliveries.filter { $0.subscriber == id && $0.bytes[1] == WireFormat.Kind.refused.rawValue }.count
+        }
+        harness.subscribe(subscription(topics: ["a", "b"]), from: subscriber)
+        harness.subscribe(subscription(topics: ["a", "b"]), from: subscriber)
+        harness.subscribe(subscription(topics: ["c"]), from: subscriber)
+        #expect(refusals(subscriber) == 0, "subscribing again to followed topics adds nothing")
+        harness.subscribe(subscription(topics: ["d"]), from: subscriber)
+        #expect(refusals(subscriber) == 1, "a fourth topic for one subscriber")
+        let other = CoreHarness.id(8)
+        harness.subscribe(subscription(topics: ["a"]), from: other)
+        harness.subscribe(subscription(topics: ["b"]), from: other)
+        #expect(refusals(other) == 1, "a fifth subscription in all")
+        #expect(harness.core.status(now: harness.now).refused?["subscriber_limit"] == 1)
+        #expect(harness.core.status(now: harness.now).refused?["too_many_topics"] == 1)
+        // The refused requests changed nothing: data on "a" reaches both, on "d" neither.
+        harness.register(publisher, topics: ["a", "d"], from: client)
+        harness.publish(publisher, 1, topic: "a", from: client)
+        harness.publish(publisher, 2, topic: "d", from: client)
+        #expect(harness.output.sequences(to: subscriber) == [1])
+        #expect(harness.output.sequences(to: other) == [1])
+    }
+
     @Test func anUnregistrationFromAnotherConnectionIsRefused() throws {
         var harness = try CoreHarness()
         harness.register(publisher, from: client)

@@ -36,6 +36,17 @@ struct SequencerHarness {
         return sink.delivered.map(\.sequence)
     }
 
+    /// Like ``accept(_:topic:from:lostBeforeFirst:now:)``, with an empty payload.
+    mutating func acceptEmpty(_ sequence: UInt64, now: ContinuousClock.Instant) -> [UInt64] {
+        var sink = RecordingSink()
+        [UInt8]().withUnsafeBytes { bytes in
+            sequencer.accept(
+                topic: 0, header: MessageHeader(publisher: publisher, sequence: sequence, sentAt: 0),
+                payload: bytes, receivedAt: 0, lostBeforeFirst: false, now: now, into: &sink)
+        }
+        return sink.delivered.map(\.sequence)
+    }
+
     mutating func expireGaps(now: ContinuousClock.Instant) -> [UInt64] {
         var sink = RecordingSink()
         sequencer.expireGaps(now: now, into: &sink)
@@ -69,10 +80,10 @@ struct SequencerTests {
         #expect(harness.accept(3, now: start).isEmpty)
         #expect(harness.accept(4, now: start).isEmpty)
         #expect(harness.sequencer.hasOpenGaps)
-        #expect(harness.sequencer.heldPayloadBytes == 2)
+        #expect(harness.sequencer.heldByteCount == 2 * Sequencer.holdingCost(ofPayload: 1))
         #expect(harness.accept(2, now: start) == [2, 3, 4])
         #expect(!harness.sequencer.hasOpenGaps)
-        #expect(harness.sequencer.heldPayloadBytes == 0)
+        #expect(harness.sequencer.heldByteCount == 0)
         #expect(harness.statistics.reordered == 1)
         #expect(harness.statistics.lost == 0)
     }
@@ -99,14 +110,25 @@ struct SequencerTests {
     }
 
     @Test func theHeldBytesLimitBoundsReorderMemory() {
-        // One byte per payload, at most two held: the third held message gives the gap up.
-        var harness = SequencerHarness(Sequencer(heldBytes: 2))
+        // One byte per payload, room for two held: the third held message gives the gap up.
+        var harness = SequencerHarness(Sequencer(heldBytes: 2 * Sequencer.holdingCost(ofPayload: 1)))
         _ = harness.accept(1, now: start)
         _ = harness.accept(3, now: start)
         _ = harness.accept(4, now: start)
         #expect(harness.accept(5, now: start) == [3, 4, 5])
         #expect(harness.statistics.lost == 1)
-        #expect(harness.sequencer.heldPayloadBytes == 0)
+        #expect(harness.sequencer.heldByteCount == 0)
+    }
+
+    @Test func messagesWithEmptyPayloadsCountAgainstTheHeldBytesLimit() {
+        // A sender of empty payloads that keeps a gap open must not hold without bound: each held message costs.
+        var harness = SequencerHarness(Sequencer(holdLimit: 100_000, heldBytes: 10 * Sequencer.holdingCost(ofPayload: 0)))
+        _ = harness.accept(1, now: start)
+        for sequence in stride(from: 3 as UInt64, through: 2001, by: 2) {
+            _ = harness.acceptEmpty(sequence, now: start)
+            #expect(harness.sequencer.heldByteCount <= 10 * Sequencer.holdingCost(ofPayload: 0))
+        }
+        #expect(harness.statistics.lost > 900)
     }
 
     @Test func extremeSequenceNumbersSaturateTheCountsInsteadOfTrapping() {

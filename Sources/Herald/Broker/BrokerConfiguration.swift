@@ -34,6 +34,10 @@ public struct BrokerConfiguration: Sendable {
     /// Publishers and subscribers a broker serves at most.
     public static let defaultMaximumPublishers = 10_000
     public static let defaultMaximumSubscribers = 10_000
+    /// Topic subscriptions held at most, over all subscribers: 100,000 cost a few MB.
+    public static let defaultMaximumSubscriptions = 100_000
+    /// Bytes of publisher registrations (endpoints and topic lists) held at most.
+    public static let defaultRegistrationBytes = 16 << 20
 
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
@@ -75,6 +79,11 @@ public struct BrokerConfiguration: Sendable {
     public var maximumPublishers: Int
     /// Subscribers served at most.
     public var maximumSubscribers: Int
+    /// Topic subscriptions held at most, over all subscribers (`--max-subscriptions`).
+    public var maximumSubscriptions: Int
+    /// Bytes of publisher registrations held at most (`--registration-bytes`): what direct-mode discovery
+    /// answers with, and what status lists.
+    public var registrationBytes: Int
     /// Topics that get their own label in the per-topic metrics; the rest are counted together, so a client
     /// that invents topics cannot grow the metrics without bound.
     public var metricTopicLimit: Int
@@ -110,6 +119,8 @@ public struct BrokerConfiguration: Sendable {
         self.maximumTopics = Self.defaultMaximumTopics
         self.maximumTopicsPerRequest = Self.defaultMaximumTopicsPerRequest
         self.maximumPublishers = Self.defaultMaximumPublishers
+        self.maximumSubscriptions = Self.defaultMaximumSubscriptions
+        self.registrationBytes = Self.defaultRegistrationBytes
         self.maximumSubscribers = Self.defaultMaximumSubscribers
         self.metricTopicLimit = TopicCounters.defaultLimit
     }

@@ -47,6 +47,10 @@ struct BrokerCore: ~Copyable {
     private var evictionCursor = 0
     private var connections: [RoutingID: PublisherConnection] = [:]
     private var registrations: [PublisherID: Registered] = [:]
+    /// The footprints of all registrations, bounded by the configuration's `registrationBytes`.
+    private var registrationBytes = 0
+    /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
+    private var subscriptionCount = 0
     private var subscribers: [RoutingID: SubscriberState] = [:]
     /// Subscribers whose queue was full, to be pumped again.
     private var blockedSubscribers: Set<RoutingID> = []
@@ -145,7 +149,7 @@ struct BrokerCore: ~Copyable {
             waitingConnections.remove(client)
         }
         for (publisher, entry) in registrations where now - entry.lastSeen > Self.registrationTimeToLive {
-            registrations[publisher] = nil
+            forget(publisher)
             logger.info("publisher silent; dropped", metadata: ["publisher": "\(publisher.short)"])
         }
         for (id, subscriber) in subscribers {
@@ -217,6 +221,17 @@ struct BrokerCore: ~Copyable {
         guard registration.topics.allSatisfy({ (try? Topic($0)) != nil }) else {
             return refuse(.invalidTopic, "a registered topic is not a valid name", to: client, output: &output)
         }
+        guard registration.endpoint.utf8.count <= PublisherRegistration.maximumEndpointLength else {
+            return refuse(
+                .registrationLimit, "an endpoint longer than \(PublisherRegistration.maximumEndpointLength) bytes",
+                to: client, output: &output)
+        }
+        let previousFootprint = registrations[registration.publisher]?.registration.footprint ?? 0
+        guard registrationBytes - previousFootprint + registration.footprint <= configuration.registrationBytes else {
+            return refuse(
+                .registrationLimit, "this broker holds \(configuration.registrationBytes) bytes of registrations already",
+                to: client, output: &output)
+        }
         if registrations[registration.publisher] == nil {
             guard registrations.count < configuration.maximumPublishers else {
                 return refuse(
@@ -228,6 +243,7 @@ struct BrokerCore: ~Copyable {
             logger.info("publisher registered", metadata: metadata)
         }
         registrations[registration.publisher] = Registered(registration: registration, lastSeen: now, client: client)
+        registrationBytes += registration.footprint - previousFootprint
         if let offer = registration.history, offer > 0 {
             for name in registration.topics {
                 let bytes = Array(name.utf8)
@@ -260,10 +276,15 @@ struct BrokerCore: ~Copyable {
         guard known.client == client else {
             return refuse(.notOwner, "unregistering another connection's publisher", to: client, output: &output)
         }
-        registrations[registration.publisher] = nil
+        forget(registration.publisher)
         connections[client] = nil
         waitingConnections.remove(client)
         logger.info("publisher left", metadata: ["publisher": "\(registration.publisher.short)"])
+    }
+
+    private mutating func forget(_ publisher: PublisherID) {
+        guard let removed = registrations.removeValue(forKey: publisher) else { return }
+        registrationBytes -= removed.registration.footprint
     }
 
     private mutating func lookup(
@@ -329,6 +350,27 @@ struct BrokerCore: ~Copyable {
                 .tooManyTopics, "\(request.topics.count) topics in one subscription; the limit is \(configuration.maximumTopicsPerRequest)",
                 id, output: &output)
         }
+        // Each subscription costs memory, and work on every message of its topic: bounded per subscriber and in
+        // all, whatever the number of requests. Checked before anything changes, so a refusal leaves no trace.
+        let existingFollows = subscribers[id]?.follows.count ?? 0
+        var newSubscriptions = 0
+        var counted = Set<String>()
+        for name in request.topics where counted.insert(name).inserted {
+            let followed = Array(name.utf8).withUnsafeBytes { bytes in
+                topicState(for: bytes, creating: false).map { subscribers[id]?.cursor(on: $0) != nil } ?? false
+            }
+            if !followed { newSubscriptions += 1 }
+        }
+        guard existingFollows + newSubscriptions <= configuration.maximumTopicsPerRequest else {
+            return refuseSubscriber(
+                .tooManyTopics, "a subscriber follows \(configuration.maximumTopicsPerRequest) topics at most", id,
+                output: &output)
+        }
+        guard subscriptionCount + newSubscriptions <= configuration.maximumSubscriptions else {
+            return refuseSubscriber(
+                .subscriberLimit, "this broker holds \(configuration.maximumSubscriptions) subscriptions already", id,
+                output: &output)
+        }
         let subscriber: SubscriberState
         if let existing = subscribers[id] {
             subscriber = existing
@@ -356,8 +398,9 @@ struct BrokerCore: ~Copyable {
             guard (try? Topic(name)) != nil,
                 let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true) })
             else { continue }
-            let cursor = startingCursor(
-                in: topic, request: request, resume: resume, current: subscriber.cursor(on: topic))
+            let current = subscriber.cursor(on: topic)
+            if current == nil { subscriptionCount += 1 }
+            let cursor = startingCursor(in: topic, request: request, resume: resume, current: current)
             subscriber.follow(topic, from: cursor)
             offered[name] = topic.offered
             backlog[name] = Int(topic.log.endIndex - cursor)
@@ -466,6 +509,7 @@ struct BrokerCore: ~Copyable {
 
     private mutating func removeSubscriber(_ id: RoutingID, reason: String) {
         guard let subscriber = subscribers.removeValue(forKey: id) else { return }
+        subscriptionCount -= subscriber.follows.count
         for follow in subscriber.follows { follow.topic.subscribers.removeAll { $0 === subscriber } }
         blockedSubscribers.remove(id)
         logger.info("subscriber detached", metadata: ["subscriber": "\(id)", "reason": "\(reason)"])

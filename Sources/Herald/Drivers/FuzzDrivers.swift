@@ -90,6 +90,8 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
         configuration.maximumTopicsPerRequest = 5
         configuration.maximumPublishers = 4
         configuration.maximumSubscribers = 3
+        configuration.maximumSubscriptions = 7
+        configuration.registrationBytes = 1500
         configuration.historyLimit = 50
         configuration.mode = input.byte() % 5 == 0 ? .direct : .broker
         var now = ContinuousClock.Instant.now
@@ -235,8 +237,8 @@ private struct FuzzOutput: BrokerOutput {
                     core.acceptData($0, receivedAt: 0, now: now, lostBeforeFirst: { _ in owedFromFirst }, into: &sink)
                 }
             }
-            require(core.sequencer.heldPayloadBytes <= heldLimit, "holds \(core.sequencer.heldPayloadBytes) bytes")
-            require(core.sequencer.heldPayloadBytes >= 0, "held bytes went negative")
+            require(core.sequencer.heldByteCount <= heldLimit, "holds \(core.sequencer.heldByteCount) bytes")
+            require(core.sequencer.heldByteCount >= 0, "held bytes went negative")
         }
     }
 }

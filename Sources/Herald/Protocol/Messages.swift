@@ -133,6 +133,14 @@ struct PublisherRegistration: Codable, Sendable, Equatable {
     /// When the publisher started, in nanoseconds since the Unix epoch: a direct-mode subscriber that was
     /// there first is owed its stream from its first message.
     var startedAt: UInt64?
+
+    /// The longest endpoint accepted: real ones (`tcp://host:port`) are far shorter.
+    static let maximumEndpointLength = 1024
+
+    /// Bytes a leader counts for keeping this registration: its strings and a fixed share per entry.
+    var footprint: Int {
+        topics.reduce(128 + endpoint.utf8.count) { $0 + 32 + $1.utf8.count }
+    }
 }
 
 /// A direct-mode subscriber's question to the leader.
@@ -202,6 +210,8 @@ struct Refusal: Codable, Sendable, Equatable {
         case invalidTopic = "invalid_topic"
         /// An unregistration from another connection than the one that registered.
         case notOwner = "not_owner"
+        /// A registration the leader cannot keep: an endpoint too long, or no room left for registrations.
+        case registrationLimit = "registration_limit"
     }
 
     var reason: Reason

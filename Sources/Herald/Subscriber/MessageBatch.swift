@@ -91,6 +91,10 @@ public struct MessageBatch: RandomAccessCollection, Sendable {
     /// The payload bytes the batch holds.
     public var payloadBytes: Int { storage.count }
 
+    /// What the batch costs in memory, as queues count it: its payloads and one entry per message, so that a
+    /// stream of empty payloads is bounded too.
+    var footprint: Int { storage.count + entries.count * MemoryLayout<Entry>.stride }
+
     mutating func append(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
         let start = storage.count
         storage.append(contentsOf: payload)
@@ -117,13 +121,13 @@ final class DeliveryQueue: Sendable {
     }
 
     private let state = Mutex(State())
-    /// Bytes of payload queued at most (a batch is accepted whole when the queue is below it).
+    /// Bytes queued at most, payloads and entries (a batch is accepted whole when the queue is below it).
     let limit: Int
     private let onRoom: @Sendable () -> Void
 
     /// Creates a queue.
     /// - Parameters:
-    ///   - limit: bytes of payload queued at most.
+    ///   - limit: bytes queued at most, payloads and entries.
     ///   - onRoom: called, on the consumer's thread, when a full queue has room again.
     init(limit: Int, onRoom: @escaping @Sendable () -> Void) {
         self.limit = max(1, limit)
@@ -149,7 +153,7 @@ final class DeliveryQueue: Sendable {
                 return consumer
             }
             state.batches.append(batch)
-            state.bytes += batch.payloadBytes
+            state.bytes += batch.footprint
             return nil
         }
         consumer?.resume(returning: batch)
@@ -172,7 +176,7 @@ final class DeliveryQueue: Sendable {
                 enum Outcome { case batch(MessageBatch, wake: Bool), end, wait(wake: Bool) }
                 let outcome = state.withLock { state -> Outcome in
                     if let batch = state.batches.popFirst() {
-                        state.bytes -= batch.payloadBytes
+                        state.bytes -= batch.footprint
                         let wake = state.producerWaiting && state.bytes < limit
                         if wake { state.producerWaiting = false }
                         return .batch(batch, wake: wake)

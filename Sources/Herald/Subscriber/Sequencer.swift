@@ -68,6 +68,12 @@ public struct Sequencer: Sendable {
         var header: MessageHeader
         var payload: [UInt8]
         var receivedAt: UInt64
+
+        /// What holding it costs, as counted against the byte limit: its payload, and the entry and the
+        /// payload's array header, so that messages with empty payloads are not free to hold.
+        var cost: Int { Held.cost(ofPayload: payload.count) }
+
+        static func cost(ofPayload count: Int) -> Int { count + 96 }
     }
 
     private struct Stream: Sendable {
@@ -83,7 +89,7 @@ public struct Sequencer: Sendable {
     public let gapTimeout: Duration
     /// Messages held per stream at most.
     public let holdLimit: Int
-    /// Bytes of payload held at most.
+    /// Bytes held at most: payloads, and a fixed share per message held.
     public let heldBytesLimit: Int
     /// Streams remembered at most.
     public let streamLimit: Int
@@ -98,7 +104,7 @@ public struct Sequencer: Sendable {
     /// - Parameters:
     ///   - gapTimeout: how long a gap may stay open.
     ///   - holdLimit: messages held per stream at most.
-    ///   - heldBytes: bytes of payload held at most.
+    ///   - heldBytes: bytes held at most: payloads, and a fixed share per message.
     ///   - streamLimit: streams remembered at most.
     ///   - streamIdleTimeout: how long a silent stream is remembered.
     public init(
@@ -131,8 +137,11 @@ public struct Sequencer: Sendable {
     /// Whether the sequencer remembers a stream.
     func knows(_ key: StreamKey) -> Bool { streams[key] != nil }
 
-    /// Bytes of payload held for reordering now.
-    var heldPayloadBytes: Int { heldBytes }
+    /// Bytes held for reordering now, as counted against ``heldBytesLimit``.
+    var heldByteCount: Int { heldBytes }
+
+    /// What holding one message with `payloadCount` bytes of payload counts against the limit.
+    static func holdingCost(ofPayload payloadCount: Int) -> Int { Held.cost(ofPayload: payloadCount) }
 
     /// Takes one message; what can now be delivered goes to `sink`, in order.
     /// - Parameters:
@@ -234,7 +243,7 @@ public struct Sequencer: Sendable {
         heldBytes: inout Int, into sink: inout some Sink
     ) {
         while !stream.exhausted, let held = stream.held.removeValue(forKey: stream.next) {
-            heldBytes -= held.payload.count
+            heldBytes -= held.cost
             held.payload.withUnsafeBytes {
                 sink.deliver(topic: topic, header: held.header, payload: $0, receivedAt: held.receivedAt)
             }
@@ -242,7 +251,7 @@ public struct Sequencer: Sendable {
             advance(&stream, past: held.header.sequence)
         }
         if stream.exhausted, !stream.held.isEmpty {
-            for (_, held) in stream.held { heldBytes -= held.payload.count }
+            for (_, held) in stream.held { heldBytes -= held.cost }
             statistics.duplicates = statistics.duplicates.addingSaturated(UInt64(stream.held.count))
             stream.held = [:]
         }
@@ -254,7 +263,7 @@ public struct Sequencer: Sendable {
         receivedAt: UInt64, now: ContinuousClock.Instant, into sink: inout some Sink
     ) {
         streams.values[index].held[header.sequence] = Held(header: header, payload: Array(payload), receivedAt: receivedAt)
-        heldBytes += payload.count
+        heldBytes += Held.cost(ofPayload: payload.count)
         if streams.values[index].gapOpenedAt == nil { streams.values[index].gapOpenedAt = now }
         if streams.values[index].held.count > holdLimit { skipGap(at: index, now: now, into: &sink) }
         // Over the byte limit: give up gaps, this stream's first, until the held bytes fit.
@@ -290,7 +299,7 @@ public struct Sequencer: Sendable {
     private mutating func forgetLongestSilent() {
         guard let oldest = streams.min(by: { $0.value.lastSeen < $1.value.lastSeen })?.key else { return }
         if let stream = streams.removeValue(forKey: oldest) {
-            for (_, held) in stream.held { heldBytes -= held.payload.count }
+            for (_, held) in stream.held { heldBytes -= held.cost }
             // What it held can no longer be ordered: counted as lost rather than delivered out of order.
             statistics.lost = statistics.lost.addingSaturated(UInt64(stream.held.count))
         }

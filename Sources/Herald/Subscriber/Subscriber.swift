@@ -494,7 +494,7 @@ private final class SubscriberLoop {
                 continue
             }
             handle(now: now, receivedAt: receivedAt, from: socket)
-            if batch.payloadBytes >= Self.batchBytes { break }
+            if batch.footprint >= Self.batchBytes { break }
         }
         if let dealer, consumed - acknowledged >= UInt64(configuration.window / 4) { sendConsumed(on: dealer) }
     }
