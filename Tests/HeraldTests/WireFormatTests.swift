@@ -83,6 +83,25 @@ struct WireFormatTests {
         }
     }
 
+    @Test func aSubscribeRequestWithTooManyStreamsToResumeShrinksToWhatALeaderAccepts() throws {
+        // 30,000 invented publishers on one topic: about 1.6 MB of resume entries, over the 1 MiB limit.
+        var streams: [String: UInt64] = [:]
+        for number in 0..<30_000 { streams[PublisherID(high: UInt64(number), low: 1).description] = UInt64(number) + 1 }
+        let request = SubscribeRequest(topics: ["t"], window: 1 << 20, history: nil, resume: ["t": streams], since: 7)
+        #expect(ControlFrame.encode(.subscribe, request).count > WireFormat.maximumControlBody + 2)
+
+        let frame = request.encodedWithinLimit()
+        #expect(frame.count <= WireFormat.maximumControlBody + 2)
+        let decoded = try frame.withUnsafeBytes { try ControlFrame.decode(SubscribeRequest.self, from: $0).get() }
+        let kept = try #require(decoded.resume?["t"])
+        #expect(kept.count >= 7_500, "shrinks by halves, no further than needed")
+        #expect(kept.allSatisfy { streams[$0.key] == $0.value }, "what is kept is unchanged")
+        #expect(decoded.since == 7)
+        // A request that fits is sent as it is.
+        let small = SubscribeRequest(topics: ["t"], window: 1 << 20, history: nil, resume: ["t": ["x": 1]], since: 7)
+        #expect(small.encodedWithinLimit() == ControlFrame.encode(.subscribe, small))
+    }
+
     @Test func publisherIdentitiesRoundTripThroughTextAndJSON() throws {
         let publisher = PublisherID()
         #expect(PublisherID(publisher.description) == publisher)

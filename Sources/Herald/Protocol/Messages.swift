@@ -174,6 +174,26 @@ struct SubscribeRequest: Codable, Sendable, Equatable {
     /// When the subscriber first subscribed, in nanoseconds since the Unix epoch: kept messages of publishers
     /// not in ``resume`` are sent if they were sent after it. Absent on a first attachment, which starts live.
     var since: UInt64?
+
+    /// The request as a control frame that a leader accepts. Publishers can be invented by anyone who can
+    /// publish, and each one a subscriber knows adds a resume entry: a request over the leader's limit on
+    /// control messages would be dropped, and sent again, forever. So resume entries are left out, half at a
+    /// time, until it fits; streams left out are sent from ``since`` instead, and the sequencer drops what it
+    /// already has.
+    func encodedWithinLimit(_ limit: Int = WireFormat.maximumControlBody + 2) -> [UInt8] {
+        var request = self
+        var bytes = ControlFrame.encode(.subscribe, request)
+        while bytes.count > limit, let owed = request.resume, !owed.isEmpty {
+            let entries = owed.flatMap { topic, streams in streams.map { (topic, $0.key, $0.value) } }
+            var kept: [String: [String: UInt64]] = [:]
+            for (topic, publisher, next) in entries.prefix(entries.count / 2) {
+                kept[topic, default: [:]][publisher] = next
+            }
+            request.resume = kept
+            bytes = ControlFrame.encode(.subscribe, request)
+        }
+        return bytes
+    }
 }
 
 /// The leader's answer to a ``SubscribeRequest``.

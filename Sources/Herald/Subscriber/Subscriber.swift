@@ -477,8 +477,7 @@ private final class SubscriberLoop {
             topics: topics.map(\.name), window: configuration.window,
             history: first && configuration.history > 0 ? configuration.history : nil,
             resume: resume, since: first ? nil : subscribedSince)
-        let bytes = ControlFrame.encode(.subscribe, request)
-        bytes.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
+        request.encodedWithinLimit().withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
 
     // MARK: Receiving
