@@ -60,8 +60,10 @@ struct StatusCommand: AsyncParsableCommand {
                 let subscribed = report.subscribedTopics.contains(topic) ? "subscribed" : "no subscribers"
                 print("  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)")
             }
+            if let omitted = report.omittedTopics { print("  … and \(omitted) more topics") }
             print("publishers: \(report.publishers.isEmpty ? "none" : "")")
             for publisher in report.publishers { print("  \(publisher)") }
+            if let omitted = report.omittedPublishers { print("  … and \(omitted) more publishers") }
             if report.malformedMessages > 0 { print("malformed messages dropped: \(report.malformedMessages)") }
         }
     }

@@ -295,6 +295,33 @@ struct BrokerCoreTests {
         #expect(harness.output.sequences(to: other) == [1])
     }
 
+    @Test func statusReportsFitOneControlMessageAndAreAnsweredAtABoundedRate() throws {
+        var harness = try CoreHarness {
+            $0.maximumTopics = 5000
+            $0.maximumTopicsPerRequest = 5000
+        }
+        // 5,000 topics of 200 bytes: 1 MB of names, more than a client accepts in one control message.
+        let names = (0..<5000).map { String(format: "%05d", $0) + String(repeating: "n", count: 195) }
+        harness.register(publisher, topics: Array(names.prefix(1000)), history: 1, from: client)
+        for start in stride(from: 1000, to: 5000, by: 1000) {
+            harness.register(PublisherID(), topics: Array(names[start..<(start + 1000)]), history: 1, from: CoreHarness.id(UInt8(start / 1000 + 10)))
+        }
+        harness.output.replies.removeAll()
+        for _ in 0..<(BrokerCore.statusRepliesPerSecond + 5) { harness.request(ControlFrame.empty(.status), from: client) }
+        #expect(harness.output.kinds(to: client).filter { $0 == .status }.count == BrokerCore.statusRepliesPerSecond)
+        #expect(harness.output.refusals(to: client) == Array(repeating: .rateLimited, count: 5))
+        let report = try #require(harness.output.replies.first { $0.bytes[1] == WireFormat.Kind.status.rawValue })
+        #expect(report.bytes.count <= WireFormat.maximumControlBody + 2)
+        let status = try report.bytes.withUnsafeBytes { try ControlFrame.decode(BrokerStatus.self, from: $0).get() }
+        #expect(status.topics.count + (status.omittedTopics ?? 0) == 5000)
+        #expect((status.omittedTopics ?? 0) > 0)
+        #expect(status.publishers.count + (status.omittedPublishers ?? 0) == 5)
+        // A second later the budget is back.
+        harness.now += .seconds(1)
+        harness.request(ControlFrame.empty(.status), from: client)
+        #expect(harness.output.kinds(to: client).filter { $0 == .status }.count == BrokerCore.statusRepliesPerSecond + 1)
+    }
+
     @Test func anUnregistrationFromAnotherConnectionIsRefused() throws {
         var harness = try CoreHarness()
         harness.register(publisher, from: client)

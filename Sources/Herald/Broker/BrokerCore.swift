@@ -51,6 +51,7 @@ struct BrokerCore: ~Copyable {
     private var registrationBytes = 0
     /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
     private var subscriptionCount = 0
+    private var statusBudget = RateBudget(perSecond: BrokerCore.statusRepliesPerSecond)
     private var subscribers: [RoutingID: SubscriberState] = [:]
     /// Subscribers whose queue was full, to be pumped again.
     private var blockedSubscribers: Set<RoutingID> = []
@@ -112,6 +113,11 @@ struct BrokerCore: ~Copyable {
             }
         case .success(.status):
             guard frame.count == 2 else { return malformed(.truncated, from: client, frame: frame, output: &output) }
+            // A report costs up to half a megabyte for a two-byte request, and a client need not read it:
+            // answered at a bounded rate in all.
+            guard statusBudget.take(now: now) else {
+                return refuse(.rateLimited, "more than \(Self.statusRepliesPerSecond) status requests per second", to: client, output: &output)
+            }
             reply(to: client, ControlFrame.encode(.status, status(now: now)), output: &output)
         case .success(.subscribe), .success(.subscribed), .success(.credit), .success(.consumed), .success(.refused):
             malformed(.unknownKind, from: client, frame: frame, output: &output)
@@ -672,21 +678,41 @@ struct BrokerCore: ~Copyable {
     }
 
     /// What `herald status` shows.
+    /// Status replies per second at most, in all.
+    static let statusRepliesPerSecond = 20
+    /// Bytes of topic names, and of publisher descriptions, a status report lists at most: with the rest it
+    /// stays well under the 1 MiB a client accepts for a control message.
+    static let statusListBytes = 256 * 1024
+
     func status(now: ContinuousClock.Instant) -> BrokerStatus {
-        BrokerStatus(
+        var listed = 0
+        let sortedTopics = topics.sorted { $0.name < $1.name }
+        let shownTopics = sortedTopics.prefix { topic in
+            listed += topic.name.utf8.count + 24
+            return listed <= Self.statusListBytes
+        }
+        listed = 0
+        let descriptions = registrations.values.map { entry in
+            let registration = entry.registration
+            let endpoint = registration.endpoint.isEmpty ? "" : " \(registration.endpoint)"
+            return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]"
+        }.sorted()
+        let shownPublishers = descriptions.prefix { description in
+            listed += description.utf8.count + 4
+            return listed <= Self.statusListBytes
+        }
+        return BrokerStatus(
             broker: configuration.brokerID, mode: configuration.mode, epoch: epoch,
             leaderForSeconds: (now - startedAt).seconds,
-            topics: Dictionary(topics.map { ($0.name, $0.totalReceived) }, uniquingKeysWith: max),
-            subscribedTopics: topics.filter { !$0.subscribers.isEmpty }.map(\.name).sorted(),
+            topics: Dictionary(shownTopics.map { ($0.name, $0.totalReceived) }, uniquingKeysWith: max),
+            subscribedTopics: shownTopics.filter { !$0.subscribers.isEmpty }.map(\.name),
             subscribers: subscribers.count,
-            publishers: registrations.values.map { entry in
-                let registration = entry.registration
-                let endpoint = registration.endpoint.isEmpty ? "" : " \(registration.endpoint)"
-                return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]"
-            }.sorted(),
+            publishers: Array(shownPublishers),
             malformedMessages: malformedTotal,
             refused: refusedTotal.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value },
-            logBytes: logBytes, logLimitBytes: configuration.logBytes)
+            logBytes: logBytes, logLimitBytes: configuration.logBytes,
+            omittedTopics: topics.count > shownTopics.count ? topics.count - shownTopics.count : nil,
+            omittedPublishers: descriptions.count > shownPublishers.count ? descriptions.count - shownPublishers.count : nil)
     }
 
     /// Direct-mode registrations, for status.
@@ -849,5 +875,27 @@ private struct Resume {
             }
             streams[topic] = byPublisher
         }
+    }
+}
+
+/// A token bucket: up to `perSecond` takes in any second, refilled continuously.
+struct RateBudget {
+    let perSecond: Int
+    private var tokens: Double
+    private var refilledAt: ContinuousClock.Instant?
+
+    init(perSecond: Int) {
+        self.perSecond = max(1, perSecond)
+        tokens = Double(self.perSecond)
+    }
+
+    mutating func take(now: ContinuousClock.Instant) -> Bool {
+        if let refilledAt, now > refilledAt {
+            tokens = min(Double(perSecond), tokens + (now - refilledAt).seconds * Double(perSecond))
+        }
+        refilledAt = now
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
     }
 }

@@ -232,6 +232,8 @@ struct Refusal: Codable, Sendable, Equatable {
         case notOwner = "not_owner"
         /// A registration the leader cannot keep: an endpoint too long, or no room left for registrations.
         case registrationLimit = "registration_limit"
+        /// More status requests than the leader answers per second: ask again in a moment.
+        case rateLimited = "rate_limited"
     }
 
     var reason: Reason
@@ -264,4 +266,8 @@ public struct BrokerStatus: Codable, Sendable, Equatable {
     /// Bytes kept in the broker's logs, and their limit.
     public var logBytes: Int?
     public var logLimitBytes: Int?
+    /// Topics and publishers left out of ``topics`` and ``publishers`` so that the report fits one control
+    /// message (absent when none were).
+    public var omittedTopics: Int?
+    public var omittedPublishers: Int?
 }
