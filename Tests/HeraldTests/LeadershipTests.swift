@@ -14,6 +14,17 @@ import ZooKeeper
 struct LeadershipTests {
     static let startup: Duration = .seconds(15)
 
+    /// A ZooKeeper session that is no broker's, with the cluster's root in place: what anyone who reaches
+    /// ZooKeeper can write with.
+    static func outsideSession(on cluster: HeraldCluster) async throws -> (ClusterLayout, ZooKeeperSession) {
+        let layout = try ClusterLayout(cluster: cluster.name)
+        let session = try ZooKeeperSession(
+            configuration: ZooKeeperConfiguration(connectionString: cluster.server.connectionString), logger: testLogger("zk"))
+        try await session.waitUntilConnected(timeout: .seconds(5))
+        try await session.ensurePath(layout.root)
+        return (layout, session)
+    }
+
     @Test("A leader whose ZooKeeper restarts serves a new epoch at the same endpoints; clients re-attach and lose nothing")
     func aReconnectedLeaderServesANewTerm() async throws {
         try await withCluster(mode: "broker") { cluster in
@@ -62,11 +73,7 @@ struct LeadershipTests {
     @Test("A broker never deletes a leader record another session owns; it leads once that session ends")
     func anotherSessionsRecordIsNeverDeleted() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let layout = try ClusterLayout(cluster: cluster.name)
-            let squatter = try ZooKeeperSession(
-                configuration: ZooKeeperConfiguration(connectionString: cluster.server.connectionString), logger: testLogger("zk"))
-            try await squatter.waitUntilConnected(timeout: .seconds(5))
-            try await squatter.ensurePath(layout.root)
+            let (layout, squatter) = try await Self.outsideSession(on: cluster)
             let foreign = LeaderRecord(
                 broker: "someone-else", mode: .broker, requestEndpoint: "tcp://127.0.0.1:1", subscriberEndpoint: "tcp://127.0.0.1:1",
                 epoch: 1)
@@ -87,11 +94,7 @@ struct LeadershipTests {
     @Test("A publisher whose leader record flips to direct mode and back keeps running, and publishes to the next real leader")
     func aLeaderRecordThatFlipsModeDoesNotStopPublishers() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let layout = try ClusterLayout(cluster: cluster.name)
-            let writer = try ZooKeeperSession(
-                configuration: ZooKeeperConfiguration(connectionString: cluster.server.connectionString), logger: testLogger("zk"))
-            try await writer.waitUntilConnected(timeout: .seconds(5))
-            try await writer.ensurePath(layout.root)
+            let (layout, writer) = try await Self.outsideSession(on: cluster)
             // Records nobody serves: anyone who can write to ZooKeeper can write these.
             func record(_ mode: DisseminationMode, epoch: UInt64) -> [UInt8] {
                 LeaderRecord(

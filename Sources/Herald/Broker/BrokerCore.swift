@@ -677,13 +677,13 @@ struct BrokerCore: ~Copyable {
         return taken
     }
 
-    /// What `herald status` shows.
     /// Status replies per second at most, in all.
     static let statusRepliesPerSecond = 20
     /// Bytes of topic names, and of publisher descriptions, a status report lists at most: with the rest it
     /// stays well under the 1 MiB a client accepts for a control message.
     static let statusListBytes = 256 * 1024
 
+    /// What `herald status` shows.
     func status(now: ContinuousClock.Instant) -> BrokerStatus {
         var listed = 0
         let sortedTopics = topics.sorted { $0.name < $1.name }

@@ -65,8 +65,16 @@ public struct ClusterStatus: Sendable, Codable {
             }
             await session.close()
             if let leader = status.leader, let leaderTimeout {
-                status.leaderStatus = try? await askStatus(leader.requestEndpoint, timeout: leaderTimeout)
-                status.leaderAnswering = status.leaderStatus != nil
+                switch try? await askStatus(leader.requestEndpoint, timeout: leaderTimeout) {
+                case .report(let report):
+                    status.leaderStatus = report
+                    status.leaderAnswering = true
+                case .refused:
+                    // It answers, but not with a report now (it answers a bounded number per second).
+                    status.leaderAnswering = true
+                case nil:
+                    status.leaderAnswering = false
+                }
             }
             return status
         } catch {
@@ -75,7 +83,12 @@ public struct ClusterStatus: Sendable, Codable {
         }
     }
 
-    private static func askStatus(_ endpoint: String, timeout: Duration) async throws -> BrokerStatus? {
+    private enum LeaderAnswer {
+        case report(BrokerStatus)
+        case refused
+    }
+
+    private static func askStatus(_ endpoint: String, timeout: Duration) async throws -> LeaderAnswer? {
         let context = try ZMQContext()
         defer { context.terminate() }
         let dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-status") {
@@ -90,11 +103,16 @@ public struct ClusterStatus: Sendable, Codable {
         }
         await dealer.close()
         guard let reply, reply.frames.count == 1 else { return nil }
-        return reply.frames[0].withUnsafeBytes { bytes -> BrokerStatus? in
-            guard case .success(.status) = WireFormat.kind(of: bytes),
-                case .success(let status) = ControlFrame.decode(BrokerStatus.self, from: bytes)
-            else { return nil }
-            return status
+        return reply.frames[0].withUnsafeBytes { bytes -> LeaderAnswer? in
+            switch WireFormat.kind(of: bytes) {
+            case .success(.status):
+                guard case .success(let status) = ControlFrame.decode(BrokerStatus.self, from: bytes) else { return nil }
+                return .report(status)
+            case .success(.refused):
+                return .refused
+            default:
+                return nil
+            }
         }
     }
 }
