@@ -216,6 +216,8 @@ private struct FuzzOutput: BrokerOutput {
                 sink.forget(except: core.sequencer)
             case 1:
                 let frame = input.bytes(input.count(below: 200))
+                // As before every delivery: a stream the sequencer forgot (evicted by the last step) starts afresh.
+                sink.forget(except: core.sequencer)
                 frame.withUnsafeBytes { bytes in
                     // Raw bytes can make a valid data frame with any payload: the sink is told what it was fed.
                     if case .success(let layout) = DataLayout.decode(bytes),
