@@ -15,14 +15,60 @@ public struct ZooKeeperConfiguration: Sendable, Equatable {
     /// How long the server keeps the session (and its ephemeral znodes) alive without hearing from this client.
     public var sessionTimeout: Duration
 
+    /// The identity the session authenticates with, if any; it then creates znodes that only this identity
+    /// may change (``ZooKeeperSession/defaultACL``).
+    public var authentication: ZooKeeperAuthentication?
+
     /// Creates a configuration.
     ///
     /// - Parameters:
     ///   - connectionString: Comma-separated `host:port` pairs with an optional `/chroot` suffix.
     ///   - sessionTimeout: The requested session timeout; the server may clamp it.
-    public init(connectionString: String, sessionTimeout: Duration = Self.defaultSessionTimeout) {
+    ///   - authentication: The identity to authenticate with, if any.
+    public init(
+        connectionString: String, sessionTimeout: Duration = Self.defaultSessionTimeout,
+        authentication: ZooKeeperAuthentication? = nil
+    ) {
         self.connectionString = connectionString
         self.sessionTimeout = sessionTimeout
+        self.authentication = authentication
+    }
+}
+
+/// An identity a session authenticates with (`zoo_add_auth`). Its description never shows the credentials.
+public struct ZooKeeperAuthentication: Sendable, Equatable, CustomStringConvertible {
+    /// The authentication scheme, such as `digest`.
+    public var scheme: String
+    /// The credentials, for `digest` `user:password`.
+    public var credentials: [UInt8]
+
+    /// Creates an identity.
+    ///
+    /// - Parameters:
+    ///   - scheme: The authentication scheme.
+    ///   - credentials: The credentials, as the scheme takes them.
+    public init(scheme: String, credentials: [UInt8]) {
+        self.scheme = scheme
+        self.credentials = credentials
+    }
+
+    /// A `digest` identity from `user:password`.
+    ///
+    /// - Throws: ``ZooKeeperError/Code/badArguments`` when the text is not of that form.
+    public static func digest(_ userAndPassword: String) throws(ZooKeeperError) -> ZooKeeperAuthentication {
+        guard let colon = userAndPassword.firstIndex(of: ":"), colon != userAndPassword.startIndex,
+            userAndPassword.index(after: colon) != userAndPassword.endIndex
+        else {
+            throw ZooKeeperError(
+                code: .badArguments, libraryMessage: "ZooKeeper credentials must be of the form user:password")
+        }
+        return ZooKeeperAuthentication(scheme: "digest", credentials: Array(userAndPassword.utf8))
+    }
+
+    /// The scheme and, for `digest`, the user name.
+    public var description: String {
+        guard scheme == "digest", let colon = credentials.firstIndex(of: UInt8(ascii: ":")) else { return scheme }
+        return "digest:\(String(decoding: credentials[..<colon], as: UTF8.self))"
     }
 }
 

@@ -66,6 +66,20 @@ public final class ZooKeeperSession: Sendable {
                     + String(cString: strerror(reason))
             )
         }
+        if let authentication = configuration.authentication {
+            // Queued by the client and sent again on every reconnection of this session; a rejected identity
+            // moves the session to `authenticationFailed`.
+            let code = authentication.credentials.withCBuffer { bytes, count in
+                zoo_add_auth(raw, authentication.scheme, bytes, count, nil, nil)
+            }
+            guard code == ZOK.rawValue else {
+                zookeeper_close(raw)
+                Unmanaged<SessionCore>.fromOpaque(context).release()
+                throw ZooKeeperError(
+                    code: ZooKeeperError.Code(returnCode: code), connectionString: configuration.connectionString,
+                    libraryMessage: "cannot add the ZooKeeper identity \(authentication)")
+            }
+        }
         self.configuration = configuration
         self.core = core
         self.handle = Handle(raw: raw)
@@ -84,6 +98,12 @@ public final class ZooKeeperSession: Sendable {
 
     /// The current state.
     public var state: SessionState { core.currentState }
+
+    /// The ACL ``create(_:data:mode:acl:)`` gives znodes unless told otherwise: with an identity configured, only
+    /// that identity may change them and anyone may read them; without one, anyone may do anything.
+    public var defaultACL: [ACL] {
+        configuration.authentication == nil ? ACL.openUnsafe : ACL.creatorAll + ACL.readUnsafe
+    }
 
     /// The session id the server assigned, once connected; compare it with ``Stat/ephemeralOwner``.
     public var sessionID: Int64? {
@@ -150,7 +170,7 @@ public final class ZooKeeperSession: Sendable {
     ///   - path: The absolute path; for sequential modes the prefix to which the server appends a counter.
     ///   - data: The znode's data (at most about 1 MB).
     ///   - mode: Persistent or ephemeral, sequential or not.
-    ///   - acl: Who may do what with the znode.
+    ///   - acl: Who may do what with the znode; ``defaultACL`` when `nil`.
     /// - Returns: The path actually created, which for sequential modes includes the counter.
     /// - Throws: ``ZooKeeperError`` such as ``ZooKeeperError/Code/nodeExists`` or ``ZooKeeperError/Code/noNode``
     ///   (missing parent).
@@ -159,8 +179,9 @@ public final class ZooKeeperSession: Sendable {
         _ path: String,
         data: [UInt8] = [],
         mode: CreateMode = .persistent,
-        acl: [ACL] = ACL.openUnsafe
+        acl: [ACL]? = nil
     ) async throws(ZooKeeperError) -> String {
+        let acl = acl ?? defaultACL
         let reply = try await perform(path) { zh, box in
             withACLVector(acl) { aclVector in
                 data.withCBuffer { bytes, count in
@@ -202,6 +223,20 @@ public final class ZooKeeperSession: Sendable {
         }
         guard case .stat(let stat?) = reply else { preconditionFailure("set: unexpected \(reply)") }
         return stat
+    }
+
+    /// Replaces a znode's ACL.
+    ///
+    /// - Parameters:
+    ///   - path: The absolute path.
+    ///   - acl: The new ACL.
+    ///   - version: The ACL version the znode must have, or -1 for any.
+    /// - Throws: ``ZooKeeperError`` such as ``ZooKeeperError/Code/noAuth`` (this identity may not change it) or
+    ///   ``ZooKeeperError/Code/noNode``.
+    public func setACL(_ path: String, _ acl: [ACL], version: Int32 = -1) async throws(ZooKeeperError) {
+        _ = try await perform(path) { zh, box in
+            withACLVector(acl) { zoo_aset_acl(zh, path, version, $0, voidCompletion, box) }
+        }
     }
 
     /// Deletes a znode.
