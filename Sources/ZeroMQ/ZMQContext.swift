@@ -1,4 +1,4 @@
-import CZeroMQ
+internal import CZeroMQ
 import Synchronization
 
 #if canImport(Glibc)

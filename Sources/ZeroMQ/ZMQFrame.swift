@@ -1,4 +1,4 @@
-import CZeroMQ
+internal import CZeroMQ
 
 #if canImport(Glibc)
 import Glibc
@@ -79,6 +79,16 @@ public struct ZMQFrame: ~Copyable {
         var message = message
         let count = zmq_msg_size(&message)
         return try body(UnsafeRawBufferPointer(start: count == 0 ? nil : zmq_msg_data(&message), count: count))
+    }
+
+    /// A metadata property of a received frame, such as `"User-Id"` (what the ZAP handler said the peer is) or
+    /// `"Peer-Address"`; `nil` for frames not received, or without that property.
+    /// - Parameter property: the property's name.
+    public func metadata(_ property: String) -> String? {
+        // Read through a copy of the handle, as `withUnsafeBytes` does: the metadata pointer travels with it.
+        var message = message
+        guard let value = zmq_msg_gets(&message, property) else { return nil }
+        return String(cString: value)
     }
 
     /// The frame's bytes as a new array: for control messages, logs and tests, never for the data path.

@@ -1,4 +1,4 @@
-import CZeroMQ
+internal import CZeroMQ
 
 #if canImport(Glibc)
 import Glibc
@@ -102,6 +102,8 @@ public enum ZMQSocketOption: Sendable, Equatable {
     /// The largest message a peer may send, in bytes (`nil`: no limit); a peer that sends more is disconnected
     /// by libzmq before the message is allocated.
     case maximumMessageSize(Int?)
+    /// The ZAP domain a server socket's peers are authenticated in (see ``ZMQAuthenticator``).
+    case zapDomain(String)
 }
 
 /// A pair of CURVE keys in Z85 text.
@@ -121,6 +123,40 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
             publicKey: String(decoding: publicKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self),
             secretKey: String(decoding: secretKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         )
+    }
+
+    private init(publicKey: String, secretKey: String) {
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+    }
+
+    /// The key pair of a secret key: its public key is derived from it.
+    /// - Parameter secretKey: 40 Z85 characters.
+    /// - Throws: ``ZMQError`` with `EINVAL` when `secretKey` is not a Z85-encoded 32-byte key.
+    public init(secretKey: String) throws(ZMQError) {
+        guard Self.isValidKey(secretKey) else {
+            throw ZMQError(code: EINVAL, operation: "zmq_curve_public")
+        }
+        var publicKey = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&publicKey, secretKey) == 0 else { throw ZMQError.last("zmq_curve_public") }
+        self.publicKey = String(decoding: publicKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.secretKey = secretKey
+    }
+
+    /// Whether `key` is a CURVE key in Z85 text: 40 characters that decode to 32 bytes.
+    public static func isValidKey(_ key: String) -> Bool {
+        guard key.utf8.count == 40 else { return false }
+        var decoded = [UInt8](repeating: 0, count: 32)
+        return zmq_z85_decode(&decoded, key) != nil
+    }
+
+    /// The Z85 text of a 32-byte binary key, as ZAP requests carry them.
+    public static func z85(ofKey bytes: some Collection<UInt8>) -> String? {
+        guard bytes.count == 32 else { return nil }
+        let binary = Array(bytes)
+        var text = [CChar](repeating: 0, count: 41)
+        guard zmq_z85_encode(&text, binary, 32) != nil else { return nil }
+        return String(decoding: text.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
@@ -348,6 +384,7 @@ public final class ZMQSocket {
         case .curvePublicKey(let key): try setBytes(ZMQ_CURVE_PUBLICKEY, Array(key.utf8), "ZMQ_CURVE_PUBLICKEY")
         case .curveSecretKey(let key): try setBytes(ZMQ_CURVE_SECRETKEY, Array(key.utf8), "ZMQ_CURVE_SECRETKEY")
         case .curveServerKey(let key): try setBytes(ZMQ_CURVE_SERVERKEY, Array(key.utf8), "ZMQ_CURVE_SERVERKEY")
+        case .zapDomain(let domain): try setBytes(ZMQ_ZAP_DOMAIN, Array(domain.utf8), "ZMQ_ZAP_DOMAIN")
         case .routingID(let value): try setBytes(ZMQ_ROUTING_ID, value, "ZMQ_ROUTING_ID")
         case .routerMandatory(let value): try setInt(ZMQ_ROUTER_MANDATORY, value ? 1 : 0, "ZMQ_ROUTER_MANDATORY")
         case .immediate(let value): try setInt(ZMQ_IMMEDIATE, value ? 1 : 0, "ZMQ_IMMEDIATE")
