@@ -11,6 +11,7 @@ struct BrokerCommand: AsyncParsableCommand {
 
     @OptionGroup var cluster: ClusterOptions
     @OptionGroup var network: NetworkOptions
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var http: HTTPOptions
 
     @Option(help: "Dissemination mode, fixed by the cluster's first broker: broker or direct. (env: HERALD_MODE; default: broker)")
@@ -90,6 +91,7 @@ struct BrokerCommand: AsyncParsableCommand {
             try Setting.integer(
                 registrationBytes, "HERALD_REGISTRATION_BYTES", default: configuration.registrationBytes, range: 65_536...(1 << 40))
             ?? configuration.registrationBytes
+        configuration.security = try security.curveSecurity(server: true)
         do {
             try configuration.validate()
         } catch {

@@ -41,6 +41,25 @@ enum Setting {
         return parsed
     }
 
+    /// A secret or key given inline or, as `@path`, in a file whose first line holds it.
+    static func textOrFile(_ flag: String?, _ variable: String) throws -> String? {
+        guard let raw = value(flag, variable) else { return nil }
+        guard raw.hasPrefix("@") else { return raw }
+        let path = String(raw.dropFirst())
+        // At most 64 KiB: a path to the wrong file (a log, a device) must not be read whole.
+        guard let file = FileHandle(forReadingAtPath: path), let data = try? file.read(upToCount: 64 * 1024) else {
+            throw ValidationError("\(variable): cannot read \(path)")
+        }
+        try? file.close()
+        let text = String(decoding: data, as: UTF8.self)
+        guard let line = text.split(whereSeparator: \.isNewline).first.map({ $0.trimmingCharacters(in: .whitespaces) }),
+            !line.isEmpty
+        else {
+            throw ValidationError("\(variable): \(path) is empty")
+        }
+        return line
+    }
+
     static func port(_ flag: Int?, _ variable: String, default fallback: Int) throws -> Int {
         try integer(flag, variable, default: fallback, range: 0...65535) ?? fallback
     }
@@ -57,6 +76,9 @@ struct ClusterOptions: ParsableArguments {
     @Option(help: "ZooKeeper session timeout in seconds: how long a killed process keeps its place. (env: HERALD_SESSION_TIMEOUT; default: 4)")
     var sessionTimeout: Double?
 
+    @Option(help: "ZooKeeper digest credentials, user:password or @file: brokers create the cluster's znodes so that only this identity can change them. (env: HERALD_ZOOKEEPER_AUTH; default: none)")
+    var zookeeperAuth: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. (env: HERALD_LOG_LEVEL; default: info)")
     var logLevel: String?
 
@@ -67,7 +89,16 @@ struct ClusterOptions: ParsableArguments {
         }
         return ZooKeeperConfiguration(
             connectionString: Setting.string(zookeeper, "HERALD_ZOOKEEPER", default: "127.0.0.1:2181"),
-            sessionTimeout: .milliseconds(Int(timeout * 1000)))
+            sessionTimeout: .milliseconds(Int(timeout * 1000)), authentication: try zookeeperAuthentication())
+    }
+
+    private func zookeeperAuthentication() throws -> ZooKeeperAuthentication? {
+        guard let text = try Setting.textOrFile(zookeeperAuth, "HERALD_ZOOKEEPER_AUTH") else { return nil }
+        do {
+            return try ZooKeeperAuthentication.digest(text)
+        } catch {
+            throw ValidationError("--zookeeper-auth: \(error.libraryMessage)")
+        }
     }
 
     func layout() throws -> ClusterLayout {
@@ -125,5 +156,49 @@ func reportingConfigurationErrors(_ body: () async throws -> Void) async throws 
     } catch let error as HeraldConfigurationError {
         FileHandle.standardError.write(Data("herald: error: \(error.description)\n".utf8))
         throw ExitCode(2)
+    }
+}
+
+/// CurveZMQ: this process's key, the broker key clients trust, the client keys servers admit.
+struct SecurityOptions: ParsableArguments {
+    @Option(help: "This process's CURVE secret key file, as `herald keygen` writes it; turns CurveZMQ on. (env: HERALD_KEY_FILE; default: none, in clear)")
+    var keyFile: String?
+
+    @Option(help: "Brokers, and direct-mode publishers: a file of client public keys, one per line, or a directory of .pub files; only these may connect. Re-read when it changes. (env: HERALD_AUTHORIZED_KEYS)")
+    var authorizedKeys: String?
+
+    @Option(help: "Clients: the brokers' CURVE public key, as Z85 text or @file. (env: HERALD_BROKER_PUBLIC_KEY)")
+    var brokerPublicKey: String?
+
+    /// The security configuration, or `nil` to run in clear.
+    /// - Parameters:
+    ///   - server: whether this process listens (a broker): it then needs the authorized keys.
+    func curveSecurity(server: Bool) throws -> CurveSecurity? {
+        let keyFile = Setting.value(self.keyFile, "HERALD_KEY_FILE")
+        let authorized = Setting.value(authorizedKeys, "HERALD_AUTHORIZED_KEYS")
+        let brokerKey = Setting.value(brokerPublicKey, "HERALD_BROKER_PUBLIC_KEY")
+        guard let keyFile else {
+            if authorized != nil || brokerKey != nil {
+                throw ValidationError("--authorized-keys and --broker-public-key need --key-file, this process's own key")
+            }
+            return nil
+        }
+        do {
+            var security = CurveSecurity(keyPair: try CurveSecurity.keyPair(fromFile: keyFile))
+            if let authorized { security.authorizedKeys = try AuthorizedKeys(path: authorized) }
+            if server {
+                guard security.authorizedKeys != nil else {
+                    throw ValidationError("a broker with --key-file needs --authorized-keys: the client public keys it admits")
+                }
+            } else {
+                guard let brokerKey else {
+                    throw ValidationError("a client with --key-file needs --broker-public-key: the brokers' public key it trusts")
+                }
+                security.brokerKey = try CurveSecurity.publicKey(brokerKey, option: "--broker-public-key")
+            }
+            return security
+        } catch let error as HeraldConfigurationError {
+            throw ValidationError(error.message)
+        }
     }
 }

@@ -12,6 +12,7 @@ struct PublishCommand: AsyncParsableCommand {
         abstract: "Publish automated messages on a topic, following the leader broker.")
 
     @OptionGroup var cluster: ClusterOptions
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var network: NetworkOptions
     @OptionGroup var http: HTTPOptions
 
@@ -56,6 +57,7 @@ struct PublishCommand: AsyncParsableCommand {
         let size = try Setting.integer(size, "HERALD_SIZE", default: 64, range: 0...Int(Int32.max)) ?? 64
         var configuration = PublisherConfiguration(
             zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
+        configuration.security = try security.curveSecurity(server: false)
         configuration.bindHost = network.resolvedBindHost
         configuration.advertiseHost = network.resolvedAdvertiseHost
         configuration.port = try Setting.port(port, "HERALD_PUBLISHER_PORT", default: PublisherConfiguration.defaultPort)

@@ -8,6 +8,7 @@ struct StatusCommand: AsyncParsableCommand {
         abstract: "Show who leads, who waits, and the leader's topics, publishers and subscribers.")
 
     @OptionGroup var cluster: ClusterOptions
+    @OptionGroup var security: SecurityOptions
 
     @Flag(help: "Print the status as one JSON object.")
     var json = false
@@ -21,11 +22,13 @@ struct StatusCommand: AsyncParsableCommand {
         guard leaderTimeout.isFinite, (0...3600).contains(leaderTimeout) else {
             throw ValidationError("--leader-timeout must be between 0 and 3600 seconds")
         }
+        let curve = try security.curveSecurity(server: false)
         let status: ClusterStatus
         do {
             status = try await ClusterStatus.fetch(
                 zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(),
-                leaderTimeout: leaderTimeout > 0 ? .milliseconds(Int(leaderTimeout * 1000)) : nil, logger: logger)
+                leaderTimeout: leaderTimeout > 0 ? .milliseconds(Int(leaderTimeout * 1000)) : nil,
+                security: curve, logger: logger)
         } catch {
             FileHandle.standardError.write(Data("herald status: cannot read the cluster: \(error)\n".utf8))
             throw ExitCode(1)

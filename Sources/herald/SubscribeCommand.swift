@@ -12,6 +12,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         abstract: "Print the messages of one or more topics as they arrive, with end-to-end latency.")
 
     @OptionGroup var cluster: ClusterOptions
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var http: HTTPOptions
 
     @Option(help: "Topic to receive; repeat for several. (env: HERALD_TOPIC, comma-separated)")
@@ -59,6 +60,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         HeraldMetrics.bootstrap()
         var configuration = SubscriberConfiguration(
             zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
+        configuration.security = try security.curveSecurity(server: false)
         configuration.history =
             try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
         configuration.window =

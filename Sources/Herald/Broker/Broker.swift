@@ -57,6 +57,34 @@ public final class Broker: Service, Sendable {
         // The broker keeps received frames in its logs: each must own its bytes, not pin a shared read buffer.
         let context = try ZMQContext(zeroCopyReceive: false)
         defer { context.terminate() }
+        // Before any socket listens: a CURVE handshake without an authenticator admits every key.
+        let authenticator: ZMQAuthenticator?
+        do {
+            authenticator = try await configuration.security?.startAuthenticator(context: context, logger: logger)
+        } catch {
+            throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
+        }
+        if let security = configuration.security {
+            logger.info(
+                "CurveZMQ on",
+                metadata: [
+                    "public_key": "\(security.keyPair.publicKey)",
+                    "authorized_keys": "\(security.authorizedKeys.map { "\($0.keys.count) in \($0.path)" } ?? "any")",
+                ])
+        }
+        // Stopped before the context is terminated, which waits for its socket.
+        do {
+            try await serveTerms(context: context)
+        } catch {
+            await authenticator?.stop()
+            throw error
+        }
+        await authenticator?.stop()
+        logger.info("broker stopped")
+    }
+
+    /// Takes part in elections, one ZooKeeper session after another, until cancelled or shut down gracefully.
+    private func serveTerms(context: ZMQContext) async throws {
         try await cancelWhenGracefulShutdown {
             var backoff = Backoff()
             while !Task.isCancelled {
@@ -72,6 +100,10 @@ public final class Broker: Service, Sendable {
                 } catch let error as HeraldConfigurationError {
                     await session.close()
                     throw error
+                } catch let error as ZooKeeperError where error.code == .noAuth || error.code == .authFailed {
+                    await session.close()
+                    throw HeraldConfigurationError.zooKeeperRefused(
+                        error, layout: self.configuration.layout, identity: self.configuration.zookeeper.authentication)
                 } catch where Task.isCancelled {
                     await session.close()
                     break
@@ -87,7 +119,6 @@ public final class Broker: Service, Sendable {
                 await session.close()
             }
         }
-        logger.info("broker stopped")
     }
 
     // MARK: Terms
@@ -95,8 +126,22 @@ public final class Broker: Service, Sendable {
     /// Records the cluster's mode, or checks that it is this broker's.
     private func prepareCluster(_ session: ZooKeeperSession) async throws {
         let layout = configuration.layout
+        // Clusters with other identities share `/herald`: anyone may add one under it. Everything below a
+        // cluster's root belongs to the identity in --zookeeper-auth, if one is given.
+        try await session.ensurePath(ClusterLayout.heraldRoot, acl: ACL.openUnsafe)
         try await session.ensurePath(layout.root)
         try await session.ensurePath(layout.brokersPath)
+        try await session.ensurePath(layout.electionPath)
+        if session.configuration.authentication != nil {
+            // Znodes made before credentials were configured are open to anyone: close them. Only the owning
+            // identity may change an ACL, so wrong credentials fail here, clearly, before anything else.
+            for path in [layout.root, layout.brokersPath, layout.electionPath] {
+                try await session.setACL(path, session.defaultACL)
+            }
+            if try await session.exists(layout.modePath) != nil {
+                try await session.setACL(layout.modePath, session.defaultACL)
+            }
+        }
         let wanted = Array(configuration.mode.rawValue.utf8)
         let recorded: [UInt8]
         do {
@@ -266,7 +311,7 @@ public final class Broker: Service, Sendable {
         let record = LeaderRecord(
             broker: configuration.brokerID, mode: configuration.mode,
             requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber, epoch: epoch,
-            sessionTimeout: configuration.zookeeper.sessionTimeout)
+            sessionTimeout: configuration.zookeeper.sessionTimeout, curveKey: configuration.security?.keyPair.publicKey)
         term.record = record
         do {
             try await announce(record, term)

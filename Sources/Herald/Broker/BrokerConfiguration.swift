@@ -47,6 +47,8 @@ public struct BrokerConfiguration: Sendable {
     public var mode: DisseminationMode
     /// This broker's identity, unique in the cluster.
     public var brokerID: String
+    /// CurveZMQ: the brokers' key pair and the client keys admitted; `nil` runs in clear.
+    public var security: CurveSecurity?
     /// The local address to listen on (`0.0.0.0`: every interface).
     public var bindHost: String
     /// The host clients use to reach this broker; `nil` derives it from ``bindHost`` or the host's address.

@@ -101,7 +101,10 @@ struct BrokerCore: ~Copyable {
             case .failure(let failure): malformed(failure, from: client, frame: frame, output: &output)
             case .success(let registration):
                 if case .success(.register) = kind {
-                    register(registration, from: client, now: now, output: &output)
+                    // The CURVE key the connection authenticated with, as the ZAP handler named it; none
+                    // without CurveZMQ.
+                    let key = frame.metadata("User-Id")
+                    register(registration, from: client, key: key, now: now, output: &output)
                 } else {
                     unregister(registration, from: client, output: &output)
                 }
@@ -195,6 +198,12 @@ struct BrokerCore: ~Copyable {
         }
         let size = frame.count
         connection.lastHeard = now
+        // A connection publishes only under the identities it registered, which CurveZMQ binds to its key.
+        guard connection.owns(layout.header.publisher) else {
+            return refuse(
+                .notOwner, "data under publisher \(layout.header.publisher.short), which this connection did not register",
+                to: client, output: &output)
+        }
         guard connection.received + UInt64(size) <= connection.granted else {
             return refuse(.overCredit, "sent beyond the credit granted", to: client, output: &output)
         }
@@ -215,9 +224,21 @@ struct BrokerCore: ~Copyable {
     }
 
     private mutating func register(
-        _ registration: PublisherRegistration, from client: RoutingID, now: ContinuousClock.Instant,
+        _ registration: PublisherRegistration, from client: RoutingID, key: String?, now: ContinuousClock.Instant,
         output: inout some BrokerOutput
     ) {
+        // CurveZMQ: a publisher identity belongs to the key that first registered it, and a direct-mode
+        // publisher's advertised key must be the one it authenticated with, since subscribers trust it.
+        if let known = registrations[registration.publisher], known.key != key {
+            return refuse(
+                .notOwner, "publisher \(registration.publisher.short) is registered to another key", to: client,
+                output: &output)
+        }
+        if let key, configuration.mode == .direct, registration.curveKey != key {
+            return refuse(
+                .notOwner, "the registration's CURVE key is not the one this connection authenticated with",
+                to: client, output: &output)
+        }
         guard registration.topics.count <= configuration.maximumTopicsPerRequest else {
             return refuse(
                 .tooManyTopics,
@@ -248,7 +269,8 @@ struct BrokerCore: ~Copyable {
             if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
             logger.info("publisher registered", metadata: metadata)
         }
-        registrations[registration.publisher] = Registered(registration: registration, lastSeen: now, client: client)
+        registrations[registration.publisher] = Registered(
+            registration: registration, lastSeen: now, client: client, key: key)
         registrationBytes += registration.footprint - previousFootprint
         if let offer = registration.history, offer > 0 {
             for name in registration.topics {
@@ -259,6 +281,11 @@ struct BrokerCore: ~Copyable {
         }
         guard configuration.mode == .broker else { return }
         if let connection = connections[client] {
+            guard connection.adopt(registration.publisher) else {
+                return refuse(
+                    .publisherLimit, "more than \(PublisherConnection.maximumPublishers) publishers on one connection",
+                    to: client, output: &output)
+            }
             connection.lastHeard = now
             // Every heartbeat is answered with the current credit, so a lost grant costs at most one interval.
             if !waitingConnections.contains(client) { sendCredit(client, connection, output: &output) }
@@ -269,6 +296,7 @@ struct BrokerCore: ~Copyable {
                     to: client, output: &output)
             }
             let connection = PublisherConnection(lastHeard: now, granted: UInt64(configuration.publisherWindow))
+            _ = connection.adopt(registration.publisher)
             connections[client] = connection
             sendCredit(client, connection, output: &output)
         }
@@ -788,10 +816,28 @@ final class PublisherConnection {
     private(set) var topics: [TopicState] = []
     private(set) var publishedOnManyTopics = false
     private static let trackedTopics = 16
+    /// The identities registered on this connection: one for a Herald publisher.
+    private var publishers: [PublisherID] = []
+    /// Identities one connection may register.
+    static let maximumPublishers = 16
 
     init(lastHeard: ContinuousClock.Instant, granted: UInt64) {
         self.lastHeard = lastHeard
         self.granted = granted
+    }
+
+    /// Whether data under `publisher` may come from this connection.
+    func owns(_ publisher: PublisherID) -> Bool {
+        // The common case first: one publisher per connection, compared without a search.
+        publishers.first == publisher || publishers.contains(publisher)
+    }
+
+    /// Notes that `publisher` registered on this connection; `false` past ``maximumPublishers``.
+    func adopt(_ publisher: PublisherID) -> Bool {
+        if owns(publisher) { return true }
+        guard publishers.count < Self.maximumPublishers else { return false }
+        publishers.append(publisher)
+        return true
     }
 
     func notePublished(on topic: TopicState) {
@@ -861,6 +907,8 @@ struct Registered {
     var registration: PublisherRegistration
     var lastSeen: ContinuousClock.Instant
     var client: RoutingID
+    /// The CURVE key it registered with; `nil` without CurveZMQ.
+    var key: String?
 }
 
 /// A subscribe request's resume information, keyed for lookups per log entry.

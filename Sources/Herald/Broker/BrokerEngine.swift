@@ -99,6 +99,7 @@ private final class EngineLoop {
         request = try ZMQSocket(context: context, type: .router)
         subscribers = try ZMQSocket(context: context, type: .router)
         for socket in [request, subscribers] {
+            try configuration.security?.configureServer(socket)
             try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
             try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
             try socket.set(.linger(.zero))

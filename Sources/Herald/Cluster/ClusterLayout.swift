@@ -52,10 +52,12 @@ extension ZooKeeperSession {
     /// Safe when several clients (brokers starting together) call it at once: a znode that another
     /// client created first is simply accepted.
     ///
-    /// - Parameter path: An absolute path; `/` does nothing.
+    /// - Parameters:
+    ///   - path: An absolute path; `/` does nothing.
+    ///   - acl: The ACL of the znodes created; the session's ``ZooKeeperSession/defaultACL`` when `nil`.
     /// - Throws: ``ZooKeeperError``, for example ``ZooKeeperError/Code/connectionLoss`` (call again:
     ///   the method is idempotent) or ``ZooKeeperError/Code/badArguments`` for a malformed path.
-    public func ensurePath(_ path: String) async throws(ZooKeeperError) {
+    public func ensurePath(_ path: String, acl: [ACL]? = nil) async throws(ZooKeeperError) {
         guard path.hasPrefix("/") else {
             throw ZooKeeperError(
                 code: .badArguments, path: path, libraryMessage: "ensurePath needs an absolute path")
@@ -66,7 +68,7 @@ extension ZooKeeperSession {
         for component in path.split(separator: "/", omittingEmptySubsequences: false).dropFirst() {
             prefix += "/" + component
             do {
-                try await create(prefix)
+                try await create(prefix, acl: acl)
             } catch where error.code == .nodeExists {
                 continue
             }

@@ -13,7 +13,7 @@ private let silentLogger = Logger(label: "herald.benchmark") { _ in SwiftLogNoOp
     private let key: [UInt8]
     private let payload: [UInt8]
     private var sequence: UInt64 = 0
-    private let publisher = PublisherID()
+    let publisher = PublisherID()
 
     /// Prepares frames of `payloadSize` bytes of payload on a short topic.
     public init(payloadSize: Int) {
@@ -83,14 +83,15 @@ extension EncodeLoop {
         configuration.topicLogBytes = 4 << 20
         let now = ContinuousClock.now
         // Everything that can throw happens before the noncopyable properties are set.
+        var encode = EncodeLoop(payloadSize: payloadSize)
         var register = try ZMQFrame(
-            ControlFrame.encode(.register, PublisherRegistration(publisher: PublisherID(), endpoint: "", topics: ["bench"])))
+            ControlFrame.encode(
+                .register, PublisherRegistration(publisher: encode.publisher, endpoint: "", topics: ["bench"])))
         let subscriberIDs = (0..<subscribers).map { RoutingID.loop(UInt8(2 + $0)) }
         var subscriptions: [[UInt8]] = []
         for _ in subscriberIDs {
             subscriptions.append(ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil)))
         }
-        var encode = EncodeLoop(payloadSize: payloadSize)
         var encoded: [[UInt8]] = []
         for _ in 0..<Self.distinctFrames {
             encode.run(1)

@@ -1,4 +1,5 @@
 import Foundation
+import ZeroMQ
 
 /// What the leader broker writes to ZooKeeper at `/herald/<cluster>/leader`: where clients reach it.
 public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible {
@@ -20,6 +21,9 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     /// The ZooKeeper session timeout the leader asked for, in milliseconds: how long its record can outlive it
     /// when it crashes. Absent in records of older builds.
     public var sessionTimeoutMilliseconds: Int?
+    /// The brokers' CURVE public key (Z85) when the cluster runs with CurveZMQ; clients connect only to a leader
+    /// whose key is the one they trust.
+    public var curveKey: String?
 
     /// Creates a record.
     /// - Parameters:
@@ -29,9 +33,10 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     ///   - subscriberEndpoint: the subscriber endpoint as reachable by clients.
     ///   - epoch: the leader's term.
     ///   - sessionTimeout: the leader's ZooKeeper session timeout.
+    ///   - curveKey: the brokers' CURVE public key, if the cluster uses CurveZMQ.
     public init(
         broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String, epoch: UInt64,
-        sessionTimeout: Duration? = nil
+        sessionTimeout: Duration? = nil, curveKey: String? = nil
     ) {
         self.broker = broker
         self.mode = mode
@@ -40,12 +45,14 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         self.epoch = epoch
         self.protocolVersion = Int(WireFormat.version)
         self.sessionTimeoutMilliseconds = sessionTimeout.flatMap { Int(exactly: ($0.seconds * 1000).rounded()) }
+        self.curveKey = curveKey
     }
 
     private enum CodingKeys: String, CodingKey {
         case broker, mode, requestEndpoint, subscriberEndpoint, epoch
         case protocolVersion = "protocol"
         case sessionTimeoutMilliseconds = "sessionTimeoutMs"
+        case curveKey
     }
 
     /// Decodes a record, reading one written by version 1 (no epoch, no protocol) as epoch 0 and protocol 1,
@@ -61,6 +68,11 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         // Only shown to people ("expires within N s"); a value no session can have is read as absent.
         sessionTimeoutMilliseconds = (try? container.decodeIfPresent(Int.self, forKey: .sessionTimeoutMilliseconds))
             .flatMap { $0 }.flatMap { (1...86_400_000).contains($0) ? $0 : nil }
+        curveKey = try container.decodeIfPresent(String.self, forKey: .curveKey)
+        if let curveKey, !ZMQCurveKeyPair.isValidKey(curveKey) {
+            throw DecodingError.dataCorruptedError(
+                forKey: .curveKey, in: container, debugDescription: "not a Z85 CURVE public key")
+        }
     }
 
     /// Whether the leader speaks this build's wire format.

@@ -133,13 +133,16 @@ struct PublisherRegistration: Codable, Sendable, Equatable {
     /// When the publisher started, in nanoseconds since the Unix epoch: a direct-mode subscriber that was
     /// there first is owed its stream from its first message.
     var startedAt: UInt64?
+    /// Direct mode with CurveZMQ: the publisher's CURVE public key (Z85), which subscribers require of its
+    /// endpoint. The leader accepts it only from a connection authenticated with that key.
+    var curveKey: String?
 
     /// The longest endpoint accepted: real ones (`tcp://host:port`) are far shorter.
     static let maximumEndpointLength = 1024
 
     /// Bytes a leader counts for keeping this registration: its strings and a fixed share per entry.
     var footprint: Int {
-        topics.reduce(128 + endpoint.utf8.count) { $0 + 32 + $1.utf8.count }
+        topics.reduce(128 + endpoint.utf8.count + (curveKey?.utf8.count ?? 0)) { $0 + 32 + $1.utf8.count }
     }
 }
 

@@ -24,6 +24,8 @@ public struct PublisherConfiguration: Sendable {
 
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
+    /// CurveZMQ: this process's key pair and the brokers' public key; `nil` runs in clear.
+    public var security: CurveSecurity?
     /// The cluster.
     public var layout: ClusterLayout
     /// Direct mode: the local address to listen on.
@@ -215,6 +217,15 @@ public final class Publisher: Service, Sendable {
 
     /// Follows the leader until cancelled or shut down gracefully.
     public func run() async throws {
+        // Direct mode with an allow-list: subscribers are authenticated before the publisher socket listens.
+        var authenticator: ZMQAuthenticator?
+        if let security = configuration.security, security.authorizedKeys != nil {
+            do {
+                authenticator = try await security.startAuthenticator(context: context, logger: logger)
+            } catch {
+                throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
+            }
+        }
         let thread = Thread { [self] in
             runSocketThread()
             threadDone.complete()
@@ -236,6 +247,7 @@ public final class Publisher: Service, Sendable {
         link.withLock { $0.stopping = true }
         wake.raise()
         await threadDone.wait()
+        await authenticator?.stop()
         // Closed sockets keep their last messages for the linger period, but only a terminated context waits
         // for them: without this, a process that exits right after publishing loses its last messages.
         // Bounded, so that a socket some future change forgets to close costs a log line, not a hung exit.
@@ -268,6 +280,10 @@ public final class Publisher: Service, Sendable {
             logger.error(
                 "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this publisher speaks \(WireFormat.version); run the same Herald version everywhere",
                 metadata: ["leader": "\(record.broker)"])
+            return await Task.sleepUntilCancelled()
+        }
+        if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
+            logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
             return await Task.sleepUntilCancelled()
         }
         link.withLock { $0.commands.append(.attach(record)) }
@@ -674,6 +690,9 @@ private struct Link: ~Copyable {
             try dealer.set(.sendHighWaterMark(0))
             try dealer.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
             try dealer.set(.linger(Publisher.flushLimit))
+            if let security = configuration.security, let key = record.curveKey {
+                try security.configureClient(dealer, serverKey: key)
+            }
             try dealer.connect(record.requestEndpoint)
             self.dealer = dealer
         } catch {
@@ -683,6 +702,11 @@ private struct Link: ~Copyable {
         if record.mode == .direct, directSocket == nil {
             do {
                 let socket = try ZMQSocket(context: context, type: .pub)
+                try configuration.security?.configureServer(socket)
+                if configuration.security != nil, configuration.security?.authorizedKeys == nil {
+                    logger.warning(
+                        "subscribers are encrypted but not authorized: any CURVE key may read this publisher's topics; pass --authorized-keys")
+                }
                 try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
                 try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
                 try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
@@ -754,7 +778,8 @@ private struct Link: ~Copyable {
         guard let dealer else { return }
         let registration = PublisherRegistration(
             publisher: publisher, endpoint: mode == .direct ? directEndpoint ?? "" : "", topics: topics.map(\.name),
-            history: configuration.historyOffered, startedAt: startedAt)
+            history: configuration.historyOffered, startedAt: startedAt,
+            curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil)
         let frame = ControlFrame.encode(kind, registration)
         frame.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }

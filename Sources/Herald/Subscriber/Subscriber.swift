@@ -17,6 +17,8 @@ public struct SubscriberConfiguration: Sendable {
 
     /// The ZooKeeper ensemble and session timeout.
     public var zookeeper: ZooKeeperConfiguration
+    /// CurveZMQ: this process's key pair and the brokers' public key; `nil` runs in clear.
+    public var security: CurveSecurity?
     /// The cluster.
     public var layout: ClusterLayout
     /// ZMTP heartbeat interval: a dead broker or publisher connection is noticed after three silent ones.
@@ -185,6 +187,10 @@ public final class Subscriber: Service, Sendable {
             logger.error(
                 "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this subscriber speaks \(WireFormat.version); run the same Herald version everywhere",
                 metadata: ["leader": "\(record.broker)"])
+            return await Task.sleepUntilCancelled()
+        }
+        if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
+            logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
             return await Task.sleepUntilCancelled()
         }
         if record.mode == .direct, configuration.history > 0 {
@@ -392,6 +398,9 @@ private final class SubscriberLoop {
                 let socket = try ZMQSocket(context: context, type: .dealer)
                 try configure(socket, mode: .broker)
                 try socket.set(.linger(.zero))
+                if let security = configuration.security, let key = record.curveKey {
+                    try security.configureClient(socket, serverKey: key)
+                }
                 try socket.connect(record.subscriberEndpoint)
                 dealer = socket
             } catch {
@@ -420,6 +429,9 @@ private final class SubscriberLoop {
                 try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
                 try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
                 try socket.set(.linger(.zero))
+                if let security = configuration.security, let key = record.curveKey {
+                    try security.configureClient(socket, serverKey: key)
+                }
                 try socket.connect(record.requestEndpoint)
                 lookups = socket
             } catch {
@@ -559,6 +571,17 @@ private final class SubscriberLoop {
         }
         for (endpoint, registration) in wanted where publishers[endpoint] == nil {
             do {
+                if let security = configuration.security {
+                    // The leader vouches for the key: it accepts a registration only from a connection that
+                    // authenticated with the key it names.
+                    guard let key = registration.curveKey, ZMQCurveKeyPair.isValidKey(key) else {
+                        logger.warning(
+                            "publisher registered without a CURVE key; not connecting",
+                            metadata: ["publisher": "\(registration.publisher.short)"])
+                        continue
+                    }
+                    try security.configureClient(socket, serverKey: key)
+                }
                 try socket.connect(endpoint)
                 publishers[endpoint] = registration.publisher
                 if let started = registration.startedAt { publisherStarts[registration.publisher] = started }

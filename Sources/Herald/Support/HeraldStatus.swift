@@ -43,10 +43,12 @@ public struct ClusterStatus: Sendable, Codable {
     ///   - timeout: how long to wait for ZooKeeper.
     ///   - leaderTimeout: how long to wait for the leader's answer, or `nil` not to ask it. Short by default: a
     ///     live leader answers in milliseconds, and a crashed one never does.
+    ///   - security: CurveZMQ keys for asking a leader that requires them; without them such a leader is not
+    ///     asked.
     ///   - logger: for the ZooKeeper client.
     public static func fetch(
         zookeeper: ZooKeeperConfiguration, layout: ClusterLayout, timeout: Duration = .seconds(5),
-        leaderTimeout: Duration? = .seconds(1), logger: Logger
+        leaderTimeout: Duration? = .seconds(1), security: CurveSecurity? = nil, logger: Logger
     ) async throws -> ClusterStatus {
         let session = try ZooKeeperSession(configuration: zookeeper, logger: logger)
         do {
@@ -64,8 +66,8 @@ public struct ClusterStatus: Sendable, Codable {
                     .map { String(decoding: $0.data, as: UTF8.self) } ?? []
             }
             await session.close()
-            if let leader = status.leader, let leaderTimeout {
-                switch try? await askStatus(leader.requestEndpoint, timeout: leaderTimeout) {
+            if let leader = status.leader, let leaderTimeout, CurveSecurity.mistrust(of: leader, by: security) == nil {
+                switch try? await askStatus(leader, security: security, timeout: leaderTimeout) {
                 case .report(let report):
                     status.leaderStatus = report
                     status.leaderAnswering = true
@@ -88,13 +90,16 @@ public struct ClusterStatus: Sendable, Codable {
         case refused
     }
 
-    private static func askStatus(_ endpoint: String, timeout: Duration) async throws -> LeaderAnswer? {
+    private static func askStatus(
+        _ leader: LeaderRecord, security: CurveSecurity?, timeout: Duration
+    ) async throws -> LeaderAnswer? {
         let context = try ZMQContext()
         defer { context.terminate() }
         let dealer = try AsyncZMQSocket(context: context, type: .dealer, name: "herald-status") {
             try $0.set(.linger(.zero))
             try $0.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
-            try $0.connect(endpoint)
+            if let security, let key = leader.curveKey { try security.configureClient($0, serverKey: key) }
+            try $0.connect(leader.requestEndpoint)
         }
         try await dealer.send(ZMQMessage(frames: [ControlFrame.empty(.status)]))
         let reply = await firstResult(within: timeout) {

@@ -1,0 +1,266 @@
+import Foundation
+import Logging
+import Synchronization
+import ZeroMQ
+
+/// CurveZMQ for one Herald process: its own key pair, the broker key it trusts (clients) and the client keys
+/// it admits (servers: brokers, and direct-mode publishers).
+///
+/// All brokers of a cluster share one server key pair, published in the leader record; every client has its
+/// own pair, and a server admits only the public keys in its ``AuthorizedKeys``.
+public struct CurveSecurity: Sendable {
+    /// The ZAP domain of Herald's server sockets.
+    static let domain = "herald"
+
+    /// This process's key pair.
+    public var keyPair: ZMQCurveKeyPair
+    /// Clients: the brokers' public key they trust.
+    public var brokerKey: String?
+    /// Servers: the client keys admitted; `nil` admits any client that completes a CURVE handshake
+    /// (encrypted, but not authorized).
+    public var authorizedKeys: AuthorizedKeys?
+
+    /// Creates a configuration.
+    /// - Parameters:
+    ///   - keyPair: this process's key pair.
+    ///   - brokerKey: clients: the brokers' public key.
+    ///   - authorizedKeys: servers: the client keys admitted.
+    public init(keyPair: ZMQCurveKeyPair, brokerKey: String? = nil, authorizedKeys: AuthorizedKeys? = nil) {
+        self.keyPair = keyPair
+        self.brokerKey = brokerKey
+        self.authorizedKeys = authorizedKeys
+    }
+
+    /// Reads a secret key file as `herald keygen` writes it: the Z85 secret key on its first line.
+    /// - Throws: ``HeraldConfigurationError`` naming the file and what is wrong with it.
+    public static func keyPair(fromFile path: String) throws(HeraldConfigurationError) -> ZMQCurveKeyPair {
+        guard let text = readFirstLine(path, limit: 4096) else {
+            throw HeraldConfigurationError("cannot read the key file \(path); create one with `herald keygen --output DIR/NAME`")
+        }
+        guard let pair = try? ZMQCurveKeyPair(secretKey: text) else {
+            throw HeraldConfigurationError(
+                "\(path) does not hold a CURVE secret key (40 Z85 characters on its first line); use the .key file `herald keygen` writes")
+        }
+        return pair
+    }
+
+    /// A public key given as Z85 text, or as `@path` to a file holding it.
+    /// - Throws: ``HeraldConfigurationError`` when it is not a CURVE public key.
+    public static func publicKey(_ text: String, option: String) throws(HeraldConfigurationError) -> String {
+        var key = text
+        if text.hasPrefix("@") {
+            guard let line = readFirstLine(String(text.dropFirst()), limit: 4096) else {
+                throw HeraldConfigurationError("\(option): cannot read \(text.dropFirst())")
+            }
+            key = line
+        }
+        guard ZMQCurveKeyPair.isValidKey(key) else {
+            throw HeraldConfigurationError("\(option): '\(key)' is not a CURVE public key (40 Z85 characters)")
+        }
+        return key
+    }
+
+    /// Makes `socket` a CURVE server with this process's key, authenticated in Herald's ZAP domain.
+    func configureServer(_ socket: ZMQSocket) throws(ZMQError) {
+        try socket.set(.curveServer(true))
+        try socket.set(.curveSecretKey(keyPair.secretKey))
+        try socket.set(.zapDomain(Self.domain))
+    }
+
+    /// Makes `socket` a CURVE client of the server whose public key is `serverKey`, for its next connects.
+    func configureClient(_ socket: ZMQSocket, serverKey: String) throws(ZMQError) {
+        try socket.set(.curvePublicKey(keyPair.publicKey))
+        try socket.set(.curveSecretKey(keyPair.secretKey))
+        try socket.set(.curveServerKey(serverKey))
+    }
+
+    /// Answers ZAP requests on `context` from the allow-list, until stopped. Refusals are logged, once a
+    /// minute per key at most: a refused client retries its handshake every few hundred milliseconds.
+    func startAuthenticator(context: ZMQContext, logger: Logger) async throws(ZMQError) -> ZMQAuthenticator {
+        let allowed = authorizedKeys
+        let lastLogged = Mutex<[String: ContinuousClock.Instant]>([:])
+        return try await ZMQAuthenticator.start(context: context) { request in
+            guard request.mechanism == "CURVE", let key = request.clientKey else {
+                return .deny(reason: "CURVE required")
+            }
+            guard let allowed else { return .allow(userID: key) }
+            if allowed.admits(key) { return .allow(userID: key) }
+            let now = ContinuousClock.now
+            let log = lastLogged.withLock { logged in
+                if let last = logged[key], now - last < .seconds(60) { return false }
+                if logged.count >= 1024 { logged.removeAll() }
+                logged[key] = now
+                return true
+            }
+            if log {
+                logger.warning(
+                    "refused a client whose CURVE key is not in the authorized keys",
+                    metadata: ["key": "\(key)", "address": "\(request.address)"])
+            }
+            return .deny(reason: "key not authorized")
+        }
+    }
+
+    /// Why a leader record cannot be trusted by a client with `security`, or `nil` when it can.
+    static func mistrust(of record: LeaderRecord, by security: CurveSecurity?) -> String? {
+        switch (record.curveKey, security?.brokerKey) {
+        case (nil, nil): return nil
+        case (nil, .some):
+            return "leader \(record.broker) does not use CurveZMQ, and this process has a trusted broker key: it will not talk in clear; start the brokers with --key-file and --authorized-keys"
+        case (.some, nil):
+            return "cluster requires CurveZMQ: start this process with --key-file (its own key) and --broker-public-key (the brokers' public key)"
+        case (.some(let offered), .some(let trusted)):
+            return offered == trusted
+                ? nil
+                : "leader \(record.broker) presents the CURVE key \(offered), not the trusted --broker-public-key \(trusted); not connecting"
+        }
+    }
+
+    /// The first line of a file, trimmed, reading at most `limit` bytes.
+    static func readFirstLine(_ path: String, limit: Int) -> String? {
+        guard let file = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? file.close() }
+        guard let data = try? file.read(upToCount: limit) else { return nil }
+        let line = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
+        return line.map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+}
+
+/// The client public keys a server admits: a file with one Z85 key per line (text after the key, and lines
+/// starting with `#`, are ignored), or a directory of such files (for example the `.pub` files of
+/// `herald keygen`). Changes are picked up within a second, for new connections; connections already
+/// admitted stay.
+public final class AuthorizedKeys: Sendable {
+    /// The file or directory.
+    public let path: String
+    /// Files read from a directory at most, and bytes read from each: the list is local configuration, but a
+    /// wrong path must not make a broker read a disk.
+    static let maximumFiles = 10_000
+    static let maximumFileBytes = 1 << 20
+    /// How often the path is checked for changes, at most.
+    static let recheckInterval: Duration = .seconds(1)
+
+    private struct Snapshot {
+        var signature: [String: [Int]]
+        var keys: Set<String>
+        var checkedAt: ContinuousClock.Instant
+    }
+
+    private let snapshot: Mutex<Snapshot>
+
+    /// Reads the keys at `path`.
+    /// - Throws: ``HeraldConfigurationError`` when the path cannot be read.
+    public init(path: String) throws(HeraldConfigurationError) {
+        self.path = path
+        guard let (signature, keys) = Self.load(path) else {
+            throw HeraldConfigurationError(
+                "cannot read the authorized keys at \(path): give a file of Z85 public keys, one per line, or a directory of .pub files")
+        }
+        snapshot = Mutex(Snapshot(signature: signature, keys: keys, checkedAt: .now))
+    }
+
+    /// The keys admitted now.
+    public var keys: Set<String> { snapshot.withLock { $0.keys } }
+
+    /// Whether `key` is admitted, reading the list again if it changed.
+    public func admits(_ key: String) -> Bool {
+        snapshot.withLock { snapshot in
+            let now = ContinuousClock.now
+            if now - snapshot.checkedAt >= Self.recheckInterval {
+                snapshot.checkedAt = now
+                // An unreadable list (being rewritten) keeps the last one read.
+                if Self.signature(of: path) != snapshot.signature, let (signature, keys) = Self.load(path) {
+                    snapshot.signature = signature
+                    snapshot.keys = keys
+                }
+            }
+            return snapshot.keys.contains(key)
+        }
+    }
+
+    /// The files to read: the path itself, or the regular files of the directory.
+    private static func files(at path: String) -> [String]? {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return nil }
+        guard isDirectory.boolValue else { return [path] }
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return nil }
+        return names.filter { !$0.hasPrefix(".") && !$0.hasSuffix(".key") }.sorted().prefix(maximumFiles)
+            .map { path + "/" + $0 }
+    }
+
+    /// Modification time and size of each file: what changes when the list does.
+    private static func signature(of path: String) -> [String: [Int]]? {
+        guard let files = files(at: path) else { return nil }
+        var signature: [String: [Int]] = [:]
+        for file in files {
+            var info = stat()
+            guard stat(file, &info) == 0 else { continue }
+            signature[file] = [Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec), Int(info.st_size)]
+        }
+        return signature
+    }
+
+    private static func load(_ path: String) -> (signature: [String: [Int]], keys: Set<String>)? {
+        guard let signature = signature(of: path) else { return nil }
+        var keys = Set<String>()
+        for file in signature.keys {
+            guard let handle = FileHandle(forReadingAtPath: file) else { continue }
+            let data = (try? handle.read(upToCount: maximumFileBytes)) ?? nil
+            try? handle.close()
+            for line in String(decoding: data ?? Data(), as: UTF8.self).split(whereSeparator: \.isNewline) {
+                guard let first = line.split(whereSeparator: \.isWhitespace).first, !first.hasPrefix("#") else {
+                    continue
+                }
+                let key = String(first)
+                if ZMQCurveKeyPair.isValidKey(key) { keys.insert(key) }
+            }
+        }
+        return (signature, keys)
+    }
+}
+
+/// The key files of `herald keygen`: `NAME.key` holds the secret key and is readable by its owner only,
+/// `NAME.pub` holds the public key; each is one line of Z85 text.
+public enum CurveKeyFiles {
+    /// Generates a key pair and writes it.
+    /// - Parameters:
+    ///   - output: `DIR/NAME`.
+    ///   - replacing: whether existing files may be replaced.
+    /// - Returns: the paths written and the public key.
+    /// - Throws: ``HeraldConfigurationError`` saying what could not be written.
+    public static func write(
+        to output: String, replacing: Bool
+    ) throws(HeraldConfigurationError) -> (secretKeyPath: String, publicKeyPath: String, publicKey: String) {
+        let pair: ZMQCurveKeyPair
+        do {
+            pair = try ZMQCurveKeyPair.generate()
+        } catch {
+            throw HeraldConfigurationError("cannot generate a CURVE key pair: \(error); this libzmq lacks CURVE")
+        }
+        let secretPath = output + ".key"
+        let publicPath = output + ".pub"
+        for path in [secretPath, publicPath] where !replacing && FileManager.default.fileExists(atPath: path) {
+            throw HeraldConfigurationError("\(path) exists; pass --force to replace it")
+        }
+        try write(pair.secretKey + "\n", to: secretPath, mode: 0o600)
+        try write(pair.publicKey + "\n", to: publicPath, mode: 0o644)
+        return (secretPath, publicPath, pair.publicKey)
+    }
+
+    private static func write(_ text: String, to path: String, mode: mode_t) throws(HeraldConfigurationError) {
+        // Created with its final mode, so the secret is never readable by others, not even for a moment.
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard descriptor >= 0 else {
+            throw HeraldConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        guard fchmod(descriptor, mode) == 0 else {
+            throw HeraldConfigurationError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
+        }
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+        guard written == bytes.count else {
+            throw HeraldConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
