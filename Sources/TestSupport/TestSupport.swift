@@ -25,11 +25,12 @@ public func withServer<T>(
 public func withSession<T>(
     _ server: LocalZooKeeperServer,
     sessionTimeout: Duration = .seconds(4),
+    authentication: ZooKeeperAuthentication? = nil,
     _ body: (ZooKeeperSession) async throws -> T
 ) async throws -> T {
     let session = try ZooKeeperSession(
         configuration: ZooKeeperConfiguration(
-            connectionString: server.connectionString, sessionTimeout: sessionTimeout),
+            connectionString: server.connectionString, sessionTimeout: sessionTimeout, authentication: authentication),
         logger: testLogger()
     )
     do {

@@ -98,8 +98,14 @@ public final class ZMQAuthenticator: Sendable {
         let poller = ZMQPoller()
         let entry = poller.register(socket, for: .readable)
         while !stopRequested.load(ordering: .acquiring) {
-            guard (try? poller.poll(timeout: Self.pollInterval)) != nil,
-                poller.readyEvents(entry).contains(.readable),
+            do {
+                try poller.poll(timeout: Self.pollInterval)
+            } catch where error.kind == .interrupted {
+                continue
+            } catch {
+                return  // The context is terminating: nothing more can be asked.
+            }
+            guard poller.readyEvents(entry).contains(.readable),
                 let request = try? socket.receive(dontWait: true)
             else { continue }
             let reply = Self.reply(to: request.frames, decide: decide)

@@ -93,9 +93,10 @@ struct BadInputTests {
             let dealer = try ZMQSocket(context: context, type: .dealer)
             try dealer.set(.linger(.seconds(1)))
             try dealer.connect(endpoint)
-            // Registered, so that data frames are decoded rather than refused for want of a registration.
+            // Registered under the identity the data frames carry, so that they are decoded rather than refused
+            // for want of a registration.
             let registration = ControlFrame.encode(
-                .register, PublisherRegistration(publisher: PublisherID(), endpoint: "", topics: ["steady"]))
+                .register, PublisherRegistration(publisher: PublisherID(high: .max / 255 * 0xAB, low: .max / 255 * 0xAB), endpoint: "", topics: ["steady"]))
             try dealer.send(ZMQMessage(frames: [registration]))
             for request in malformed { try dealer.send(ZMQMessage(frames: request.frames)) }
 

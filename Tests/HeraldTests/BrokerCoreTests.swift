@@ -133,6 +133,27 @@ struct BrokerCoreTests {
         #expect(harness.output.sequences(to: subscriber).isEmpty)
     }
 
+    @Test func aConnectionPublishesOnlyUnderIdentitiesItHoldsNow() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        let other = PublisherID()
+        let otherClient = CoreHarness.id(3)
+        harness.register(publisher, from: client)
+        harness.register(other, from: otherClient)
+        harness.publish(publisher, 1, from: otherClient)
+        #expect(harness.output.refusals(to: otherClient) == [.notOwner], "another connection's identity")
+        harness.publish(publisher, 1, from: client)
+        #expect(harness.output.sequences(to: subscriber) == [1])
+
+        // The identity registers again from a new connection (a reconnection): the old one loses it.
+        let reconnected = CoreHarness.id(4)
+        harness.register(publisher, from: reconnected)
+        harness.publish(publisher, 2, from: client)
+        #expect(harness.output.refusals(to: client) == [.notOwner])
+        harness.publish(publisher, 2, from: reconnected)
+        #expect(harness.output.sequences(to: subscriber) == [1, 2])
+    }
+
     @Test func aSlowSubscriberHoldsCreditBackUntilItStallsAndThenItIsLeftBehind() throws {
         var harness = try CoreHarness {
             $0.topicLogBytes = 64 * 1024

@@ -172,11 +172,18 @@ final class HostileClient {
     let context: ZMQContext
     let socket: ZMQSocket
 
-    init(endpoint: String) throws {
+    /// Connects to `endpoint`, as a CURVE client with `keys` of the server whose public key is `serverKey` if
+    /// both are given.
+    init(endpoint: String, keys: ZMQCurveKeyPair? = nil, serverKey: String? = nil) throws {
         context = try ZMQContext()
         socket = try ZMQSocket(context: context, type: .dealer)
         try socket.set(.linger(.zero))
         try socket.set(.sendHighWaterMark(0))
+        if let keys, let serverKey {
+            try socket.set(.curvePublicKey(keys.publicKey))
+            try socket.set(.curveSecretKey(keys.secretKey))
+            try socket.set(.curveServerKey(serverKey))
+        }
         try socket.connect(endpoint)
     }
 

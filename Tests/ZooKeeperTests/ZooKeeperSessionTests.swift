@@ -35,6 +35,43 @@ struct ZooKeeperSessionTests {
         }
     }
 
+    @Test func anAuthenticatedSessionCreatesZnodesOnlyItsIdentityMayChange() async throws {
+        try await withServer { server in
+            let owner = try ZooKeeperAuthentication.digest("herald:secret")
+            #expect("\(owner)" == "digest:herald", "the description never shows the password")
+            try await withSession(server, authentication: owner) { zk in
+                #expect(zk.defaultACL == ACL.creatorAll + ACL.readUnsafe)
+                try await zk.create("/owned", data: [UInt8]("mine"))
+                try await zk.create("/open", acl: ACL.openUnsafe)
+            }
+            for other in [nil, try ZooKeeperAuthentication.digest("herald:wrong")] {
+                try await withSession(server, authentication: other) { zk in
+                    let data = try await zk.get("/owned").data
+                    #expect(data == [UInt8]("mine"), "anyone may read")
+                    let write = await #expect(throws: ZooKeeperError.self) {
+                        try await zk.set("/owned", data: [UInt8]("theirs"))
+                    }
+                    #expect(write?.code == .noAuth)
+                    let child = await #expect(throws: ZooKeeperError.self) { try await zk.create("/owned/child") }
+                    #expect(child?.code == .noAuth)
+                    let acl = await #expect(throws: ZooKeeperError.self) { try await zk.setACL("/owned", ACL.openUnsafe) }
+                    #expect(acl?.code == .noAuth)
+                }
+            }
+            try await withSession(server, authentication: owner) { zk in
+                try await zk.set("/owned", data: [UInt8]("still mine"))
+                // An open znode is closed by the identity, after which others may only read it.
+                try await zk.setACL("/open", zk.defaultACL)
+            }
+            try await withSession(server) { zk in
+                let write = await #expect(throws: ZooKeeperError.self) { try await zk.set("/open", data: []) }
+                #expect(write?.code == .noAuth)
+            }
+        }
+        #expect(throws: ZooKeeperError.self) { try ZooKeeperAuthentication.digest("no-colon") }
+        #expect(throws: ZooKeeperError.self) { try ZooKeeperAuthentication.digest("user:") }
+    }
+
     @Test func errorsCarryTheZooKeeperCodeAndPath() async throws {
         try await withServer { server in
             try await withSession(server) { zk in

@@ -128,7 +128,8 @@ public final class Broker: Service, Sendable {
         let layout = configuration.layout
         // Clusters with other identities share `/herald`: anyone may add one under it. Everything below a
         // cluster's root belongs to the identity in --zookeeper-auth, if one is given.
-        try await session.ensurePath(ClusterLayout.heraldRoot, acl: ACL.openUnsafe)
+        try await session.ensurePath(
+            ClusterLayout.heraldRoot, acl: [ACL(permissions: [.read, .create], scheme: "world", id: "anyone")])
         try await session.ensurePath(layout.root)
         try await session.ensurePath(layout.brokersPath)
         try await session.ensurePath(layout.electionPath)

@@ -269,6 +269,10 @@ struct BrokerCore: ~Copyable {
             if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
             logger.info("publisher registered", metadata: metadata)
         }
+        if let previous = registrations[registration.publisher]?.client, previous != client {
+            // The identity moved to another connection of its key (a reconnection): the old one loses it.
+            connections[previous]?.disown(registration.publisher)
+        }
         registrations[registration.publisher] = Registered(
             registration: registration, lastSeen: now, client: client, key: key)
         registrationBytes += registration.footprint - previousFootprint
@@ -319,6 +323,9 @@ struct BrokerCore: ~Copyable {
     private mutating func forget(_ publisher: PublisherID) {
         guard let removed = registrations.removeValue(forKey: publisher) else { return }
         registrationBytes -= removed.registration.footprint
+        // A connection publishes only under identities registered now: one that expired may next be
+        // registered by another key.
+        connections[removed.client]?.disown(publisher)
     }
 
     private mutating func lookup(
@@ -830,6 +837,11 @@ final class PublisherConnection {
     func owns(_ publisher: PublisherID) -> Bool {
         // The common case first: one publisher per connection, compared without a search.
         publishers.first == publisher || publishers.contains(publisher)
+    }
+
+    /// Forgets that `publisher` registered on this connection.
+    func disown(_ publisher: PublisherID) {
+        publishers.removeAll { $0 == publisher }
     }
 
     /// Notes that `publisher` registered on this connection; `false` past ``maximumPublishers``.

@@ -288,6 +288,11 @@ private final class SubscriberLoop {
     /// Direct mode: publishers connected to, by endpoint, and when each started.
     var publishers: [String: PublisherID] = [:]
     var publisherStarts: [PublisherID: UInt64] = [:]
+    /// CurveZMQ: the key each publisher endpoint was connected with; a publisher restarted on the same endpoint
+    /// with another key is connected to again.
+    var publisherKeys: [String: String] = [:]
+    /// Endpoints already reported as registered without a key, so that each is reported once.
+    var unkeyedEndpoints: Set<String> = []
 
     /// When this subscriber first subscribed (wall clock), and whether it has attached before.
     var subscribedSince: UInt64?
@@ -569,18 +574,29 @@ private final class SubscriberLoop {
         for registration in reply.publishers where !registration.endpoint.isEmpty {
             wanted[registration.endpoint] = wanted[registration.endpoint] ?? registration
         }
+        if configuration.security != nil {
+            for (endpoint, registration) in wanted
+            where publishers[endpoint] != nil && publisherKeys[endpoint] != registration.curveKey {
+                try? socket.disconnect(endpoint)
+                publishers[endpoint] = nil
+                publisherKeys[endpoint] = nil
+            }
+        }
         for (endpoint, registration) in wanted where publishers[endpoint] == nil {
             do {
                 if let security = configuration.security {
                     // The leader vouches for the key: it accepts a registration only from a connection that
                     // authenticated with the key it names.
                     guard let key = registration.curveKey, ZMQCurveKeyPair.isValidKey(key) else {
-                        logger.warning(
-                            "publisher registered without a CURVE key; not connecting",
-                            metadata: ["publisher": "\(registration.publisher.short)"])
+                        if unkeyedEndpoints.count < 1024, unkeyedEndpoints.insert(endpoint).inserted {
+                            logger.warning(
+                                "publisher registered without a CURVE key; not connecting",
+                                metadata: ["publisher": "\(registration.publisher.short)", "endpoint": "\(endpoint)"])
+                        }
                         continue
                     }
                     try security.configureClient(socket, serverKey: key)
+                    publisherKeys[endpoint] = key
                 }
                 try socket.connect(endpoint)
                 publishers[endpoint] = registration.publisher
@@ -597,6 +613,7 @@ private final class SubscriberLoop {
             for (endpoint, publisher) in publishers where wanted[endpoint] == nil {
                 try? socket.disconnect(endpoint)
                 publishers[endpoint] = nil
+                publisherKeys[endpoint] = nil
                 publisherStarts[publisher] = nil
                 logger.info("publisher departed", metadata: ["publisher": "\(publisher.short)", "endpoint": "\(endpoint)"])
             }

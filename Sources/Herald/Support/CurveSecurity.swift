@@ -194,7 +194,8 @@ public final class AuthorizedKeys: Sendable {
         var signature: [String: [Int]] = [:]
         for file in files {
             var info = stat()
-            guard stat(file, &info) == 0 else { continue }
+            // Regular files only: opening a FIFO or a device would block the authenticator's thread.
+            guard stat(file, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
             signature[file] = [Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec), Int(info.st_size)]
         }
         return signature
@@ -242,14 +243,17 @@ public enum CurveKeyFiles {
         for path in [secretPath, publicPath] where !replacing && FileManager.default.fileExists(atPath: path) {
             throw HeraldConfigurationError("\(path) exists; pass --force to replace it")
         }
-        try write(pair.secretKey + "\n", to: secretPath, mode: 0o600)
-        try write(pair.publicKey + "\n", to: publicPath, mode: 0o644)
+        try write(pair.secretKey + "\n", to: secretPath, mode: 0o600, replacing: replacing)
+        try write(pair.publicKey + "\n", to: publicPath, mode: 0o644, replacing: replacing)
         return (secretPath, publicPath, pair.publicKey)
     }
 
-    private static func write(_ text: String, to path: String, mode: mode_t) throws(HeraldConfigurationError) {
+    private static func write(
+        _ text: String, to path: String, mode: mode_t, replacing: Bool
+    ) throws(HeraldConfigurationError) {
         // Created with its final mode, so the secret is never readable by others, not even for a moment.
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        let flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | (replacing ? O_TRUNC : O_EXCL)
+        let descriptor = open(path, flags, mode)
         guard descriptor >= 0 else {
             throw HeraldConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
         }
