@@ -145,9 +145,15 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
 
     /// Whether `key` is a CURVE key in Z85 text: 40 characters that decode to 32 bytes.
     public static func isValidKey(_ key: String) -> Bool {
-        guard key.utf8.count == 40 else { return false }
+        // An embedded NUL would end the C string early: such text is no key.
+        !key.utf8.contains(0) && bytes(ofKey: key) != nil
+    }
+
+    /// The 32 bytes of a key in Z85 text, or `nil` if it is not one.
+    public static func bytes(ofKey key: String) -> [UInt8]? {
+        guard key.utf8.count == 40 else { return nil }
         var decoded = [UInt8](repeating: 0, count: 32)
-        return zmq_z85_decode(&decoded, key) != nil
+        return zmq_z85_decode(&decoded, key) == nil ? nil : decoded
     }
 
     /// The Z85 text of a 32-byte binary key, as ZAP requests carry them.

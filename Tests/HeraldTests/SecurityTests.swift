@@ -89,9 +89,10 @@ struct SecurityTests {
                 endpoint: record.requestEndpoint, keys: try keys.pair("clients/subscriber"), serverKey: brokerKey)
             defer { client.close() }
             client.send(ControlFrame.encode(.register, PublisherRegistration(publisher: victim, endpoint: "", topics: ["secure"])))
+            #expect(victim.isBound(to: try keys.pair("clients/publisher").publicKey), "its identity begins with its key")
             let takeover = try #require(refusal(client.waitForReply(.refused, timeout: .seconds(5))))
-            #expect(takeover.reason == .notOwner && takeover.detail.contains("another key"), "\(takeover)")
-            let own = PublisherID()
+            #expect(takeover.reason == .notOwner && takeover.detail.contains("not bound"), "\(takeover)")
+            let own = PublisherID(curveKey: try keys.pair("clients/subscriber").publicKey)
             client.send(ControlFrame.encode(.register, PublisherRegistration(publisher: own, endpoint: "", topics: ["secure"])))
             _ = try #require(client.waitForCredit(timeout: .seconds(5)), "its own identity is registered")
             let forged = MessageHeader(publisher: victim, sequence: 1_000_000, sentAt: wallClockNanoseconds())
@@ -156,6 +157,23 @@ struct SecurityTests {
             let record = try await leaderRecord(cluster)
             let brokerPair = try keys.pair("broker")
             #expect(record.curveKey == brokerPair.publicKey)
+
+            // The stranger, admitted by the brokers, cannot claim the publisher's endpoint for its own key
+            // (subscribers would then expect the wrong key there).
+            let strangerKeys = try keys.pair("stranger")
+            let client = try HostileClient(endpoint: record.requestEndpoint, keys: strangerKeys, serverKey: brokerPair.publicKey)
+            defer { client.close() }
+            client.send(ControlFrame.encode(.lookup, DiscoveryQuery(topics: ["secure"])))
+            let reply = try #require(client.waitForReply(.lookup, timeout: .seconds(5)))
+            let discovered = try #require(reply.withUnsafeBytes { try? ControlFrame.decode(DiscoveryReply.self, from: $0).get() })
+            let real = try #require(discovered.publishers.first)
+            #expect(real.curveKey == (try keys.pair("clients/publisher")).publicKey, "the leader names the publisher's key")
+            let squatter = PublisherRegistration(
+                publisher: PublisherID(curveKey: strangerKeys.publicKey), endpoint: real.endpoint, topics: ["secure"],
+                curveKey: strangerKeys.publicKey)
+            client.send(ControlFrame.encode(.register, squatter))
+            let refused = try #require(refusal(client.waitForReply(.refused, timeout: .seconds(5))))
+            #expect(refused.reason == .notOwner && refused.detail.contains("another key"), "\(refused)")
             #expect(publisher.isRunning && broker.isRunning)
             print("[security direct] subscriber received \(subscriber.messages.count), stranger \(stranger.messages.count)")
         }

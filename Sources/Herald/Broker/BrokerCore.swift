@@ -47,6 +47,9 @@ struct BrokerCore: ~Copyable {
     private var evictionCursor = 0
     private var connections: [RoutingID: PublisherConnection] = [:]
     private var registrations: [PublisherID: Registered] = [:]
+    /// Direct mode: the publisher each advertised endpoint is registered by, so that no other key can claim
+    /// the endpoint and send subscribers to it with the wrong key.
+    private var endpointOwners: [String: PublisherID] = [:]
     /// The footprints of all registrations, bounded by the configuration's `registrationBytes`.
     private var registrationBytes = 0
     /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
@@ -227,8 +230,14 @@ struct BrokerCore: ~Copyable {
         _ registration: PublisherRegistration, from client: RoutingID, key: String?, now: ContinuousClock.Instant,
         output: inout some BrokerOutput
     ) {
-        // CurveZMQ: a publisher identity belongs to the key that first registered it, and a direct-mode
-        // publisher's advertised key must be the one it authenticated with, since subscribers trust it.
+        // CurveZMQ: a publisher identity begins with its key's first bytes, so only that key can register it;
+        // and a direct-mode publisher's advertised key must be the one it authenticated with, since
+        // subscribers trust it.
+        if let key, !registration.publisher.isBound(to: key) {
+            return refuse(
+                .notOwner, "publisher \(registration.publisher.short) is not bound to this connection's CURVE key",
+                to: client, output: &output)
+        }
         if let known = registrations[registration.publisher], known.key != key {
             return refuse(
                 .notOwner, "publisher \(registration.publisher.short) is registered to another key", to: client,
@@ -238,6 +247,12 @@ struct BrokerCore: ~Copyable {
             return refuse(
                 .notOwner, "the registration's CURVE key is not the one this connection authenticated with",
                 to: client, output: &output)
+        }
+        if !registration.endpoint.isEmpty, let owner = endpointOwners[registration.endpoint],
+            owner != registration.publisher, let held = registrations[owner], held.key != key
+        {
+            return refuse(
+                .notOwner, "endpoint \(registration.endpoint) is registered by another key", to: client, output: &output)
         }
         guard registration.topics.count <= configuration.maximumTopicsPerRequest else {
             return refuse(
@@ -273,6 +288,12 @@ struct BrokerCore: ~Copyable {
             // The identity moved to another connection of its key (a reconnection): the old one loses it.
             connections[previous]?.disown(registration.publisher)
         }
+        if let previous = registrations[registration.publisher]?.registration.endpoint,
+            previous != registration.endpoint, endpointOwners[previous] == registration.publisher
+        {
+            endpointOwners[previous] = nil
+        }
+        if !registration.endpoint.isEmpty { endpointOwners[registration.endpoint] = registration.publisher }
         registrations[registration.publisher] = Registered(
             registration: registration, lastSeen: now, client: client, key: key)
         registrationBytes += registration.footprint - previousFootprint
@@ -323,6 +344,9 @@ struct BrokerCore: ~Copyable {
     private mutating func forget(_ publisher: PublisherID) {
         guard let removed = registrations.removeValue(forKey: publisher) else { return }
         registrationBytes -= removed.registration.footprint
+        if endpointOwners[removed.registration.endpoint] == publisher {
+            endpointOwners[removed.registration.endpoint] = nil
+        }
         // A connection publishes only under identities registered now: one that expired may next be
         // registered by another key.
         connections[removed.client]?.disown(publisher)

@@ -1,4 +1,5 @@
 import Foundation
+import ZeroMQ
 
 /// The 16-byte identity of a publisher process. A publisher that restarts gets a new one, which subscribers
 /// treat as a new sequence epoch rather than as a gap or duplicates.
@@ -24,6 +25,28 @@ public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable 
         self.high = high
         self.low = low
     }
+
+    /// A new identity bound to a CURVE public key: its first eight bytes are the key's, the rest random. A
+    /// leader accepts such an identity only from a connection authenticated with that key, so no other key can
+    /// claim it, even first after a failover.
+    /// - Parameter key: the public key, in Z85 text; a random identity if it is not one.
+    public init(curveKey key: String) {
+        let random = PublisherID()
+        guard let prefix = PublisherID.keyPrefix(key) else {
+            self = random
+            return
+        }
+        self.init(high: prefix, low: random.low)
+    }
+
+    /// The first eight bytes of a CURVE public key, big-endian, as identities bound to it begin.
+    static func keyPrefix(_ key: String) -> UInt64? {
+        guard let bytes = ZMQCurveKeyPair.bytes(ofKey: key) else { return nil }
+        return bytes.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// Whether this identity is bound to `key` (see ``init(curveKey:)``).
+    func isBound(to key: String) -> Bool { Self.keyPrefix(key) == high }
 
     /// An identity from its text form, as ``description`` writes it.
     /// - Parameter text: a UUID.

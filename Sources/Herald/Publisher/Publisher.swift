@@ -118,8 +118,9 @@ public enum PublishError: Error, Sendable, Equatable, CustomStringConvertible {
 /// }
 /// ```
 public final class Publisher: Service, Sendable {
-    /// This publisher's identity; new on every start, which subscribers treat as a new sequence epoch.
-    public let id = PublisherID()
+    /// This publisher's identity; new on every start, which subscribers treat as a new sequence epoch. With
+    /// CurveZMQ it begins with its key's first bytes (``PublisherID/init(curveKey:)``).
+    public let id: PublisherID
     /// The publisher's settings.
     public let configuration: PublisherConfiguration
     /// The topics announced to the leader.
@@ -144,6 +145,7 @@ public final class Publisher: Service, Sendable {
     ///   cannot start.
     public init(configuration: PublisherConfiguration, topics: [Topic], logger: Logger) throws {
         try configuration.validate()
+        self.id = configuration.security.map { PublisherID(curveKey: $0.keyPair.publicKey) } ?? PublisherID()
         self.configuration = configuration
         self.topics = topics
         var logger = logger
