@@ -173,7 +173,9 @@ struct SecurityOptions: ParsableArguments {
     /// The security configuration, or `nil` to run in clear.
     /// - Parameters:
     ///   - server: whether this process listens (a broker): it then needs the authorized keys.
-    func curveSecurity(server: Bool) throws -> CurveSecurity? {
+    ///   - ownKeyIsBrokerKey: without a broker key, trust this process's own public key as the brokers' (for
+    ///     `herald status` run with a broker's settings, which brokers admit).
+    func curveSecurity(server: Bool, ownKeyIsBrokerKey: Bool = false) throws -> CurveSecurity? {
         let keyFile = Setting.value(self.keyFile, "HERALD_KEY_FILE")
         let authorized = Setting.value(authorizedKeys, "HERALD_AUTHORIZED_KEYS")
         let brokerKey = Setting.value(brokerPublicKey, "HERALD_BROKER_PUBLIC_KEY")
@@ -190,6 +192,8 @@ struct SecurityOptions: ParsableArguments {
                 guard security.authorizedKeys != nil else {
                     throw ValidationError("a broker with --key-file needs --authorized-keys: the client public keys it admits")
                 }
+            } else if brokerKey == nil, ownKeyIsBrokerKey {
+                security.brokerKey = security.keyPair.publicKey
             } else {
                 guard let brokerKey else {
                     throw ValidationError("a client with --key-file needs --broker-public-key: the brokers' public key it trusts")

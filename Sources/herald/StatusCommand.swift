@@ -22,7 +22,7 @@ struct StatusCommand: AsyncParsableCommand {
         guard leaderTimeout.isFinite, (0...3600).contains(leaderTimeout) else {
             throw ValidationError("--leader-timeout must be between 0 and 3600 seconds")
         }
-        let curve = try security.curveSecurity(server: false)
+        let curve = try security.curveSecurity(server: false, ownKeyIsBrokerKey: true)
         let status: ClusterStatus
         do {
             status = try await ClusterStatus.fetch(

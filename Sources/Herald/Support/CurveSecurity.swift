@@ -78,12 +78,14 @@ public struct CurveSecurity: Sendable {
     /// minute per key at most: a refused client retries its handshake every few hundred milliseconds.
     func startAuthenticator(context: ZMQContext, logger: Logger) async throws(ZMQError) -> ZMQAuthenticator {
         let allowed = authorizedKeys
+        // The brokers' own key is always admitted: `herald status` run with a broker's settings uses it.
+        let own = keyPair.publicKey
         let lastLogged = Mutex<[String: ContinuousClock.Instant]>([:])
         return try await ZMQAuthenticator.start(context: context) { request in
             guard request.mechanism == "CURVE", let key = request.clientKey else {
                 return .deny(reason: "CURVE required")
             }
-            guard let allowed else { return .allow(userID: key) }
+            guard let allowed, key != own else { return .allow(userID: key) }
             if allowed.admits(key) { return .allow(userID: key) }
             let now = ContinuousClock.now
             let log = lastLogged.withLock { logged in
