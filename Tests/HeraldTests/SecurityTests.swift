@@ -236,6 +236,72 @@ struct SecurityTests {
         }
     }
 
+    @Test("Authorization by topic: a key publishes and subscribes only where its line in the list allows")
+    func topicsByKey() async throws {
+        let keys = try await Keys()
+        defer { keys.remove() }
+        let list = keys.directory + "/list"
+        try FileManager.default.createDirectory(atPath: list, withIntermediateDirectories: true)
+        let publisherKey = try keys.pair("clients/publisher").publicKey
+        let subscriberKey = try keys.pair("clients/subscriber").publicKey
+        let strangerKey = try keys.pair("stranger").publicKey
+        try "\(publisherKey) publish sensors/*   # the lab's sensors\n".write(
+            toFile: list + "/publisher.pub", atomically: true, encoding: .utf8)
+        try "\(subscriberKey) subscribe sensors/*\n\(subscriberKey) subscribe weather\n".write(
+            toFile: list + "/subscriber.pub", atomically: true, encoding: .utf8)
+        try "\(strangerKey) subscribe weather\n".write(toFile: list + "/stranger.pub", atomically: true, encoding: .utf8)
+        try await withCluster(mode: "broker") { cluster in
+            let broker = try cluster.start(
+                "broker b1", ["broker", "--broker-id", "b1", "--mode", "broker"],
+                environment: keys.server("broker", authorizing: list))
+            try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
+            let subscriber = try cluster.start(
+                "subscriber", ["subscribe", "--json", "--topic", "sensors/lab1", "--topic", "weather"],
+                environment: keys.client("clients/subscriber"))
+            let stranger = try cluster.start(
+                "stranger", ["subscribe", "--json", "--topic", "sensors/lab1"], environment: keys.client("stranger"))
+            try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            let allowed = try cluster.start(
+                "publisher", ["publish", "--topic", "sensors/lab1", "--rate", "100", "--size", "32"],
+                environment: keys.client("clients/publisher"))
+            let forbidden = try cluster.start(
+                "forbidden publisher", ["publish", "--topic", "weather", "--rate", "100", "--size", "32"],
+                environment: keys.client("clients/publisher"))
+
+            try await subscriber.waitForMessage(timeout: Self.startup, "a message on a granted topic")
+            try await stranger.waitForLine(containing: "may not subscribe to 'sensors/lab1'", timeout: .seconds(10))
+            try await forbidden.waitForLine(containing: "may not publish on 'weather'", timeout: .seconds(10))
+            try await Task.sleep(for: .seconds(1))
+            #expect(stranger.messages.isEmpty)
+            #expect(subscriber.messages.allSatisfy { $0.topic == "sensors/lab1" }, "nothing on weather was accepted")
+            #expect(allowed.isRunning && broker.isRunning)
+            // With the brokers' own key, which brokers admit.
+            let status = try await cluster.waitForStatus(
+                "the refusals counted", timeout: .seconds(10), arguments: ["--key-file", keys.directory + "/broker.key"]
+            ) { ($0.leaderStatus?.refused?["forbidden"] ?? 0) >= 2 }
+            print("[security topics] refused: \(status.leaderStatus?.refused ?? [:])")
+        }
+    }
+
+    @Test("The list of keys: a key alone may do everything, a role and patterns restrict it, lines add up")
+    func keyListLines() throws {
+        let (a, b, c) = (try ZMQCurveKeyPair.generate(), try ZMQCurveKeyPair.generate(), try ZMQCurveKeyPair.generate())
+        var keys: [String: KeyPermissions] = [:]
+        for line in [
+            "# a comment", "not-a-key publish x", "\(a.publicKey)", "\(b.publicKey) publish sensors/* alerts  # two",
+            "\(b.publicKey) subscribe *", "\(c.publicKey) all news", "\(c.publicKey)   alice's laptop",
+        ] {
+            AuthorizedKeys.parse(Substring(line), into: &keys)
+        }
+        #expect(keys.count == 3)
+        #expect(keys[a.publicKey] == .all)
+        let restricted = try #require(keys[b.publicKey])
+        #expect(restricted.publish.allows("sensors/lab1/temp") && restricted.publish.allows("alerts"))
+        #expect(!restricted.publish.allows("sensors") && !restricted.publish.allows("alerts2") && !restricted.publish.allows("#"))
+        #expect(restricted.subscribe.allows("anything"))
+        #expect(keys[c.publicKey] == .all, "a word that is no role is a label: the key may do everything")
+    }
+
     // MARK: Helpers
 
     private func leaderRecord(_ cluster: HeraldCluster) async throws -> LeaderRecord {

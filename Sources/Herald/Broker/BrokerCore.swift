@@ -115,7 +115,7 @@ struct BrokerCore: ~Copyable {
         case .success(.lookup):
             switch frame.withUnsafeBytes({ ControlFrame.decode(DiscoveryQuery.self, from: $0) }) {
             case .failure(let failure): malformed(failure, from: client, frame: frame, output: &output)
-            case .success(let query): lookup(query, from: client, now: now, output: &output)
+            case .success(let query): lookup(query, from: client, key: frame.metadata("User-Id"), now: now, output: &output)
             }
         case .success(.status):
             guard frame.count == 2 else { return malformed(.truncated, from: client, frame: frame, output: &output) }
@@ -142,7 +142,11 @@ struct BrokerCore: ~Copyable {
         case .success(.subscribe):
             switch frame.withUnsafeBytes({ ControlFrame.decode(SubscribeRequest.self, from: $0) }) {
             case .failure(let failure): noteMalformed(failure)
-            case .success(let request): subscribe(request, from: subscriber, now: now, output: &output)
+            case .success(let request):
+                guard mayFollow(request.topics, key: frame.metadata("User-Id"), from: subscriber, output: &output) else {
+                    return
+                }
+                subscribe(request, from: subscriber, now: now, output: &output)
             }
         case .success(.consumed):
             switch frame.withUnsafeBytes({ ControlFrame.decodeCount($0) }) {
@@ -207,6 +211,11 @@ struct BrokerCore: ~Copyable {
                 .notOwner, "data under publisher \(layout.header.publisher.short), which this connection did not register",
                 to: client, output: &output)
         }
+        guard connection.publishGrant == nil
+            || frame.withUnsafeBytes({ connection.mayPublish(on: UnsafeRawBufferPointer(rebasing: $0[layout.topic])) })
+        else {
+            return refuse(.forbidden, "this key may not publish on this topic", to: client, output: &output)
+        }
         guard connection.received + UInt64(size) <= connection.granted else {
             return refuse(.overCredit, "sent beyond the credit granted", to: client, output: &output)
         }
@@ -247,6 +256,10 @@ struct BrokerCore: ~Copyable {
             return refuse(
                 .notOwner, "the registration's CURVE key is not the one this connection authenticated with",
                 to: client, output: &output)
+        }
+        let grant = grants(forKey: key)?.publish
+        if let grant, let denied = registration.topics.first(where: { !grant.allows($0) }) {
+            return refuse(.forbidden, "this key may not publish on '\(denied)'", to: client, output: &output)
         }
         if !registration.endpoint.isEmpty, let owner = endpointOwners[registration.endpoint],
             owner != registration.publisher, let held = registrations[owner], held.key != key
@@ -306,6 +319,7 @@ struct BrokerCore: ~Copyable {
         }
         guard configuration.mode == .broker else { return }
         if let connection = connections[client] {
+            connection.publishGrant = grant
             guard connection.adopt(registration.publisher) else {
                 return refuse(
                     .publisherLimit, "more than \(PublisherConnection.maximumPublishers) publishers on one connection",
@@ -321,6 +335,7 @@ struct BrokerCore: ~Copyable {
                     to: client, output: &output)
             }
             let connection = PublisherConnection(lastHeard: now, granted: UInt64(configuration.publisherWindow))
+            connection.publishGrant = grant
             _ = connection.adopt(registration.publisher)
             connections[client] = connection
             sendCredit(client, connection, output: &output)
@@ -352,13 +367,36 @@ struct BrokerCore: ~Copyable {
         connections[removed.client]?.disown(publisher)
     }
 
+    /// What a CURVE key may do, from the brokers' list; `nil` when every client may do everything (no
+    /// CurveZMQ, or no list). A key no longer in the list may do nothing.
+    private func grants(forKey key: String?) -> KeyPermissions? {
+        guard let key, let list = configuration.security?.authorizedKeys else { return nil }
+        let permissions = list.permissions(for: key) ?? KeyPermissions(publish: .none, subscribe: .none)
+        return permissions == .all ? nil : permissions
+    }
+
+    /// Whether the key may subscribe to every one of `topics`; refuses the subscriber if not.
+    private mutating func mayFollow(
+        _ topics: [String], key: String?, from subscriber: RoutingID, output: inout some BrokerOutput
+    ) -> Bool {
+        guard let grant = grants(forKey: key)?.subscribe,
+            let denied = topics.prefix(configuration.maximumTopicsPerRequest).first(where: { !grant.allows($0) })
+        else { return true }
+        refuseSubscriber(.forbidden, "this key may not subscribe to '\(denied)'", subscriber, output: &output)
+        return false
+    }
+
     private mutating func lookup(
-        _ query: DiscoveryQuery, from client: RoutingID, now: ContinuousClock.Instant, output: inout some BrokerOutput
+        _ query: DiscoveryQuery, from client: RoutingID, key: String?, now: ContinuousClock.Instant,
+        output: inout some BrokerOutput
     ) {
         guard query.topics.count <= configuration.maximumTopicsPerRequest else {
             return refuse(
                 .tooManyTopics, "\(query.topics.count) topics in one lookup; the limit is \(configuration.maximumTopicsPerRequest)",
                 to: client, output: &output)
+        }
+        if let grant = grants(forKey: key)?.subscribe, let denied = query.topics.first(where: { !grant.allows($0) }) {
+            return refuse(.forbidden, "this key may not subscribe to '\(denied)'", to: client, output: &output)
         }
         let wanted = Set(query.topics)
         let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
@@ -861,6 +899,22 @@ final class PublisherConnection {
     func owns(_ publisher: PublisherID) -> Bool {
         // The common case first: one publisher per connection, compared without a search.
         publishers.first == publisher || publishers.contains(publisher)
+    }
+
+    /// The topics its key may publish on; `nil` for every topic.
+    var publishGrant: TopicGrant? {
+        didSet { grantedTopic = [] }
+    }
+    /// The last topic found granted, so that a restricted publisher's steady stream is checked by one comparison.
+    private var grantedTopic: [UInt8] = []
+
+    /// Whether its key may publish on the topic whose name is `topic`.
+    func mayPublish(on topic: UnsafeRawBufferPointer) -> Bool {
+        guard let publishGrant else { return true }
+        if !grantedTopic.isEmpty, topic.elementsEqual(grantedTopic) { return true }
+        guard publishGrant.allows(bytes: topic) else { return false }
+        grantedTopic = Array(topic)
+        return true
     }
 
     /// Forgets that `publisher` registered on this connection.

@@ -260,6 +260,8 @@ struct Refusal: Codable, Sendable, Equatable {
         case registrationLimit = "registration_limit"
         /// More status requests than the leader answers per second: ask again in a moment.
         case rateLimited = "rate_limited"
+        /// The client's CURVE key may not publish on, or subscribe to, a topic it asked for.
+        case forbidden = "forbidden"
     }
 
     var reason: Reason

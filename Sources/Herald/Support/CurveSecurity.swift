@@ -128,10 +128,64 @@ public struct CurveSecurity: Sendable {
     }
 }
 
-/// The client public keys a server admits: a file with one Z85 key per line (text after the key, and lines
-/// starting with `#`, are ignored), or a directory of such files (for example the `.pub` files of
-/// `herald keygen`). Changes are picked up within a second, for new connections; connections already
-/// admitted stay.
+/// Topics a key may publish or subscribe to: every topic, or named ones and prefixes.
+public struct TopicGrant: Sendable, Equatable {
+    /// Every topic.
+    public var everything: Bool
+    /// Topic names granted.
+    public var names: Set<String>
+    /// Prefixes granted (`sensors/*` grants every topic that starts with `sensors/`).
+    public var prefixes: [String]
+
+    /// Every topic.
+    public static let all = TopicGrant(everything: true, names: [], prefixes: [])
+    /// No topic.
+    public static let none = TopicGrant(everything: false, names: [], prefixes: [])
+
+    /// Whether `topic` is granted.
+    public func allows(_ topic: String) -> Bool {
+        everything || names.contains(topic) || prefixes.contains { topic.hasPrefix($0) }
+    }
+
+    /// Whether `topic`, as bytes from the network, is granted.
+    func allows(bytes topic: some Collection<UInt8>) -> Bool {
+        everything || allows(String(decoding: topic, as: UTF8.self))
+    }
+
+    mutating func add(_ patterns: [Substring]) {
+        guard !patterns.isEmpty else { return everything = true }
+        for pattern in patterns {
+            if pattern == "*" {
+                everything = true
+            } else if pattern.hasSuffix("*") {
+                prefixes.append(String(pattern.dropLast()))
+            } else {
+                names.insert(String(pattern))
+            }
+        }
+    }
+}
+
+/// What a key may do: the topics it may publish on and subscribe to.
+public struct KeyPermissions: Sendable, Equatable {
+    /// Topics it may publish on.
+    public var publish: TopicGrant
+    /// Topics it may subscribe to (and, in direct mode, look up).
+    public var subscribe: TopicGrant
+
+    /// Everything.
+    public static let all = KeyPermissions(publish: .all, subscribe: .all)
+}
+
+/// The client public keys a server admits, and what each may do: a file with one key per line, or a directory
+/// of such files (for example the `.pub` files of `herald keygen`). Changes are picked up within a second, for
+/// new connections; connections already admitted stay.
+///
+/// A line is a Z85 key, optionally followed by a role and topics: `KEY` may do everything; `KEY publish
+/// sensors/* alerts` may publish on `alerts` and on topics starting with `sensors/`, and nothing else;
+/// `subscribe` grants subscriptions (and direct-mode lookups) the same way, and `all` both. Lines of one key add
+/// up. A word starting with `#` after the key starts a comment, as does a line whose first word is no key; a line
+/// whose second word is no role grants everything (the rest is a label).
 public final class AuthorizedKeys: Sendable {
     /// The file or directory.
     public let path: String
@@ -144,7 +198,7 @@ public final class AuthorizedKeys: Sendable {
 
     private struct Snapshot {
         var signature: [String: [Int]]
-        var keys: Set<String>
+        var keys: [String: KeyPermissions]
         var checkedAt: ContinuousClock.Instant
     }
 
@@ -162,10 +216,13 @@ public final class AuthorizedKeys: Sendable {
     }
 
     /// The keys admitted now.
-    public var keys: Set<String> { snapshot.withLock { $0.keys } }
+    public var keys: Set<String> { snapshot.withLock { Set($0.keys.keys) } }
 
     /// Whether `key` is admitted, reading the list again if it changed.
-    public func admits(_ key: String) -> Bool {
+    public func admits(_ key: String) -> Bool { permissions(for: key) != nil }
+
+    /// What `key` may do, or `nil` if it is not admitted; the list is read again if it changed.
+    public func permissions(for key: String) -> KeyPermissions? {
         snapshot.withLock { snapshot in
             let now = ContinuousClock.now
             if now - snapshot.checkedAt >= Self.recheckInterval {
@@ -176,7 +233,7 @@ public final class AuthorizedKeys: Sendable {
                     snapshot.keys = keys
                 }
             }
-            return snapshot.keys.contains(key)
+            return snapshot.keys[key]
         }
     }
 
@@ -203,22 +260,41 @@ public final class AuthorizedKeys: Sendable {
         return signature
     }
 
-    private static func load(_ path: String) -> (signature: [String: [Int]], keys: Set<String>)? {
+    private static func load(_ path: String) -> (signature: [String: [Int]], keys: [String: KeyPermissions])? {
         guard let signature = signature(of: path) else { return nil }
-        var keys = Set<String>()
+        var keys: [String: KeyPermissions] = [:]
         for file in signature.keys {
             guard let handle = FileHandle(forReadingAtPath: file) else { continue }
             let data = (try? handle.read(upToCount: maximumFileBytes)) ?? nil
             try? handle.close()
             for line in String(decoding: data ?? Data(), as: UTF8.self).split(whereSeparator: \.isNewline) {
-                guard let first = line.split(whereSeparator: \.isWhitespace).first, !first.hasPrefix("#") else {
-                    continue
-                }
-                let key = String(first)
-                if ZMQCurveKeyPair.isValidKey(key) { keys.insert(key) }
+                parse(line, into: &keys)
             }
         }
         return (signature, keys)
+    }
+
+    /// Adds what one line grants.
+    static func parse(_ line: Substring, into keys: inout [String: KeyPermissions]) {
+        // Z85 keys may contain `#`: a comment is a word that starts with one, after the key (or a line whose
+        // first word is no key).
+        let all = line.split(whereSeparator: \.isWhitespace)
+        guard let first = all.first else { return }
+        let key = String(first)
+        guard ZMQCurveKeyPair.isValidKey(key) else { return }
+        let words = [first] + all.dropFirst().prefix { !$0.hasPrefix("#") }
+        var permissions = keys[key] ?? KeyPermissions(publish: .none, subscribe: .none)
+        let role = words.dropFirst().first
+        let patterns = Array(words.dropFirst(2))
+        switch role {
+        case "publish": permissions.publish.add(patterns)
+        case "subscribe": permissions.subscribe.add(patterns)
+        case "all":
+            permissions.publish.add(patterns)
+            permissions.subscribe.add(patterns)
+        default: permissions = .all
+        }
+        keys[key] = permissions
     }
 }
 

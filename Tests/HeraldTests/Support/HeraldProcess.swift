@@ -366,12 +366,13 @@ final class HeraldCluster: Sendable {
     /// - Returns: the status that satisfied it.
     @discardableResult
     func waitForStatus(
-        _ what: String, timeout: Duration, where condition: @escaping @Sendable (StatusReport) -> Bool
+        _ what: String, timeout: Duration, arguments: [String] = [],
+        where condition: @escaping @Sendable (StatusReport) -> Bool
     ) async throws -> StatusReport {
         do {
             return try await within(timeout, what) {
                 while true {
-                    if let status = try await self.status(), condition(status) { return status }
+                    if let status = try await self.status(arguments), condition(status) { return status }
                     try await Task.sleep(for: .milliseconds(100))
                 }
             }
