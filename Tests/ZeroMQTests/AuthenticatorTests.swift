@@ -34,6 +34,8 @@ struct AuthenticatorTests {
             return push
         }
         let refused = try client(stranger)
+        let events = try refused.monitor(.handshakeFailedAuthentication)
+        defer { events.close() }
         try refused.send(ZMQMessage(strings: ["from the stranger"]), dontWait: true)
         let admitted = try client(friend)
         try admitted.send(ZMQMessage(strings: ["from the friend"]))
@@ -43,9 +45,12 @@ struct AuthenticatorTests {
         #expect(frame.bytes == Array("from the friend".utf8))
         #expect(frame.metadata("User-Id") == "friend:\(friend.publicKey)")
         #expect(frame.metadata("No-Such-Property") == nil)
-        // Nothing from the stranger follows, however long it retries.
+        // Nothing from the stranger follows; its socket learns why, from an event.
         try pull.set(.receiveTimeout(.milliseconds(500)))
         #expect(throws: ZMQError.self) { _ = try pull.receive(into: &frame) }
+        let event = try #require(events.receiveEvent(), "the refusal is reported to the refused client")
+        #expect(event.event == .handshakeFailedAuthentication && event.value == 400, "\(event)")
+        #expect(event.endpoint == endpoint)
         refused.close()
         admitted.close()
         pull.close()

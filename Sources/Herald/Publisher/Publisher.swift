@@ -415,6 +415,8 @@ private struct Link: ~Copyable {
     var waiters: [CheckedContinuation<Void, Never>] = []
     var nextRegistration: ContinuousClock.Instant = .now
     var refusalNoted: ContinuousClock.Instant?
+    /// CurveZMQ: the connection to the leader, for a refused key.
+    let handshakes = HandshakeWatch()
 
     init(configuration: PublisherConfiguration) {
         self.configuration = configuration
@@ -587,6 +589,12 @@ private struct Link: ~Copyable {
         }
         // Read first: a refusal asks for a new connection, which the commands below then make.
         readIncoming(logger: logger)
+        if let security = configuration.security, let leader,
+            handshakes.shouldReconnect(
+                now: .now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
+        {
+            commands.insert(.attach(leader), at: 0)
+        }
         while !commands.isEmpty {
             switch commands.removeFirst() {
             case .attach(let record): attach(record, context: context, logger: logger)
@@ -697,6 +705,7 @@ private struct Link: ~Copyable {
             }
             try dealer.connect(record.requestEndpoint)
             self.dealer = dealer
+            if configuration.security != nil { handshakes.watch(dealer) }
         } catch {
             logger.error("cannot attach to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
             return
@@ -766,6 +775,7 @@ private struct Link: ~Copyable {
     }
 
     private mutating func closeDealer(linger: Duration) {
+        handshakes.close()
         guard let dealer else { return }
         try? dealer.set(.linger(linger))
         dealer.close()

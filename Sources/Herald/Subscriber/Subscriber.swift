@@ -293,6 +293,8 @@ private final class SubscriberLoop {
     var publisherKeys: [String: String] = [:]
     /// Endpoints already reported as registered without a key, so that each is reported once.
     var unkeyedEndpoints: Set<String> = []
+    /// CurveZMQ: the connection to the leader, for a refused key.
+    let handshakes = HandshakeWatch()
 
     /// When this subscriber first subscribed (wall clock), and whether it has attached before.
     var subscribedSince: UInt64?
@@ -408,6 +410,7 @@ private final class SubscriberLoop {
                 }
                 try socket.connect(record.subscriberEndpoint)
                 dealer = socket
+                if configuration.security != nil { handshakes.watch(socket) }
             } catch {
                 logger.error("cannot connect to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
@@ -439,6 +442,7 @@ private final class SubscriberLoop {
                 }
                 try socket.connect(record.requestEndpoint)
                 lookups = socket
+                if configuration.security != nil { handshakes.watch(socket) }
             } catch {
                 logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
@@ -625,6 +629,11 @@ private final class SubscriberLoop {
     // MARK: Time-driven work
 
     private func tick(now: ContinuousClock.Instant) {
+        if let security = configuration.security, let leader,
+            handshakes.shouldReconnect(now: now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
+        {
+            attach(leader)
+        }
         var sink = BatchSink(loop: self)
         core.sequencer.expireGaps(now: now, into: &sink)
         core.sequencer.forgetSilentStreams(now: now)
