@@ -46,17 +46,10 @@ enum Setting {
         guard let raw = value(flag, variable) else { return nil }
         guard raw.hasPrefix("@") else { return raw }
         let path = String(raw.dropFirst())
-        // At most 64 KiB: a path to the wrong file (a log, a device) must not be read whole.
-        guard let file = FileHandle(forReadingAtPath: path), let data = try? file.read(upToCount: 64 * 1024) else {
+        guard let line = CredentialFile.firstLine(of: path) else {
             throw ValidationError("\(variable): cannot read \(path)")
         }
-        try? file.close()
-        let text = String(decoding: data, as: UTF8.self)
-        guard let line = text.split(whereSeparator: \.isNewline).first.map({ $0.trimmingCharacters(in: .whitespaces) }),
-            !line.isEmpty
-        else {
-            throw ValidationError("\(variable): \(path) is empty")
-        }
+        guard !line.isEmpty else { throw ValidationError("\(variable): \(path) is empty") }
         return line
     }
 

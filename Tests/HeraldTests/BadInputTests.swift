@@ -220,14 +220,7 @@ struct BadInputTests {
     /// that what it printed is each message once, in order. In direct mode the publisher keeps no replay, so
     /// what it sent before the subscriber found it is lost, and counted: only that loss is allowed.
     private func stopAndCheck(publisher: HeraldProcess, subscriber: HeraldProcess, mode: String = "broker") async throws {
-        publisher.kill(SIGINT)
-        #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0, "\(publisher.diagnostics())")
-        try await Task.sleep(for: .seconds(1))
-        subscriber.kill(SIGINT)
-        #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
-        let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-            subscriber.stdoutEnded ? subscriber.summary : nil
-        }
+        let summary = try await stopCleanly(publishers: [publisher], subscriber: subscriber)
         let messages = subscriber.messages
         let problems = sequenceProblems(in: messages)
         #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")

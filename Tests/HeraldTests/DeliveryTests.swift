@@ -112,12 +112,7 @@ struct DeliveryTests {
                         return lasts.sorted() == counts.sorted()
                     }
             }
-            subscriber.kill(SIGINT)
-            let code = try await subscriber.waitForExit(timeout: .seconds(10))
-            #expect(code == 0, "the subscriber stops cleanly on SIGINT")
-            let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-                subscriber.stdoutEnded ? subscriber.summary : nil
-            }
+            let summary = try await stopCleanly(publishers: [], subscriber: subscriber, settle: .zero)
 
             // The printed stream: every seq of every publisher from 1 to its count, once each and in order.
             let messages = subscriber.messages
@@ -194,14 +189,7 @@ struct DeliveryTests {
             try await watcher.wait("100 messages from publisher 2", timeout: Self.startup) { streams in
                 streams.contains { $0.key.publisher != firstID && $0.value.count >= 100 }
             }
-            second.kill(SIGINT)
-            #expect(try await second.waitForExit(timeout: .seconds(10)) == 0)
-            try await Task.sleep(for: .milliseconds(500))
-            subscriber.kill(SIGINT)
-            #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0)
-            let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-                subscriber.stdoutEnded ? subscriber.summary : nil
-            }
+            let summary = try await stopCleanly(publishers: [second], subscriber: subscriber, settle: .milliseconds(500))
 
             let messages = subscriber.messages
             let problems = sequenceProblems(in: messages)

@@ -129,14 +129,7 @@ struct HostileClientTests {
             #expect(first.isRunning, "\(first.diagnostics())")
             #expect(second.isRunning, "\(second.diagnostics())")
             #expect(try await cluster.status()?.leader?.broker == "b1", "no failover: the first broker still leads")
-            publisher.kill(SIGINT)
-            #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0, "\(publisher.diagnostics())")
-            try await Task.sleep(for: .seconds(1))
-            subscriber.kill(SIGINT)
-            #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
-            _ = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-                subscriber.stdoutEnded ? subscriber.summary : nil
-            }
+            _ = try await stopCleanly(publishers: [publisher], subscriber: subscriber)
             // The first message arrived before any hostile request: its publisher is the honest one.
             let printed = subscriber.messages
             let honest = printed.filter { $0.publisher == printed.first?.publisher }

@@ -175,16 +175,7 @@ struct LeadershipTests {
             try await survivor.waitForLine(
                 containing: "elected leader; serving", timeout: HeraldCluster.sessionTimeout + .seconds(10))
             try await Task.sleep(for: .seconds(3))
-            for publisher in [steady, born] {
-                publisher.kill(SIGINT)
-                #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0)
-            }
-            try await Task.sleep(for: .seconds(1))
-            subscriber.kill(SIGINT)
-            #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0)
-            let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-                subscriber.stdoutEnded ? subscriber.summary : nil
-            }
+            let summary = try await stopCleanly(publishers: [steady, born], subscriber: subscriber)
             let ranges = streamRanges(of: subscriber.messages)
             #expect(ranges.count == 2)
             let firstPublisher = subscriber.messages.first?.publisher
@@ -229,14 +220,7 @@ struct LeadershipTests {
     }
 
     private func stopAndCheckComplete(publisher: HeraldProcess, subscriber: HeraldProcess) async throws {
-        publisher.kill(SIGINT)
-        #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0, "\(publisher.diagnostics())")
-        try await Task.sleep(for: .seconds(1))
-        subscriber.kill(SIGINT)
-        #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
-        let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-            subscriber.stdoutEnded ? subscriber.summary : nil
-        }
+        let summary = try await stopCleanly(publishers: [publisher], subscriber: subscriber)
         let messages = subscriber.messages
         #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
         #expect(summary.lost == 0, "summary: \(summary)")

@@ -107,14 +107,7 @@ struct SecurityTests {
             try await stranger.waitForMessage(
                 timeout: HandshakeWatch.retryInterval + .seconds(10), "a message once its key is admitted")
 
-            publisher.kill(SIGINT)
-            #expect(try await publisher.waitForExit(timeout: .seconds(10)) == 0)
-            try await Task.sleep(for: .seconds(1))
-            subscriber.kill(SIGINT)
-            #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0)
-            let summary = try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
-                subscriber.stdoutEnded ? subscriber.summary : nil
-            }
+            let summary = try await stopCleanly(publishers: [publisher], subscriber: subscriber)
             let messages = subscriber.messages
             #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
             #expect(messages.first?.seq == 1 && summary.lost == 0 && summary.publishers == 1, "summary: \(summary)")

@@ -214,7 +214,8 @@ struct BrokerCore: ~Copyable {
         guard connection.publishGrant == nil
             || frame.withUnsafeBytes({ connection.mayPublish(on: UnsafeRawBufferPointer(rebasing: $0[layout.topic])) })
         else {
-            return refuse(.forbidden, "this key may not publish on this topic", to: client, output: &output)
+            let name = frame.withUnsafeBytes { String(decoding: $0[layout.topic], as: UTF8.self) }
+            return refuse(.forbidden, "this key may not publish on '\(name)'", to: client, output: &output)
         }
         guard connection.received + UInt64(size) <= connection.granted else {
             return refuse(.overCredit, "sent beyond the credit granted", to: client, output: &output)
@@ -257,10 +258,6 @@ struct BrokerCore: ~Copyable {
                 .notOwner, "the registration's CURVE key is not the one this connection authenticated with",
                 to: client, output: &output)
         }
-        let grant = grants(forKey: key)?.publish
-        if let grant, let denied = registration.topics.first(where: { !grant.allows($0) }) {
-            return refuse(.forbidden, "this key may not publish on '\(denied)'", to: client, output: &output)
-        }
         if !registration.endpoint.isEmpty, let owner = endpointOwners[registration.endpoint],
             owner != registration.publisher, let held = registrations[owner], held.key != key
         {
@@ -275,6 +272,10 @@ struct BrokerCore: ~Copyable {
         }
         guard registration.topics.allSatisfy({ (try? Topic($0)) != nil }) else {
             return refuse(.invalidTopic, "a registered topic is not a valid name", to: client, output: &output)
+        }
+        let grant = grants(forKey: key)?.publish
+        if let grant, let denied = registration.topics.first(where: { !grant.allows($0) }) {
+            return refuse(.forbidden, "this key may not publish on '\(denied)'", to: client, output: &output)
         }
         guard registration.endpoint.utf8.count <= PublisherRegistration.maximumEndpointLength else {
             return refuse(

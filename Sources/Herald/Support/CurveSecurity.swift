@@ -118,8 +118,14 @@ public struct CurveSecurity: Sendable {
         }
     }
 
-    /// The first line of a file, trimmed, reading at most `limit` bytes.
-    static func readFirstLine(_ path: String, limit: Int) -> String? {
+    static func readFirstLine(_ path: String, limit: Int) -> String? { CredentialFile.firstLine(of: path, limit: limit) }
+}
+
+/// Files that hold one secret or key on their first line: key files, `@file` values of options.
+public enum CredentialFile {
+    /// The first line of a file, trimmed, reading at most `limit` bytes (a path to the wrong file, a log or a
+    /// device, is not read whole); `nil` when it cannot be read.
+    public static func firstLine(of path: String, limit: Int = 64 * 1024) -> String? {
         guard let file = FileHandle(forReadingAtPath: path) else { return nil }
         defer { try? file.close() }
         guard let data = try? file.read(upToCount: limit) else { return nil }

@@ -535,6 +535,26 @@ struct SubscribeSummary: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Stops `publishers` cleanly (SIGINT), waits `settle` for what is still on its way, stops `subscriber` cleanly
+/// and returns its summary line. Each process must exit with 0.
+func stopCleanly(
+    publishers: [HeraldProcess], subscriber: HeraldProcess, settle: Duration = .seconds(1),
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> SubscribeSummary {
+    for publisher in publishers {
+        publisher.kill(SIGINT)
+        let code = try await publisher.waitForExit(timeout: .seconds(10))
+        #expect(code == 0, "\(publisher.diagnostics())", sourceLocation: sourceLocation)
+    }
+    try await Task.sleep(for: settle)
+    subscriber.kill(SIGINT)
+    let code = try await subscriber.waitForExit(timeout: .seconds(10))
+    #expect(code == 0, "the subscriber stops cleanly on SIGINT\n\(subscriber.diagnostics())", sourceLocation: sourceLocation)
+    return try await subscriber.waitFor("the summary line", timeout: .seconds(5)) {
+        subscriber.stdoutEnded ? subscriber.summary : nil
+    }
+}
+
 extension HeraldProcess {
     /// The summary a `herald subscribe` process printed when it stopped, if it did.
     var summary: SubscribeSummary? { stderrLines.lazy.compactMap(SubscribeSummary.init(line:)).last }
