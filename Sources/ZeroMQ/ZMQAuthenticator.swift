@@ -100,7 +100,7 @@ public final class ZMQAuthenticator: Sendable {
         while !stopRequested.load(ordering: .acquiring) {
             do {
                 try poller.poll(timeout: Self.pollInterval)
-            } catch where error.kind == .interrupted {
+            } catch  where error.kind == .interrupted {
                 continue
             } catch {
                 return  // The context is terminating: nothing more can be asked.

@@ -189,7 +189,8 @@ struct DeliveryTests {
             try await watcher.wait("100 messages from publisher 2", timeout: Self.startup) { streams in
                 streams.contains { $0.key.publisher != firstID && $0.value.count >= 100 }
             }
-            let summary = try await stopCleanly(publishers: [second], subscriber: subscriber, settle: .milliseconds(500))
+            let summary = try await stopCleanly(
+                publishers: [second], subscriber: subscriber, settle: .milliseconds(500))
 
             let messages = subscriber.messages
             let problems = sequenceProblems(in: messages)

@@ -48,28 +48,25 @@ struct SecurityTests {
         func remove() { try? FileManager.default.removeItem(atPath: directory) }
     }
 
-    @Test("Broker mode with CurveZMQ: only admitted keys exchange messages, an identity belongs to its key, and every refusal says why")
+    @Test(
+        "Broker mode with CurveZMQ: only admitted keys exchange messages, an identity belongs to its key, and every refusal says why"
+    )
     func curveInBrokerMode() async throws {
         let keys = try await Keys()
         defer { keys.remove() }
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.start(
-                "broker b1", ["broker", "--broker-id", "b1", "--mode", "broker"],
-                environment: keys.server("broker", authorizing: keys.clients))
+            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: keys.clients))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
 
-            let subscriber = try cluster.start(
-                "subscriber", ["subscribe", "--json", "--topic", "secure"], environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.start(
-                "stranger", ["subscribe", "--json", "--topic", "secure"], environment: keys.client("stranger"))
-            let inClear = try cluster.start("in clear", ["subscribe", "--json", "--topic", "secure"])
-            let misled = try cluster.start(
-                "misled", ["subscribe", "--json", "--topic", "secure"],
-                environment: keys.client("clients/subscriber", trusting: "stranger"))
+            let subscriber = try cluster.subscriber(
+                ["secure"], name: "subscriber", environment: keys.client("clients/subscriber"))
+            let stranger = try cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
+            let inClear = try cluster.subscriber(["secure"], name: "in clear")
+            let misled = try cluster.subscriber(
+                ["secure"], name: "misled", environment: keys.client("clients/subscriber", trusting: "stranger"))
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
-            let publisher = try cluster.start(
-                "publisher", ["publish", "--topic", "secure", "--rate", "100", "--size", "32"],
-                environment: keys.client("clients/publisher"))
+            let publisher = try cluster.publisher(
+                "secure", rate: 100, name: "publisher", environment: keys.client("clients/publisher"))
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message over CURVE")
             try await inClear.waitForLine(containing: "cluster requires CurveZMQ", timeout: .seconds(10))
@@ -88,12 +85,16 @@ struct SecurityTests {
             let client = try HostileClient(
                 endpoint: record.requestEndpoint, keys: try keys.pair("clients/subscriber"), serverKey: brokerKey)
             defer { client.close() }
-            client.send(ControlFrame.encode(.register, PublisherRegistration(publisher: victim, endpoint: "", topics: ["secure"])))
-            #expect(victim.isBound(to: try keys.pair("clients/publisher").publicKey), "its identity begins with its key")
+            client.send(
+                ControlFrame.encode(
+                    .register, PublisherRegistration(publisher: victim, endpoint: "", topics: ["secure"])))
+            #expect(
+                victim.isBound(to: try keys.pair("clients/publisher").publicKey), "its identity begins with its key")
             let takeover = try #require(refusal(client.waitForReply(.refused, timeout: .seconds(5))))
             #expect(takeover.reason == .notOwner && takeover.detail.contains("not bound"), "\(takeover)")
             let own = PublisherID(curveKey: try keys.pair("clients/subscriber").publicKey)
-            client.send(ControlFrame.encode(.register, PublisherRegistration(publisher: own, endpoint: "", topics: ["secure"])))
+            client.send(
+                ControlFrame.encode(.register, PublisherRegistration(publisher: own, endpoint: "", topics: ["secure"])))
             _ = try #require(client.waitForCredit(timeout: .seconds(5)), "its own identity is registered")
             let forged = MessageHeader(publisher: victim, sequence: 1_000_000, sentAt: wallClockNanoseconds())
             client.send(dataFrame(topic: try Topic("secure"), header: forged, payload: Array("forged".utf8)))
@@ -103,7 +104,8 @@ struct SecurityTests {
             // The refused client says why, and tries again: a key added to the list is admitted from then on,
             // without restarting the broker or the client.
             try await stranger.waitForLine(containing: "refused this process's CURVE key", timeout: .seconds(10))
-            try FileManager.default.copyItem(atPath: keys.directory + "/stranger.pub", toPath: keys.clients + "/stranger.pub")
+            try FileManager.default.copyItem(
+                atPath: keys.directory + "/stranger.pub", toPath: keys.clients + "/stranger.pub")
             try await stranger.waitForMessage(
                 timeout: HandshakeWatch.retryInterval + .seconds(10), "a message once its key is admitted")
 
@@ -116,7 +118,9 @@ struct SecurityTests {
         }
     }
 
-    @Test("Direct mode with CurveZMQ: a publisher admits only its own list of subscriber keys, and subscribers require its registered key")
+    @Test(
+        "Direct mode with CurveZMQ: a publisher admits only its own list of subscriber keys, and subscribers require its registered key"
+    )
     func curveInDirectMode() async throws {
         let keys = try await Keys()
         defer { keys.remove() }
@@ -125,21 +129,19 @@ struct SecurityTests {
         try FileManager.default.createDirectory(atPath: brokerList, withIntermediateDirectories: true)
         for name in ["clients/publisher", "clients/subscriber", "stranger"] {
             let text = try String(contentsOfFile: keys.directory + "/\(name).pub", encoding: .utf8)
-            try text.write(toFile: brokerList + "/\(name.split(separator: "/").last!).pub", atomically: true, encoding: .utf8)
+            try text.write(
+                toFile: brokerList + "/\(name.split(separator: "/").last!).pub", atomically: true, encoding: .utf8)
         }
         try await withCluster(mode: "direct") { cluster in
-            let broker = try cluster.start(
-                "broker b1", ["broker", "--broker-id", "b1", "--mode", "direct"],
-                environment: keys.server("broker", authorizing: brokerList))
+            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: brokerList))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
-            let subscriber = try cluster.start(
-                "subscriber", ["subscribe", "--json", "--topic", "secure"], environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.start(
-                "stranger", ["subscribe", "--json", "--topic", "secure"], environment: keys.client("stranger"))
+            let subscriber = try cluster.subscriber(
+                ["secure"], name: "subscriber", environment: keys.client("clients/subscriber"))
+            let stranger = try cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
             try await subscriber.waitForLine(containing: "using leader for discovery", timeout: Self.startup)
             try await stranger.waitForLine(containing: "using leader for discovery", timeout: Self.startup)
-            let publisher = try cluster.start(
-                "publisher", ["publish", "--topic", "secure", "--rate", "100", "--size", "32"],
+            let publisher = try cluster.publisher(
+                "secure", rate: 100, name: "publisher",
                 environment: keys.client("clients/publisher").merging(["HERALD_AUTHORIZED_KEYS": keys.clients]) { $1 })
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message straight from the publisher")
@@ -153,13 +155,16 @@ struct SecurityTests {
             // The stranger, admitted by the brokers, cannot claim the publisher's endpoint for its own key
             // (subscribers would then expect the wrong key there).
             let strangerKeys = try keys.pair("stranger")
-            let client = try HostileClient(endpoint: record.requestEndpoint, keys: strangerKeys, serverKey: brokerPair.publicKey)
+            let client = try HostileClient(
+                endpoint: record.requestEndpoint, keys: strangerKeys, serverKey: brokerPair.publicKey)
             defer { client.close() }
             client.send(ControlFrame.encode(.lookup, DiscoveryQuery(topics: ["secure"])))
             let reply = try #require(client.waitForReply(.lookup, timeout: .seconds(5)))
-            let discovered = try #require(reply.withUnsafeBytes { try? ControlFrame.decode(DiscoveryReply.self, from: $0).get() })
+            let discovered = try #require(
+                reply.withUnsafeBytes { try? ControlFrame.decode(DiscoveryReply.self, from: $0).get() })
             let real = try #require(discovered.publishers.first)
-            #expect(real.curveKey == (try keys.pair("clients/publisher")).publicKey, "the leader names the publisher's key")
+            #expect(
+                real.curveKey == (try keys.pair("clients/publisher")).publicKey, "the leader names the publisher's key")
             let squatter = PublisherRegistration(
                 publisher: PublisherID(curveKey: strangerKeys.publicKey), endpoint: real.endpoint, topics: ["secure"],
                 curveKey: strangerKeys.publicKey)
@@ -167,21 +172,24 @@ struct SecurityTests {
             let refused = try #require(refusal(client.waitForReply(.refused, timeout: .seconds(5))))
             #expect(refused.reason == .notOwner && refused.detail.contains("another key"), "\(refused)")
             #expect(publisher.isRunning && broker.isRunning)
-            print("[security direct] subscriber received \(subscriber.messages.count), stranger \(stranger.messages.count)")
+            print(
+                "[security direct] subscriber received \(subscriber.messages.count), stranger \(stranger.messages.count)"
+            )
         }
     }
 
-    @Test("ZooKeeper credentials: a cluster's znodes belong to its identity; other identities read but cannot change them, and get a clear error")
+    @Test(
+        "ZooKeeper credentials: a cluster's znodes belong to its identity; other identities read but cannot change them, and get a clear error"
+    )
     func zooKeeperACLs() async throws {
         try await withCluster(mode: "broker") { cluster in
             let credentials = ["HERALD_ZOOKEEPER_AUTH": "herald:s3cret"]
             // Started first without credentials, then with them: the open znodes are closed.
-            let open = try cluster.start("open broker", ["broker", "--broker-id", "open", "--mode", "broker"])
+            let open = try cluster.broker("open")
             try await open.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
             open.kill(SIGTERM)
             #expect(try await open.waitForExit(timeout: .seconds(10)) == 0)
-            let broker = try cluster.start(
-                "broker b1", ["broker", "--broker-id", "b1", "--mode", "broker"], environment: credentials)
+            let broker = try cluster.broker("b1", environment: credentials)
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
 
             let layout = try ClusterLayout(cluster: cluster.name)
@@ -204,9 +212,10 @@ struct SecurityTests {
                 }
             }
 
-            for (label, extra) in [("no credentials", [String: String]()), ("wrong password", ["HERALD_ZOOKEEPER_AUTH": "herald:wrong"])] {
-                let intruder = try cluster.start(
-                    "broker with \(label)", ["broker", "--broker-id", "intruder", "--mode", "broker"], environment: extra)
+            for (label, extra) in [
+                ("no credentials", [String: String]()), ("wrong password", ["HERALD_ZOOKEEPER_AUTH": "herald:wrong"]),
+            ] {
+                let intruder = try cluster.broker("intruder", environment: extra)
                 let code = try await intruder.waitForExit(timeout: .seconds(15))
                 _ = try await intruder.waitFor("the end of the output", timeout: .seconds(5)) {
                     intruder.stdoutEnded ? true : nil
@@ -241,24 +250,20 @@ struct SecurityTests {
             toFile: list + "/publisher.pub", atomically: true, encoding: .utf8)
         try "\(subscriberKey) subscribe sensors/*\n\(subscriberKey) subscribe weather\n".write(
             toFile: list + "/subscriber.pub", atomically: true, encoding: .utf8)
-        try "\(strangerKey) subscribe weather\n".write(toFile: list + "/stranger.pub", atomically: true, encoding: .utf8)
+        try "\(strangerKey) subscribe weather\n".write(
+            toFile: list + "/stranger.pub", atomically: true, encoding: .utf8)
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.start(
-                "broker b1", ["broker", "--broker-id", "b1", "--mode", "broker"],
-                environment: keys.server("broker", authorizing: list))
+            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: list))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
-            let subscriber = try cluster.start(
-                "subscriber", ["subscribe", "--json", "--topic", "sensors/lab1", "--topic", "weather"],
-                environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.start(
-                "stranger", ["subscribe", "--json", "--topic", "sensors/lab1"], environment: keys.client("stranger"))
+            let subscriber = try cluster.subscriber(
+                ["sensors/lab1", "weather"], name: "subscriber", environment: keys.client("clients/subscriber"))
+            let stranger = try cluster.subscriber(
+                ["sensors/lab1"], name: "stranger", environment: keys.client("stranger"))
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
-            let allowed = try cluster.start(
-                "publisher", ["publish", "--topic", "sensors/lab1", "--rate", "100", "--size", "32"],
-                environment: keys.client("clients/publisher"))
-            let forbidden = try cluster.start(
-                "forbidden publisher", ["publish", "--topic", "weather", "--rate", "100", "--size", "32"],
-                environment: keys.client("clients/publisher"))
+            let allowed = try cluster.publisher(
+                "sensors/lab1", rate: 100, name: "publisher", environment: keys.client("clients/publisher"))
+            let forbidden = try cluster.publisher(
+                "weather", rate: 100, name: "forbidden publisher", environment: keys.client("clients/publisher"))
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a message on a granted topic")
             try await stranger.waitForLine(containing: "may not subscribe to 'sensors/lab1'", timeout: .seconds(10))
@@ -269,7 +274,8 @@ struct SecurityTests {
             #expect(allowed.isRunning && broker.isRunning)
             // With the brokers' own key, which brokers admit.
             let status = try await cluster.waitForStatus(
-                "the refusals counted", timeout: .seconds(10), arguments: ["--key-file", keys.directory + "/broker.key"]
+                "the refusals counted", timeout: .seconds(10),
+                arguments: ["--key-file", keys.directory + "/broker.key"]
             ) { ($0.leaderStatus?.refused?["forbidden"] ?? 0) >= 2 }
             print("[security topics] refused: \(status.leaderStatus?.refused ?? [:])")
         }
@@ -289,7 +295,9 @@ struct SecurityTests {
         #expect(keys[a.publicKey] == .all)
         let restricted = try #require(keys[b.publicKey])
         #expect(restricted.publish.allows("sensors/lab1/temp") && restricted.publish.allows("alerts"))
-        #expect(!restricted.publish.allows("sensors") && !restricted.publish.allows("alerts2") && !restricted.publish.allows("#"))
+        #expect(
+            !restricted.publish.allows("sensors") && !restricted.publish.allows("alerts2")
+                && !restricted.publish.allows("#"))
         #expect(restricted.subscribe.allows("anything"))
         #expect(keys[c.publicKey] == .all, "a word that is no role is a label: the key may do everything")
     }

@@ -16,7 +16,9 @@ struct AuthenticatorTests {
                 ? .allow(userID: "friend:\(request.clientKey ?? "")") : .deny(reason: "not a friend")
         }
         // A second authenticator on the same context cannot bind the ZAP endpoint.
-        await #expect(throws: ZMQError.self) { _ = try await ZMQAuthenticator.start(context: context) { _ in .deny(reason: "") } }
+        await #expect(throws: ZMQError.self) {
+            _ = try await ZMQAuthenticator.start(context: context) { _ in .deny(reason: "") }
+        }
 
         let pull = try ZMQSocket(context: context, type: .pull)
         try pull.set(.curveServer(true))

@@ -41,7 +41,9 @@ final class HandshakeWatch {
                 loggedAt = now
                 logger.error(
                     "leader \(leader) refused this process's CURVE key: add its public key to the brokers' --authorized-keys; trying again every \(Self.retryInterval)",
-                    metadata: ["public_key": "\(publicKey)", "zap_status": "\(event.value)", "endpoint": "\(event.endpoint)"])
+                    metadata: [
+                        "public_key": "\(publicKey)", "zap_status": "\(event.value)", "endpoint": "\(event.endpoint)",
+                    ])
             }
         }
         guard let refusedAt, now - refusedAt >= Self.retryInterval else { return false }

@@ -630,7 +630,8 @@ private final class SubscriberLoop {
 
     private func tick(now: ContinuousClock.Instant) {
         if let security = configuration.security, let leader,
-            handshakes.shouldReconnect(now: now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
+            handshakes.shouldReconnect(
+                now: now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
         {
             attach(leader)
         }

@@ -35,11 +35,13 @@ public struct CurveSecurity: Sendable {
     /// - Throws: ``HeraldConfigurationError`` naming the file and what is wrong with it.
     public static func keyPair(fromFile path: String) throws(HeraldConfigurationError) -> ZMQCurveKeyPair {
         guard let text = readFirstLine(path, limit: 4096) else {
-            throw HeraldConfigurationError("cannot read the key file \(path); create one with `herald keygen --output DIR/NAME`")
+            throw HeraldConfigurationError(
+                "cannot read the key file \(path); create one with `herald keygen --output DIR/NAME`")
         }
         guard let pair = try? ZMQCurveKeyPair(secretKey: text) else {
             throw HeraldConfigurationError(
-                "\(path) does not hold a CURVE secret key (40 Z85 characters on its first line); use the .key file `herald keygen` writes")
+                "\(path) does not hold a CURVE secret key (40 Z85 characters on its first line); use the .key file `herald keygen` writes"
+            )
         }
         return pair
     }
@@ -108,9 +110,11 @@ public struct CurveSecurity: Sendable {
         switch (record.curveKey, security?.brokerKey) {
         case (nil, nil): return nil
         case (nil, .some):
-            return "leader \(record.broker) does not use CurveZMQ, and this process has a trusted broker key: it will not talk in clear; start the brokers with --key-file and --authorized-keys"
+            return
+                "leader \(record.broker) does not use CurveZMQ, and this process has a trusted broker key: it will not talk in clear; start the brokers with --key-file and --authorized-keys"
         case (.some, nil):
-            return "cluster requires CurveZMQ: start this process with --key-file (its own key) and --broker-public-key (the brokers' public key)"
+            return
+                "cluster requires CurveZMQ: start this process with --key-file (its own key) and --broker-public-key (the brokers' public key)"
         case (.some(let offered), .some(let trusted)):
             return offered == trusted
                 ? nil
@@ -118,7 +122,9 @@ public struct CurveSecurity: Sendable {
         }
     }
 
-    static func readFirstLine(_ path: String, limit: Int) -> String? { CredentialFile.firstLine(of: path, limit: limit) }
+    static func readFirstLine(_ path: String, limit: Int) -> String? {
+        CredentialFile.firstLine(of: path, limit: limit)
+    }
 }
 
 /// Files that hold one secret or key on their first line: key files, `@file` values of options.
@@ -159,7 +165,10 @@ public struct TopicGrant: Sendable, Equatable {
     }
 
     mutating func add(_ patterns: [Substring]) {
-        guard !patterns.isEmpty else { return everything = true }
+        guard !patterns.isEmpty else {
+            everything = true
+            return
+        }
         for pattern in patterns {
             if pattern == "*" {
                 everything = true
@@ -216,7 +225,8 @@ public final class AuthorizedKeys: Sendable {
         self.path = path
         guard let (signature, keys) = Self.load(path) else {
             throw HeraldConfigurationError(
-                "cannot read the authorized keys at \(path): give a file of Z85 public keys, one per line, or a directory of .pub files")
+                "cannot read the authorized keys at \(path): give a file of Z85 public keys, one per line, or a directory of .pub files"
+            )
         }
         snapshot = Mutex(Snapshot(signature: signature, keys: keys, checkedAt: .now))
     }

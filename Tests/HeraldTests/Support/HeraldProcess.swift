@@ -330,19 +330,24 @@ final class HeraldCluster: Sendable {
         return process
     }
 
-    /// Starts a broker with `--broker-id id` in `mode` (the cluster's mode by default).
-    func broker(_ id: String, mode: String? = nil) throws -> HeraldProcess {
-        try start("broker \(id)", ["broker", "--broker-id", id, "--mode", mode ?? self.mode])
+    /// Starts a broker with `--broker-id id` in `mode` (the cluster's mode by default), with `environment` added
+    /// to the cluster's.
+    func broker(_ id: String, mode: String? = nil, environment: [String: String] = [:]) throws -> HeraldProcess {
+        try start("broker \(id)", ["broker", "--broker-id", id, "--mode", mode ?? self.mode], environment: environment)
     }
 
-    /// Starts a publisher on `topic` at `rate` messages per second.
-    func publisher(_ topic: String, rate: Int = 50, name: String = "publisher") throws -> HeraldProcess {
-        try start(name, ["publish", "--topic", topic, "--rate", "\(rate)", "--size", "32"])
+    /// Starts a publisher on `topic` at `rate` messages per second, with `environment` added to the cluster's.
+    func publisher(
+        _ topic: String, rate: Int = 50, name: String = "publisher", environment: [String: String] = [:]
+    ) throws -> HeraldProcess {
+        try start(name, ["publish", "--topic", topic, "--rate", "\(rate)", "--size", "32"], environment: environment)
     }
 
-    /// Starts `herald subscribe --json` for `topics`.
-    func subscriber(_ topics: [String], name: String = "subscriber") throws -> HeraldProcess {
-        try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] })
+    /// Starts `herald subscribe --json` for `topics`, with `environment` added to the cluster's.
+    func subscriber(
+        _ topics: [String], name: String = "subscriber", environment: [String: String] = [:]
+    ) throws -> HeraldProcess {
+        try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: environment)
     }
 
     /// Runs `herald status --json` once, with `extraArguments`.
