@@ -49,8 +49,10 @@ let package = Package(
         // Starts a private ZooKeeper server from Debian's `zookeeper` package (tests, `herald demo`).
         .target(
             name: "LocalZooKeeper",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: ["CSpawn", .product(name: "Logging", package: "swift-log")]
         ),
+        // posix_spawn's close-from action, which Swift's Glibc module does not export.
+        .target(name: "CSpawn"),
 
         // The Herald core: wire protocol, leader election, broker, publisher and subscriber.
         .target(

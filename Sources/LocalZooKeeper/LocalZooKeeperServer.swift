@@ -1,3 +1,4 @@
+internal import CSpawn
 import Foundation
 import Logging
 import Synchronization
@@ -253,9 +254,7 @@ extension LocalZooKeeperServer {
         posix_spawn_file_actions_addopen(&actions, 1, logFilePath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // Whatever else the test runner has open (its output pipes included) must not outlive it in java.
-        if let closeFrom = addCloseFrom {
-            _ = closeFrom(&actions, 3)
-        }
+        _ = cspawn_addclosefrom(&actions, 3)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -373,15 +372,6 @@ extension LocalZooKeeperServer {
 }
 
 // MARK: - Ports and directories
-
-/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module does not export.
-private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
-    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-    return unsafeBitCast(
-        symbol,
-        to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self
-    )
-}()
 
 private func loopbackAddress(port: UInt16) -> sockaddr_in {
     var address = sockaddr_in()

@@ -221,6 +221,16 @@ public final class ZMQSocket {
         self.handle = nil
     }
 
+    /// Sends a ZMTP heartbeat every `interval` on each connection, and drops a connection whose peer stays
+    /// silent for `missed` intervals: how every Herald socket notices a peer that died without closing.
+    /// - Parameters:
+    ///   - interval: time between heartbeats.
+    ///   - missed: intervals of silence before the connection is dropped.
+    public func setHeartbeats(every interval: Duration, missed: Int = 3) throws(ZMQError) {
+        try set(.heartbeatInterval(interval))
+        try set(.heartbeatTimeout(interval * missed))
+    }
+
     // MARK: Endpoints
 
     /// Binds to an endpoint such as `tcp://*:5555`, `tcp://127.0.0.1:*` (any free port) or `inproc://name`.

@@ -100,8 +100,7 @@ private final class EngineLoop {
         subscribers = try ZMQSocket(context: context, type: .router)
         for socket in [request, subscribers] {
             try configuration.security?.configureServer(socket)
-            try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
-            try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+            try socket.setHeartbeats(every: configuration.heartbeatInterval)
             try socket.set(.linger(.zero))
         }
         try request.set(.maximumMessageSize(configuration.maximumMessageSize))

@@ -693,8 +693,7 @@ private struct Link: ~Copyable {
         closeDealer(linger: .zero)
         do {
             let dealer = try ZMQSocket(context: context, type: .dealer)
-            try dealer.set(.heartbeatInterval(configuration.heartbeatInterval))
-            try dealer.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+            try dealer.setHeartbeats(every: configuration.heartbeatInterval)
             // The leader's credit bounds the bytes in flight; the count limit only has to let a window of
             // small messages through.
             try dealer.set(.sendHighWaterMark(0))
@@ -718,8 +717,7 @@ private struct Link: ~Copyable {
                     logger.warning(
                         "subscribers are encrypted but not authorized: any CURVE key may read this publisher's topics; pass --authorized-keys")
                 }
-                try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
-                try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+                try socket.setHeartbeats(every: configuration.heartbeatInterval)
                 try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
                 let bound = try socket.bind("tcp://\(configuration.bindHost):\(configuration.port)")
                 directEndpoint = NetworkAddress.advertised(

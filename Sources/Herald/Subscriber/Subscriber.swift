@@ -433,8 +433,7 @@ private final class SubscriberLoop {
                 }
                 lookups?.close()
                 let socket = try ZMQSocket(context: context, type: .dealer)
-                try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
-                try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+                try socket.setHeartbeats(every: configuration.heartbeatInterval)
                 try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
                 try socket.set(.linger(.zero))
                 if let security = configuration.security, let key = record.curveKey {
@@ -458,8 +457,7 @@ private final class SubscriberLoop {
     static let directQueueBytes = 64 << 20
 
     private func configure(_ socket: ZMQSocket, mode: DisseminationMode) throws {
-        try socket.set(.heartbeatInterval(configuration.heartbeatInterval))
-        try socket.set(.heartbeatTimeout(configuration.heartbeatInterval * 3))
+        try socket.setHeartbeats(every: configuration.heartbeatInterval)
         try socket.set(.maximumMessageSize(configuration.maximumMessageSize))
         let queue: Int
         switch mode {
