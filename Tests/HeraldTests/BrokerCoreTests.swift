@@ -69,6 +69,9 @@ struct CoreHarness: ~Copyable {
         core = BrokerCore(configuration: configuration, epoch: 1, now: now, logger: .init(label: "test"))
     }
 
+    /// Longer than a broker remembers a silent subscriber or discoverer.
+    static let subscriberSilence = BrokerCore.subscriberTimeToLive + .seconds(1)
+
     static func id(_ value: UInt8) -> RoutingID { [0, 0, 0, 0, value].withUnsafeBytes { RoutingID($0)! } }
 
     mutating func request(_ bytes: [UInt8], from client: RoutingID) {
@@ -131,6 +134,30 @@ struct BrokerCoreTests {
         harness.publish(publisher, 1, from: client)
         #expect(harness.output.refusals(to: client) == [.notRegistered])
         #expect(harness.output.sequences(to: subscriber).isEmpty)
+    }
+
+    @Test func directModeAnnouncesANewPublisherAtOnceToSubscribersThatLookedItsTopicsUp() throws {
+        var harness = try CoreHarness { $0.mode = .direct }
+        let (interested, other) = (CoreHarness.id(5), CoreHarness.id(6))
+        harness.request(ControlFrame.encode(.lookup, DiscoveryQuery(topics: ["t"])), from: interested)
+        harness.request(ControlFrame.encode(.lookup, DiscoveryQuery(topics: ["u"])), from: other)
+        #expect(harness.output.kinds(to: interested) == [.lookup] && harness.output.kinds(to: other) == [.lookup])
+
+        let registration = PublisherRegistration(publisher: publisher, endpoint: "tcp://127.0.0.1:1", topics: ["t"])
+        harness.request(ControlFrame.encode(.register, registration), from: client)
+        let announced = try #require(harness.output.replies.last { $0.client == interested }).bytes.withUnsafeBytes {
+            try ControlFrame.decode(DiscoveryReply.self, from: $0).get()
+        }
+        #expect(announced.publishers == [registration] && !announced.complete, "adds the publisher, removes none")
+        #expect(harness.output.kinds(to: other) == [.lookup], "a subscriber of other topics hears nothing")
+        // A heartbeat registration is no news.
+        harness.request(ControlFrame.encode(.register, registration), from: client)
+        #expect(harness.output.kinds(to: interested) == [.lookup, .lookup])
+        // A subscriber that stopped looking up is forgotten.
+        harness.tick(after: CoreHarness.subscriberSilence)
+        let late = PublisherRegistration(publisher: PublisherID(), endpoint: "tcp://127.0.0.1:2", topics: ["t"])
+        harness.request(ControlFrame.encode(.register, late), from: CoreHarness.id(7))
+        #expect(harness.output.kinds(to: interested) == [.lookup, .lookup])
     }
 
     @Test func aConnectionPublishesOnlyUnderIdentitiesItHoldsNow() throws {

@@ -50,6 +50,10 @@ struct BrokerCore: ~Copyable {
     /// Direct mode: the publisher each advertised endpoint is registered by, so that no other key can claim
     /// the endpoint and send subscribers to it with the wrong key.
     private var endpointOwners: [String: PublisherID] = [:]
+    /// Direct mode: the subscribers that looked up topics lately, and which topics, so that a publisher that
+    /// registers is announced to them at once instead of at their next lookup (its first messages would be
+    /// lost to them meanwhile). Bounded by the number of subscribers a broker serves, and forgotten when stale.
+    private var discoverers: [RoutingID: (topics: Set<String>, lastSeen: ContinuousClock.Instant)] = [:]
     /// The footprints of all registrations, bounded by the configuration's `registrationBytes`.
     private var registrationBytes = 0
     /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
@@ -167,6 +171,9 @@ struct BrokerCore: ~Copyable {
         for (publisher, entry) in registrations where now - entry.lastSeen > Self.registrationTimeToLive {
             forget(publisher)
             logger.info("publisher silent; dropped", metadata: ["publisher": "\(publisher.short)"])
+        }
+        for (client, entry) in discoverers where now - entry.lastSeen > Self.subscriberTimeToLive {
+            discoverers[client] = nil
         }
         for (id, subscriber) in subscribers {
             if now - subscriber.lastHeard > Self.subscriberTimeToLive {
@@ -288,7 +295,8 @@ struct BrokerCore: ~Copyable {
                 .registrationLimit, "this broker holds \(configuration.registrationBytes) bytes of registrations already",
                 to: client, output: &output)
         }
-        if registrations[registration.publisher] == nil {
+        let isNew = registrations[registration.publisher] == nil
+        if isNew {
             guard registrations.count < configuration.maximumPublishers else {
                 return refuse(
                     .publisherLimit, "this broker knows \(configuration.maximumPublishers) publishers already",
@@ -298,6 +306,7 @@ struct BrokerCore: ~Copyable {
             if !registration.endpoint.isEmpty { metadata["endpoint"] = "\(registration.endpoint)" }
             logger.info("publisher registered", metadata: metadata)
         }
+        defer { if isNew, !registration.endpoint.isEmpty { announce(registration, output: &output) } }
         if let previous = registrations[registration.publisher]?.client, previous != client {
             // The identity moved to another connection of its key (a reconnection): the old one loses it.
             connections[previous]?.disown(registration.publisher)
@@ -368,6 +377,17 @@ struct BrokerCore: ~Copyable {
         connections[removed.client]?.disown(publisher)
     }
 
+    /// Direct mode: tells the subscribers that looked up one of a new publisher's topics about it at once. The
+    /// reply is marked incomplete, so it adds the publisher and removes none.
+    private mutating func announce(_ registration: PublisherRegistration, output: inout some BrokerOutput) {
+        guard configuration.mode == .direct, !discoverers.isEmpty else { return }
+        let topics = Set(registration.topics)
+        let interested = discoverers.filter { !$0.value.topics.isDisjoint(with: topics) }.keys
+        guard !interested.isEmpty else { return }
+        let frame = ControlFrame.encode(.lookup, DiscoveryReply(publishers: [registration], complete: false))
+        for client in interested { reply(to: client, frame, output: &output) }
+    }
+
     /// What a CURVE key may do, from the brokers' list; `nil` when every client may do everything (no
     /// CurveZMQ, or no list). A key no longer in the list may do nothing.
     private func grants(forKey key: String?) -> KeyPermissions? {
@@ -400,6 +420,9 @@ struct BrokerCore: ~Copyable {
             return refuse(.forbidden, "this key may not subscribe to '\(denied)'", to: client, output: &output)
         }
         let wanted = Set(query.topics)
+        if discoverers[client] != nil || discoverers.count < configuration.maximumSubscribers {
+            discoverers[client] = (wanted, now)
+        }
         let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
         let reply = DiscoveryReply(
             publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
