@@ -21,7 +21,7 @@ struct SecurityTests {
 
         init() async throws {
             directory = NSTemporaryDirectory() + "herald-keys-\(UUID().uuidString.prefix(8))"
-            try FileManager.default.createDirectory(atPath: directory + "/clients", withIntermediateDirectories: true)
+            // keygen makes the directories it writes in.
             for name in ["broker", "clients/publisher", "clients/subscriber", "stranger"] {
                 let keygen = try HeraldProcess(
                     name: "keygen \(name)", arguments: ["keygen", "--output", directory + "/" + name], environment: [:])

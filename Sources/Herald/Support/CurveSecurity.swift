@@ -334,6 +334,14 @@ public enum CurveKeyFiles {
         }
         let secretPath = output + ".key"
         let publicPath = output + ".pub"
+        let directory = (output as NSString).deletingLastPathComponent
+        if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw HeraldConfigurationError("cannot create \(directory): \(error.localizedDescription)")
+            }
+        }
         for path in [secretPath, publicPath] where !replacing && FileManager.default.fileExists(atPath: path) {
             throw HeraldConfigurationError("\(path) exists; pass --force to replace it")
         }
