@@ -1,4 +1,5 @@
 import Foundation
+import Herald
 import LocalZooKeeper
 import Synchronization
 import TestSupport
@@ -189,25 +190,19 @@ final class HeraldProcess: Sendable {
 
 // MARK: - Subscriber output
 
-/// One line of `herald subscribe --json`, reduced to what the tests check.
-struct SubscribedMessage: Decodable, Sendable, Equatable {
+/// One line of `herald subscribe --json`, reduced to what the tests check, read by the project's one reader of
+/// those lines (``MessageLine``).
+struct SubscribedMessage: Sendable, Equatable {
     var topic: String
     var publisher: String
     var seq: UInt64
     /// When the publisher sent it, in nanoseconds since the Unix epoch (same host, same clock).
     var sentAt: UInt64
 
-    private enum CodingKeys: String, CodingKey {
-        case topic, publisher, seq
-        case sentAt = "sent_at_ns"
-    }
-
-    /// Parses one line; `nil` for anything that is not a message object.
+    /// Parses one line; `nil` for anything that is not a message line.
     init?(line: String) {
-        guard let message = try? JSONDecoder().decode(SubscribedMessage.self, from: Data(line.utf8)) else {
-            return nil
-        }
-        self = message
+        guard let message = MessageLine(line) else { return nil }
+        (topic, publisher, seq, sentAt) = (message.topic, message.publisher, message.sequence, message.sentAt)
     }
 }
 
