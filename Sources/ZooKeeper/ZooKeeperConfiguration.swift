@@ -36,7 +36,9 @@ public struct ZooKeeperConfiguration: Sendable, Equatable {
 }
 
 /// An identity a session authenticates with (`zoo_add_auth`). Its description never shows the credentials.
-public struct ZooKeeperAuthentication: Sendable, Equatable, CustomStringConvertible {
+public struct ZooKeeperAuthentication: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible,
+    CustomReflectable
+{
     /// The authentication scheme, such as `digest`.
     public var scheme: String
     /// The credentials, for `digest` `user:password`.
@@ -70,6 +72,12 @@ public struct ZooKeeperAuthentication: Sendable, Equatable, CustomStringConverti
         guard scheme == "digest", let colon = credentials.firstIndex(of: UInt8(ascii: ":")) else { return scheme }
         return "digest:\(String(decoding: credentials[..<colon], as: UTF8.self))"
     }
+
+    /// As ``description``: a configuration printed whole, or dumped, shows no password either.
+    public var debugDescription: String { description }
+
+    /// The scheme only.
+    public var customMirror: Mirror { Mirror(self, children: ["scheme": scheme]) }
 }
 
 // MARK: - Validation

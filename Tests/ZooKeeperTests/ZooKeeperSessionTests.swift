@@ -39,6 +39,11 @@ struct ZooKeeperSessionTests {
         try await withServer { server in
             let owner = try ZooKeeperAuthentication.digest("herald:secret")
             #expect("\(owner)" == "digest:herald", "the description never shows the password")
+            let configuration = ZooKeeperConfiguration(connectionString: server.connectionString, authentication: owner)
+            #expect(!"\(configuration)".contains("secret") && !String(reflecting: configuration).contains("secret"))
+            var dumped = ""
+            dump(configuration, to: &dumped)
+            #expect(!dumped.contains("secret") && !dumped.contains("credentials"), "nor its bytes: \(dumped)")
             try await withSession(server, authentication: owner) { zk in
                 #expect(zk.defaultACL == ACL.creatorAll + ACL.readUnsafe)
                 try await zk.create("/owned", data: [UInt8]("mine"))
