@@ -35,7 +35,7 @@ public final class ZMQAuthenticator: Sendable {
     static let pollInterval: Duration = .milliseconds(100)
 
     private let stopRequested = Atomic(false)
-    private let exit = Mutex<(finished: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let finished = Completion()
 
     private init() {}
 
@@ -57,14 +57,14 @@ public final class ZMQAuthenticator: Sendable {
                     try socket.set(.linger(.zero))
                     _ = try socket.bind(Self.endpoint)
                 } catch {
-                    authenticator.finish()
+                    authenticator.finished.complete()
                     continuation.resume(returning: .failure(error))
                     return
                 }
                 continuation.resume(returning: .success(()))
                 authenticator.serve(socket, decide: decide)
                 socket.close()
-                authenticator.finish()
+                authenticator.finished.complete()
             }
             thread.name = "herald-zap"
             thread.start()
@@ -76,22 +76,7 @@ public final class ZMQAuthenticator: Sendable {
     /// Stops answering and waits for the thread; handshakes after this fail.
     public func stop() async {
         stopRequested.store(true, ordering: .releasing)
-        await withCheckedContinuation { continuation in
-            let finished = exit.withLock { state in
-                if !state.finished { state.waiters.append(continuation) }
-                return state.finished
-            }
-            if finished { continuation.resume() }
-        }
-    }
-
-    private func finish() {
-        let waiters = exit.withLock { state in
-            state.finished = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
+        await finished.wait()
     }
 
     private func serve(_ socket: ZMQSocket, decide: @Sendable (Request) -> Decision) {
@@ -100,7 +85,7 @@ public final class ZMQAuthenticator: Sendable {
         while !stopRequested.load(ordering: .acquiring) {
             do {
                 try poller.poll(timeout: Self.pollInterval)
-            } catch  where error.kind == .interrupted {
+            } catch where error.kind == .interrupted {
                 continue
             } catch {
                 return  // The context is terminating: nothing more can be asked.

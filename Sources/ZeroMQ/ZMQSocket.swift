@@ -119,10 +119,7 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
         var publicKey = [CChar](repeating: 0, count: 41)
         var secretKey = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&publicKey, &secretKey) == 0 else { throw ZMQError.last("zmq_curve_keypair") }
-        return ZMQCurveKeyPair(
-            publicKey: String(decoding: publicKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self),
-            secretKey: String(decoding: secretKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        )
+        return ZMQCurveKeyPair(publicKey: text(ofKeyBuffer: publicKey), secretKey: text(ofKeyBuffer: secretKey))
     }
 
     private init(publicKey: String, secretKey: String) {
@@ -139,7 +136,7 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
         }
         var publicKey = [CChar](repeating: 0, count: 41)
         guard zmq_curve_public(&publicKey, secretKey) == 0 else { throw ZMQError.last("zmq_curve_public") }
-        self.publicKey = String(decoding: publicKey.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.publicKey = Self.text(ofKeyBuffer: publicKey)
         self.secretKey = secretKey
     }
 
@@ -162,7 +159,12 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
         let binary = Array(bytes)
         var text = [CChar](repeating: 0, count: 41)
         guard zmq_z85_encode(&text, binary, 32) != nil else { return nil }
-        return String(decoding: text.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return Self.text(ofKeyBuffer: text)
+    }
+
+    /// The 40 characters libzmq wrote into a 41-byte C buffer (Z85 text and its terminating zero).
+    private static func text(ofKeyBuffer buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
