@@ -58,12 +58,7 @@ public final class Broker: Service, Sendable {
         let context = try ZMQContext(zeroCopyReceive: false)
         defer { context.terminate() }
         // Before any socket listens: a CURVE handshake without an authenticator admits every key.
-        let authenticator: ZMQAuthenticator?
-        do {
-            authenticator = try await configuration.security?.startAuthenticator(context: context, logger: logger)
-        } catch {
-            throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
-        }
+        let authenticator = try await configuration.security?.startAuthenticator(context: context, logger: logger)
         if let security = configuration.security {
             logger.info(
                 "CurveZMQ on",

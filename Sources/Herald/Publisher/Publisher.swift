@@ -222,11 +222,7 @@ public final class Publisher: Service, Sendable {
         // Direct mode with an allow-list: subscribers are authenticated before the publisher socket listens.
         var authenticator: ZMQAuthenticator?
         if let security = configuration.security, security.authorizedKeys != nil {
-            do {
-                authenticator = try await security.startAuthenticator(context: context, logger: logger)
-            } catch {
-                throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
-            }
+            authenticator = try await security.startAuthenticator(context: context, logger: logger)
         }
         let thread = Thread { [self] in
             runSocketThread()
@@ -589,7 +585,8 @@ private struct Link: ~Copyable {
         }
         // Read first: a refusal asks for a new connection, which the commands below then make.
         readIncoming(logger: logger)
-        if let security = configuration.security, let leader,
+        // A refused CURVE key is looked for at the registration pace, off the path of every publish.
+        if let security = configuration.security, let leader, ContinuousClock.now >= nextRegistration,
             handshakes.shouldReconnect(
                 now: .now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
         {

@@ -34,7 +34,7 @@ public struct CurveSecurity: Sendable {
     /// Reads a secret key file as `herald keygen` writes it: the Z85 secret key on its first line.
     /// - Throws: ``HeraldConfigurationError`` naming the file and what is wrong with it.
     public static func keyPair(fromFile path: String) throws(HeraldConfigurationError) -> ZMQCurveKeyPair {
-        guard let text = readFirstLine(path, limit: 4096) else {
+        guard let text = CredentialFile.firstLine(of: path, limit: 4096) else {
             throw HeraldConfigurationError(
                 "cannot read the key file \(path); create one with `herald keygen --output DIR/NAME`")
         }
@@ -51,7 +51,7 @@ public struct CurveSecurity: Sendable {
     public static func publicKey(_ text: String, option: String) throws(HeraldConfigurationError) -> String {
         var key = text
         if text.hasPrefix("@") {
-            guard let line = readFirstLine(String(text.dropFirst()), limit: 4096) else {
+            guard let line = CredentialFile.firstLine(of: String(text.dropFirst()), limit: 4096) else {
                 throw HeraldConfigurationError("\(option): cannot read \(text.dropFirst())")
             }
             key = line
@@ -78,12 +78,16 @@ public struct CurveSecurity: Sendable {
 
     /// Answers ZAP requests on `context` from the allow-list, until stopped. Refusals are logged, once a
     /// minute per key at most: a refused client retries its handshake every few hundred milliseconds.
-    func startAuthenticator(context: ZMQContext, logger: Logger) async throws(ZMQError) -> ZMQAuthenticator {
+    /// - Throws: ``HeraldConfigurationError`` when the context has an authenticator already.
+    func startAuthenticator(
+        context: ZMQContext, logger: Logger
+    ) async throws(HeraldConfigurationError) -> ZMQAuthenticator {
         let allowed = authorizedKeys
         // The brokers' own key is always admitted: `herald status` run with a broker's settings uses it.
         let own = keyPair.publicKey
         let lastLogged = Mutex<[String: ContinuousClock.Instant]>([:])
-        return try await ZMQAuthenticator.start(context: context) { request in
+        do {
+            return try await ZMQAuthenticator.start(context: context) { request in
             guard request.mechanism == "CURVE", let key = request.clientKey else {
                 return .deny(reason: "CURVE required")
             }
@@ -102,6 +106,9 @@ public struct CurveSecurity: Sendable {
                     metadata: ["key": "\(key)", "address": "\(request.address)"])
             }
             return .deny(reason: "key not authorized")
+            }
+        } catch {
+            throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
         }
     }
 
@@ -120,10 +127,6 @@ public struct CurveSecurity: Sendable {
                 ? nil
                 : "leader \(record.broker) presents the CURVE key \(offered), not the trusted --broker-public-key \(trusted); not connecting"
         }
-    }
-
-    static func readFirstLine(_ path: String, limit: Int) -> String? {
-        CredentialFile.firstLine(of: path, limit: limit)
     }
 }
 
@@ -223,12 +226,12 @@ public final class AuthorizedKeys: Sendable {
     /// - Throws: ``HeraldConfigurationError`` when the path cannot be read.
     public init(path: String) throws(HeraldConfigurationError) {
         self.path = path
-        guard let (signature, keys) = Self.load(path) else {
+        guard let signature = Self.signature(of: path) else {
             throw HeraldConfigurationError(
                 "cannot read the authorized keys at \(path): give a file of Z85 public keys, one per line, or a directory of .pub files"
             )
         }
-        snapshot = Mutex(Snapshot(signature: signature, keys: keys, checkedAt: .now))
+        snapshot = Mutex(Snapshot(signature: signature, keys: Self.keys(in: signature), checkedAt: .now))
     }
 
     /// The keys admitted now.
@@ -244,9 +247,9 @@ public final class AuthorizedKeys: Sendable {
             if now - snapshot.checkedAt >= Self.recheckInterval {
                 snapshot.checkedAt = now
                 // An unreadable list (being rewritten) keeps the last one read.
-                if Self.signature(of: path) != snapshot.signature, let (signature, keys) = Self.load(path) {
+                if let signature = Self.signature(of: path), signature != snapshot.signature {
                     snapshot.signature = signature
-                    snapshot.keys = keys
+                    snapshot.keys = Self.keys(in: signature)
                 }
             }
             return snapshot.keys[key]
@@ -276,8 +279,8 @@ public final class AuthorizedKeys: Sendable {
         return signature
     }
 
-    private static func load(_ path: String) -> (signature: [String: [Int]], keys: [String: KeyPermissions])? {
-        guard let signature = signature(of: path) else { return nil }
+    /// The keys granted in the files of a signature; a file that cannot be read grants nothing.
+    private static func keys(in signature: [String: [Int]]) -> [String: KeyPermissions] {
         var keys: [String: KeyPermissions] = [:]
         for file in signature.keys {
             guard let handle = FileHandle(forReadingAtPath: file) else { continue }
@@ -287,7 +290,7 @@ public final class AuthorizedKeys: Sendable {
                 parse(line, into: &keys)
             }
         }
-        return (signature, keys)
+        return keys
     }
 
     /// Adds what one line grants.
