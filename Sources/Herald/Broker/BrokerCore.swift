@@ -221,7 +221,10 @@ struct BrokerCore: ~Copyable {
         guard connection.publishGrant == nil
             || frame.withUnsafeBytes({ connection.mayPublish(on: UnsafeRawBufferPointer(rebasing: $0[layout.topic])) })
         else {
-            let name = frame.withUnsafeBytes { String(decoding: $0[layout.topic], as: UTF8.self) }
+            // At most a valid name's length: the refusal must fit a control message, whatever the frame held.
+            let name = frame.withUnsafeBytes {
+                String(decoding: $0[layout.topic].prefix(Topic.maximumLength), as: UTF8.self)
+            }
             return refuse(.forbidden, "this key may not publish on '\(name)'", to: client, output: &output)
         }
         guard connection.received + UInt64(size) <= connection.granted else {
