@@ -142,6 +142,17 @@ func parseTopics(_ names: [String]) throws -> [Topic] {
     }
 }
 
+/// Subscription filters from `--topic` values: names, or patterns with `+` and `#` levels.
+func parseFilters(_ texts: [String]) throws -> [TopicFilter] {
+    try texts.map { text in
+        do {
+            return try TopicFilter(text)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
 /// Runs an async body, turning Herald's bad-input errors into a clear message and exit code 2.
 func reportingConfigurationErrors(_ body: () async throws -> Void) async throws {
     do {

@@ -15,7 +15,7 @@ struct SubscribeCommand: AsyncParsableCommand {
     @OptionGroup var security: SecurityOptions
     @OptionGroup var http: HTTPOptions
 
-    @Option(help: "Topic to receive; repeat for several. (env: HERALD_TOPIC, comma-separated)")
+    @Option(help: "Topic to receive, or a pattern: '+' matches one level, a last '#' everything below (sensors/+/temp, sensors/#); repeat for several. (env: HERALD_TOPIC, comma-separated)")
     var topic: [String] = []
 
     @Option(help: "Stop after this many messages. (env: HERALD_COUNT; default: no limit)")
@@ -48,7 +48,7 @@ struct SubscribeCommand: AsyncParsableCommand {
             ? (Setting.value(nil, "HERALD_TOPIC")?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } ?? [])
             : topic
         guard !names.isEmpty else { throw ValidationError("at least one topic is required: --topic NAME or HERALD_TOPIC") }
-        let topics = try parseTopics(names)
+        let filters = try parseFilters(names)
         let count = try Setting.integer(count, "HERALD_COUNT", default: nil, range: 1...Int.max)
         let json = json || ["1", "true", "yes"].contains(Setting.value(nil, "HERALD_JSON")?.lowercased() ?? "")
         let payloadName = Setting.string(payload, "HERALD_PAYLOAD", default: "auto")
@@ -76,7 +76,7 @@ struct SubscribeCommand: AsyncParsableCommand {
             try Setting.integer(
                 maxMessageSize, "HERALD_MAX_MESSAGE_SIZE", default: configuration.maximumMessageSize, range: 1024...(1 << 30))
             ?? configuration.maximumMessageSize
-        let subscriber = try Subscriber(configuration: configuration, topics: topics, logger: logger)
+        let subscriber = try Subscriber(configuration: configuration, filters: filters, logger: logger)
         let printer = MessagePrinter(
             subscriber: subscriber, count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))
         let group = ServiceGroup(

@@ -53,13 +53,15 @@ struct BrokerCore: ~Copyable {
     /// Direct mode: the subscribers that looked up topics lately, and which topics, so that a publisher that
     /// registers is announced to them at once instead of at their next lookup (its first messages would be
     /// lost to them meanwhile). Bounded by the number of subscribers a broker serves, and forgotten when stale.
-    private var discoverers: [RoutingID: (topics: Set<String>, lastSeen: ContinuousClock.Instant)] = [:]
+    private var discoverers: [RoutingID: (filters: [TopicFilter], lastSeen: ContinuousClock.Instant)] = [:]
     /// The footprints of all registrations, bounded by the configuration's `registrationBytes`.
     private var registrationBytes = 0
     /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
     private var subscriptionCount = 0
     private var statusBudget = RateBudget(perSecond: BrokerCore.statusRepliesPerSecond)
     private var subscribers: [RoutingID: SubscriberState] = [:]
+    /// The subscribers with patterns, whom a new topic may concern.
+    private var patternSubscribers: Set<RoutingID> = []
     /// Subscribers whose queue was full, to be pumped again.
     private var blockedSubscribers: Set<RoutingID> = []
     /// Connections whose credit is held back by a slow subscriber.
@@ -147,10 +149,7 @@ struct BrokerCore: ~Copyable {
             switch frame.withUnsafeBytes({ ControlFrame.decode(SubscribeRequest.self, from: $0) }) {
             case .failure(let failure): noteMalformed(failure)
             case .success(let request):
-                guard mayFollow(request.topics, key: frame.metadata("User-Id"), from: subscriber, output: &output) else {
-                    return
-                }
-                subscribe(request, from: subscriber, now: now, output: &output)
+                subscribe(request, key: frame.metadata("User-Id"), from: subscriber, now: now, output: &output)
             }
         case .success(.consumed):
             switch frame.withUnsafeBytes({ ControlFrame.decodeCount($0) }) {
@@ -326,7 +325,9 @@ struct BrokerCore: ~Copyable {
         if let offer = registration.history, offer > 0 {
             for name in registration.topics {
                 let bytes = Array(name.utf8)
-                guard let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true) }) else { continue }
+                guard let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true, output: &output) }) else {
+                    continue
+                }
                 topic.offered = max(topic.offered, min(offer, configuration.historyLimit))
             }
         }
@@ -384,11 +385,23 @@ struct BrokerCore: ~Copyable {
     /// reply is marked incomplete, so it adds the publisher and removes none.
     private mutating func announce(_ registration: PublisherRegistration, output: inout some BrokerOutput) {
         guard configuration.mode == .direct, !discoverers.isEmpty else { return }
-        let topics = Set(registration.topics)
-        let interested = discoverers.filter { !$0.value.topics.isDisjoint(with: topics) }.keys
+        let interested = discoverers.filter { Self.anyMatch($0.value.filters, registration.topics) }.keys
         guard !interested.isEmpty else { return }
         let frame = ControlFrame.encode(.lookup, DiscoveryReply(publishers: [registration], complete: false))
         for client in interested { reply(to: client, frame, output: &output) }
+    }
+
+    /// The valid filters among `texts`, each once; invalid ones are left out, as a topic nobody publishes on.
+    private static func filters(_ texts: [String]) -> [TopicFilter] {
+        var seen = Set<String>()
+        return texts.compactMap { seen.insert($0).inserted ? try? TopicFilter($0) : nil }
+    }
+
+    /// Whether a filter matches one of `names`.
+    private static func anyMatch(_ filters: [TopicFilter], _ names: [String]) -> Bool {
+        names.contains { name in
+            Array(name.utf8).withUnsafeBytes { bytes in filters.contains { $0.matches(name: bytes) } }
+        }
     }
 
     /// What a CURVE key may do, from the brokers' list; `nil` when every client may do everything (no
@@ -399,15 +412,10 @@ struct BrokerCore: ~Copyable {
         return permissions == .all ? nil : permissions
     }
 
-    /// Whether the key may subscribe to every one of `topics`; refuses the subscriber if not.
-    private mutating func mayFollow(
-        _ topics: [String], key: String?, from subscriber: RoutingID, output: inout some BrokerOutput
-    ) -> Bool {
-        guard let grant = grants(forKey: key)?.subscribe,
-            let denied = topics.prefix(configuration.maximumTopicsPerRequest).first(where: { !grant.allows($0) })
-        else { return true }
-        refuseSubscriber(.forbidden, "this key may not subscribe to '\(denied)'", subscriber, output: &output)
-        return false
+    /// The filter a key may not subscribe to, of `filters`: a pattern needs a grant of everything it can match.
+    private func firstDenied(_ filters: [TopicFilter], key: String?) -> TopicFilter? {
+        guard let grant = grants(forKey: key)?.subscribe else { return nil }
+        return filters.first { !grant.allows($0) }
     }
 
     private mutating func lookup(
@@ -419,14 +427,14 @@ struct BrokerCore: ~Copyable {
                 .tooManyTopics, "\(query.topics.count) topics in one lookup; the limit is \(configuration.maximumTopicsPerRequest)",
                 to: client, output: &output)
         }
-        if let grant = grants(forKey: key)?.subscribe, let denied = query.topics.first(where: { !grant.allows($0) }) {
+        let wanted = Self.filters(query.topics)
+        if let denied = firstDenied(wanted, key: key) {
             return refuse(.forbidden, "this key may not subscribe to '\(denied)'", to: client, output: &output)
         }
-        let wanted = Set(query.topics)
         if discoverers[client] != nil || discoverers.count < configuration.maximumSubscribers {
             discoverers[client] = (wanted, now)
         }
-        let matching = registrations.values.map(\.registration).filter { !wanted.isDisjoint(with: $0.topics) }
+        let matching = registrations.values.map(\.registration).filter { Self.anyMatch(wanted, $0.topics) }
         let reply = DiscoveryReply(
             publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
             complete: now - startedAt >= Self.registrationTimeToLive)
@@ -473,28 +481,38 @@ struct BrokerCore: ~Copyable {
     // MARK: Subscribers
 
     private mutating func subscribe(
-        _ request: SubscribeRequest, from id: RoutingID, now: ContinuousClock.Instant, output: inout some BrokerOutput
+        _ request: SubscribeRequest, key: String?, from id: RoutingID, now: ContinuousClock.Instant,
+        output: inout some BrokerOutput
     ) {
         guard request.topics.count <= configuration.maximumTopicsPerRequest else {
             return refuseSubscriber(
                 .tooManyTopics, "\(request.topics.count) topics in one subscription; the limit is \(configuration.maximumTopicsPerRequest)",
                 id, output: &output)
         }
-        // Each subscription costs memory, and work on every message of its topic: bounded per subscriber and in
-        // all, whatever the number of requests. Checked before anything changes, so a refusal leaves no trace.
-        let existingFollows = subscribers[id]?.follows.count ?? 0
-        var newSubscriptions = 0
-        var counted = Set<String>()
-        for name in request.topics where counted.insert(name).inserted {
-            let followed = Array(name.utf8).withUnsafeBytes { bytes in
-                topicState(for: bytes, creating: false).map { subscribers[id]?.cursor(on: $0) != nil } ?? false
-            }
-            if !followed { newSubscriptions += 1 }
+        let filters = Self.filters(request.topics)
+        if let denied = firstDenied(filters, key: key) {
+            return refuseSubscriber(.forbidden, "this key may not subscribe to '\(denied)'", id, output: &output)
         }
-        guard existingFollows + newSubscriptions <= configuration.maximumTopicsPerRequest else {
+        // Each subscription costs memory, and work on every message of its topic (a pattern: on every new
+        // topic): bounded per subscriber and in all, whatever the number of requests. Checked before anything
+        // changes, so a refusal leaves no trace.
+        let existing = subscribers[id]
+        var newSubscriptions = 0
+        for filter in filters {
+            if filter.isPattern {
+                if !(existing?.patterns.contains(filter) ?? false) { newSubscriptions += 1 }
+            } else {
+                let followed = Array(filter.text.utf8).withUnsafeBytes { bytes in
+                    topicState(for: bytes, creating: false, output: &output).map { existing?.cursor(on: $0) != nil } ?? false
+                }
+                if !followed { newSubscriptions += 1 }
+            }
+        }
+        let existingSubscriptions = (existing?.follows.count ?? 0) + (existing?.patterns.count ?? 0)
+        guard existingSubscriptions + newSubscriptions <= configuration.maximumTopicsPerRequest else {
             return refuseSubscriber(
-                .tooManyTopics, "a subscriber follows \(configuration.maximumTopicsPerRequest) topics at most", id,
-                output: &output)
+                .tooManyTopics, "a subscriber follows \(configuration.maximumTopicsPerRequest) topics and patterns at most",
+                id, output: &output)
         }
         guard subscriptionCount + newSubscriptions <= configuration.maximumSubscriptions else {
             return refuseSubscriber(
@@ -502,7 +520,7 @@ struct BrokerCore: ~Copyable {
                 output: &output)
         }
         let subscriber: SubscriberState
-        if let existing = subscribers[id] {
+        if let existing {
             subscriber = existing
         } else {
             guard subscribers.count < configuration.maximumSubscribers else {
@@ -522,18 +540,39 @@ struct BrokerCore: ~Copyable {
         let resume = Resume(request)
         var offered: [String: Int] = [:]
         var backlog: [String: Int] = [:]
-        var seen = Set<String>()
-        for name in request.topics where seen.insert(name).inserted {
-            let bytes = Array(name.utf8)
-            guard (try? Topic(name)) != nil,
-                let topic = bytes.withUnsafeBytes({ topicState(for: $0, creating: true) })
-            else { continue }
+        func follow(_ topic: TopicState) {
             let current = subscriber.cursor(on: topic)
             if current == nil { subscriptionCount += 1 }
             let cursor = startingCursor(in: topic, request: request, resume: resume, current: current)
             subscriber.follow(topic, from: cursor)
-            offered[name] = topic.offered
-            backlog[name] = Int(topic.log.endIndex - cursor)
+            offered[topic.name] = topic.offered
+            backlog[topic.name] = Int(topic.log.endIndex - cursor)
+        }
+        var patterns: [TopicFilter] = []
+        for filter in filters {
+            guard filter.isPattern else {
+                if let topic = Array(filter.text.utf8).withUnsafeBytes({ topicState(for: $0, creating: true, output: &output) }) {
+                    follow(topic)
+                }
+                continue
+            }
+            patterns.append(filter)
+            if !subscriber.patterns.contains(filter) {
+                subscriber.patterns.append(filter)
+                subscriptionCount += 1
+            }
+        }
+        if !patterns.isEmpty {
+            patternSubscribers.insert(id)
+            var unfollowed = 0
+            for topic in topics where Array(topic.name.utf8).withUnsafeBytes({ name in patterns.contains { $0.matches(name: name) } }) {
+                if subscriber.cursor(on: topic) != nil || mayAddFollow(subscriber) {
+                    follow(topic)
+                } else {
+                    unfollowed += 1
+                }
+            }
+            if unfollowed > 0 { refuseUnfollowed(unfollowed, subscriber, output: &output) }
         }
         let reply = SubscribeReply(offered: offered, backlog: backlog, window: subscriber.window)
         if var frame = try? ZMQFrame(ControlFrame.encode(.subscribed, reply)),
@@ -542,6 +581,38 @@ struct BrokerCore: ~Copyable {
             return removeSubscriber(id, reason: "gone")
         }
         pump(subscriber, output: &output)
+    }
+
+    /// Whether one more topic that a pattern matches may be followed, within the per-subscriber and total
+    /// bounds.
+    private func mayAddFollow(_ subscriber: SubscriberState) -> Bool {
+        subscriber.follows.count + subscriber.patterns.count < configuration.maximumTopicsPerRequest
+            && subscriptionCount < configuration.maximumSubscriptions
+    }
+
+    /// Tells a subscriber that its patterns match more topics than it may follow, and how many it misses.
+    private mutating func refuseUnfollowed(_ count: Int, _ subscriber: SubscriberState, output: inout some BrokerOutput) {
+        refuseSubscriber(
+            .tooManyTopics,
+            "patterns match \(count) more topics than a subscriber may follow (\(configuration.maximumTopicsPerRequest) topics and patterns) or this broker holds (\(configuration.maximumSubscriptions) subscriptions); their messages are not sent: subscribe to narrower patterns",
+            subscriber.id, output: &output)
+    }
+
+    /// A new topic: the subscribers whose patterns match it follow it from its first message.
+    private mutating func followByPattern(_ topic: TopicState, output: inout some BrokerOutput) {
+        guard !patternSubscribers.isEmpty else { return }
+        Array(topic.name.utf8).withUnsafeBytes { name in
+            for id in patternSubscribers {
+                guard let subscriber = subscribers[id], subscriber.patterns.contains(where: { $0.matches(name: name) })
+                else { continue }
+                guard mayAddFollow(subscriber) else {
+                    refuseUnfollowed(1, subscriber, output: &output)
+                    continue
+                }
+                subscriptionCount += 1
+                subscriber.follow(topic, from: topic.log.endIndex)
+            }
+        }
     }
 
     /// Where a subscription of `topic` starts in its log: live, some history back, or where a re-attaching
@@ -639,7 +710,8 @@ struct BrokerCore: ~Copyable {
 
     private mutating func removeSubscriber(_ id: RoutingID, reason: String) {
         guard let subscriber = subscribers.removeValue(forKey: id) else { return }
-        subscriptionCount -= subscriber.follows.count
+        subscriptionCount -= subscriber.follows.count + subscriber.patterns.count
+        patternSubscribers.remove(id)
         for follow in subscriber.follows { follow.topic.subscribers.removeAll { $0 === subscriber } }
         blockedSubscribers.remove(id)
         logger.info("subscriber detached", metadata: ["subscriber": "\(id)", "reason": "\(reason)"])
@@ -666,22 +738,25 @@ struct BrokerCore: ~Copyable {
             refuse(.topicLimit, "this broker holds \(configuration.maximumTopics) topics already", to: client, output: &output)
             return nil
         }
-        return addTopic(name)
+        return addTopic(name, output: &output)
     }
 
     /// The state of a topic named by `bytes`, created when allowed; `nil` for invalid names or past the limit.
-    private mutating func topicState(for bytes: UnsafeRawBufferPointer, creating: Bool) -> TopicState? {
+    private mutating func topicState(
+        for bytes: UnsafeRawBufferPointer, creating: Bool, output: inout some BrokerOutput
+    ) -> TopicState? {
         if let found = topicIndex.find(bytes) { return topics[found] }
         guard creating, topics.count < configuration.maximumTopics, let name = Topic(validating: bytes) else {
             return nil
         }
-        return addTopic(name)
+        return addTopic(name, output: &output)
     }
 
-    private mutating func addTopic(_ name: Topic) -> TopicState {
+    private mutating func addTopic(_ name: Topic, output: inout some BrokerOutput) -> TopicState {
         let state = TopicState(name: name.name)
         Array(name.name.utf8).withUnsafeBytes { _ = topicIndex.insert($0) }
         topics.append(state)
+        followByPattern(state, output: &output)
         return state
     }
 
@@ -977,6 +1052,8 @@ final class SubscriberState {
 
     let id: RoutingID
     var follows: [Follow] = []
+    /// Its patterns: it follows every topic they match, those made later too.
+    var patterns: [TopicFilter] = []
     var nextFollow = 0
     var window = BrokerCore.minimumSubscriberWindow
     /// Data bytes sent and acknowledged, in all, on this connection.

@@ -72,7 +72,9 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
 
 /// Drives a ``BrokerCore`` with requests, subscriber messages and time.
 @_spi(Drivers) public enum BrokerFuzzing {
-    static let topics = ["a", "b", "c/d", "é"]
+    static let topics = ["a", "b", "c/d", "é", "c/d/e", "c"]
+    /// What subscribers ask for: names and patterns.
+    static let filters = ["a", "b", "c/d", "é", "c/+", "c/#", "#", "+/d", "c/+/e"]
     static let publishers = (0..<4).map { PublisherID(high: 0xF0 | UInt64($0), low: 1) }
 
     /// Runs one input.
@@ -137,7 +139,7 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                         publishers[Int(input.byte()) % publishers.count].description] = input.sequence()
                 }
                 let request = SubscribeRequest(
-                    topics: (0..<Int(input.byte() % 7)).map { _ in topics[Int(input.byte()) % topics.count] },
+                    topics: (0..<Int(input.byte() % 7)).map { _ in filters[Int(input.byte()) % filters.count] },
                     window: Int(truncatingIfNeeded: input.uint64()),
                     history: input.byte() % 2 == 0 ? nil : Int(truncatingIfNeeded: input.uint64()),
                     resume: input.byte() % 2 == 0 ? nil : resume, since: input.byte() % 2 == 0 ? nil : input.uint64())
@@ -149,7 +151,7 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
             case 7:
                 bytes = input.byte() % 2 == 0
                     ? ControlFrame.empty(.status)
-                    : ControlFrame.encode(.lookup, DiscoveryQuery(topics: [topics[Int(input.byte()) % topics.count]]))
+                    : ControlFrame.encode(.lookup, DiscoveryQuery(topics: [filters[Int(input.byte()) % filters.count]]))
             case 8:
                 now += .milliseconds(Int(input.byte()) * 50)
                 core.tick(now: now, output: &output)
@@ -200,8 +202,9 @@ private struct FuzzOutput: BrokerOutput {
     public static func run(_ data: UnsafeRawBufferPointer) {
         var input = FuzzInput(data)
         let heldLimit = 4096
+        // Two names and a pattern, whose topics are numbered as they first arrive.
         var core = SubscriberCore(
-            topics: ["a", "b"],
+            filters: ["a", "b", "p/+"],
             sequencer: Sequencer(
                 gapTimeout: .seconds(1), holdLimit: 16, heldBytes: heldLimit, streamLimit: 6,
                 streamIdleTimeout: .seconds(10)))
@@ -220,9 +223,10 @@ private struct FuzzOutput: BrokerOutput {
                 sink.forget(except: core.sequencer)
                 frame.withUnsafeBytes { bytes in
                     // Raw bytes can make a valid data frame with any payload: the sink is told what it was fed.
-                    if case .success(let layout) = DataLayout.decode(bytes),
-                        let topic = [Array("a".utf8), Array("b".utf8)].firstIndex(of: Array(bytes[layout.topic]))
-                    {
+                    if case .success(let layout) = DataLayout.decode(bytes) {
+                        // A new name the pattern takes is numbered next.
+                        let name = Array(bytes[layout.topic])
+                        let topic = core.topics.firstIndex { Array($0.name.utf8) == name } ?? core.topics.count
                         sink.expect(
                             Array(bytes[layout.payload]), sequence: layout.header.sequence,
                             of: Sequencer.StreamKey(publisher: layout.header.publisher, topic: topic))
@@ -231,7 +235,8 @@ private struct FuzzOutput: BrokerOutput {
                 }
                 sink.forget(except: core.sequencer)
             default:
-                let topic: Topic = input.byte() % 2 == 0 ? "a" : (input.byte() % 8 == 0 ? "zz" : "b")
+                let names: [Topic] = ["a", "b", "zz", "p/x", "p/y", "p/x/z", "p"]
+                let topic = names[Int(input.byte()) % names.count]
                 let header = MessageHeader(
                     publisher: publishers[Int(input.byte()) % publishers.count], sequence: input.sequence(),
                     sentAt: input.uint64())

@@ -2,6 +2,8 @@
 ///
 /// Topics are matched exactly: a subscriber of `weather` never gets `weatherX`. On the wire a topic travels as
 /// its UTF-8 bytes followed by a zero byte, so ZeroMQ's prefix filtering already matches whole names only.
+/// Names may be hierarchical, with levels separated by `/`, for subscribers' patterns (``TopicFilter``); a
+/// level may not be exactly `+` or `#`, the patterns' wildcards.
 public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByStringLiteral {
     /// The longest topic name accepted, in UTF-8 bytes: long enough for hierarchical names, short enough to
     /// keep the per-message overhead small.
@@ -14,6 +16,11 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
     /// - Parameter name: 1 to ``maximumLength`` UTF-8 bytes, with no control characters.
     /// - Throws: ``HeraldConfigurationError`` saying what is wrong with the name.
     public init(_ name: String) throws(HeraldConfigurationError) {
+        try self.init(name, allowingWildcards: false)
+    }
+
+    /// Validates a name, or the text of a ``TopicFilter`` when `allowingWildcards`.
+    init(_ name: String, allowingWildcards: Bool) throws(HeraldConfigurationError) {
         guard !name.isEmpty else { throw HeraldConfigurationError("a topic name must not be empty") }
         guard name.utf8.count <= Self.maximumLength else {
             throw HeraldConfigurationError(
@@ -25,7 +32,32 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
                 "topic name \(name.debugDescription) contains the control character U+\(String(bad.value, radix: 16, uppercase: true)); use printable characters only"
             )
         }
+        if !allowingWildcards, Self.hasWildcardLevel(name.utf8) {
+            throw HeraldConfigurationError(
+                "topic name \(name.debugDescription) has a level that is exactly '+' or '#': those are wildcards for subscribers; rename that level"
+            )
+        }
         self.name = name
+    }
+
+    /// A name known to be valid (it passed ``init(_:)`` before, as a filter's text).
+    init(checked name: String) { self.name = name }
+
+    /// Whether a level of the name is exactly `+` or `#`.
+    static func hasWildcardLevel(_ name: some Collection<UInt8>) -> Bool {
+        var levelLength = 0
+        var wildcard = false
+        for byte in name {
+            if byte == UInt8(ascii: "/") {
+                if levelLength == 1, wildcard { return true }
+                levelLength = 0
+                wildcard = false
+            } else {
+                levelLength += 1
+                wildcard = byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#")
+            }
+        }
+        return levelLength == 1 && wildcard
     }
 
     /// A topic from a literal in code; the literal must be a valid name.
@@ -51,6 +83,7 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
         guard !bytes.isEmpty, bytes.count <= Self.maximumLength else { return nil }
         // Printable ASCII, the usual case, is valid as it stands.
         if bytes.allSatisfy({ (0x20...0x7E).contains($0) }) {
+            guard !Self.hasWildcardLevel(bytes) else { return nil }
             self.name = String(decoding: bytes, as: UTF8.self)
             return
         }

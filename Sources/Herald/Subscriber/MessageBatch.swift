@@ -57,7 +57,8 @@ public struct MessageBatch: RandomAccessCollection, Sendable {
         var receivedAt: UInt64
     }
 
-    let topics: [Topic]
+    /// The topics its messages name by number; those a pattern matched grow it.
+    var topics: [Topic]
     var storage: [UInt8] = []
     var entries: [Entry] = []
 

@@ -79,9 +79,9 @@ public struct SubscriberConfiguration: Sendable {
 public final class Subscriber: Service, Sendable {
     /// The subscriber's settings.
     public let configuration: SubscriberConfiguration
-    /// The topics it receives.
-    public let topics: Set<Topic>
-    private let orderedTopics: [Topic]
+    /// What it receives: topics by name, and patterns (``TopicFilter``).
+    public let filters: Set<TopicFilter>
+    private let orderedFilters: [TopicFilter]
     private let logger: Logger
     private let context: ZMQContext
     private let wake: WakeSignal
@@ -104,13 +104,25 @@ public final class Subscriber: Service, Sendable {
         case detach(LeaderRecord)
     }
 
-    /// Creates a subscriber; it connects when ``run()`` starts.
+    /// Creates a subscriber of some topics; it connects when ``run()`` starts.
     /// - Parameters:
     ///   - configuration: the subscriber's settings.
     ///   - topics: the topics to receive; at least one.
     ///   - logger: where it logs its steps.
-    public init(configuration: SubscriberConfiguration, topics: [Topic], logger: Logger) throws {
-        guard !topics.isEmpty else { throw HeraldConfigurationError("a subscriber needs at least one --topic") }
+    public convenience init(configuration: SubscriberConfiguration, topics: [Topic], logger: Logger) throws {
+        try self.init(configuration: configuration, filters: topics.map(TopicFilter.init), logger: logger)
+    }
+
+    /// Creates a subscriber of topics and patterns; it connects when ``run()`` starts.
+    ///
+    /// A pattern's topics arrive as their publishers start, those made after the subscriber too; in broker mode
+    /// with history, each matching topic's history comes first.
+    /// - Parameters:
+    ///   - configuration: the subscriber's settings.
+    ///   - filters: topic names and patterns (`sensors/+/temp`, `sensors/#`); at least one.
+    ///   - logger: where it logs its steps.
+    public init(configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger) throws {
+        guard !filters.isEmpty else { throw HeraldConfigurationError("a subscriber needs at least one --topic") }
         guard configuration.history >= 0 else {
             throw HeraldConfigurationError("history must not be negative, got \(configuration.history)")
         }
@@ -118,8 +130,8 @@ public final class Subscriber: Service, Sendable {
             throw HeraldConfigurationError("the window must be at least 65536 bytes, got \(configuration.window)")
         }
         self.configuration = configuration
-        self.topics = Set(topics)
-        self.orderedTopics = Array(Set(topics)).sorted { $0.name < $1.name }
+        self.filters = Set(filters)
+        self.orderedFilters = Array(Set(filters)).sorted { $0.text < $1.text }
         self.logger = logger
         self.context = try ZMQContext()
         let wake = try WakeSignal()
@@ -255,9 +267,9 @@ public final class Subscriber: Service, Sendable {
     // MARK: For the socket thread
 
     fileprivate var loopParts: (
-        configuration: SubscriberConfiguration, topics: [Topic], logger: Logger, context: ZMQContext,
+        configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger, context: ZMQContext,
         wake: WakeSignal, queue: DeliveryQueue
-    ) { (configuration, orderedTopics, logger, context, wake, queue) }
+    ) { (configuration, orderedFilters, logger, context, wake, queue) }
 
     fileprivate func withShared<R>(_ body: (inout Shared) -> R) -> R { shared.withLock { body(&$0) } }
 }
@@ -269,7 +281,7 @@ public final class Subscriber: Service, Sendable {
 private final class SubscriberLoop {
     let subscriber: Subscriber
     let configuration: SubscriberConfiguration
-    let topics: [Topic]
+    let filters: [TopicFilter]
     let logger: Logger
     let context: ZMQContext
     let wake: WakeSignal
@@ -307,6 +319,7 @@ private final class SubscriberLoop {
     var nextTick = ContinuousClock.now
     var paused = false
     var malformed: UInt64 = 0
+    var reportedTooManyTopics = false
     var reported = Sequencer.Statistics()
     var lastLatencySample = ContinuousClock.now
     let receivedCounters = TopicCounters(label: Instruments.received)
@@ -324,10 +337,10 @@ private final class SubscriberLoop {
 
     init(subscriber: Subscriber) {
         self.subscriber = subscriber
-        (configuration, topics, logger, context, wake, queue) = subscriber.loopParts
+        (configuration, filters, logger, context, wake, queue) = subscriber.loopParts
         core = SubscriberCore(
-            topics: topics, sequencer: Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes))
-        batch = MessageBatch(topics: topics)
+            filters: filters, sequencer: Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes))
+        batch = MessageBatch(topics: core.topics)
     }
 
     func run() {
@@ -417,7 +430,7 @@ private final class SubscriberLoop {
             }
             consumed = 0
             acknowledged = 0
-            subscribe(topics: topics, on: dealer!, first: subscribedSince == nil)
+            subscribe(filters.map(\.text), on: dealer!, first: subscribedSince == nil)
             if subscribedSince == nil { subscribedSince = WallClock.nanosecondsSinceEpoch() }
             logger.info(
                 "attached to leader",
@@ -428,7 +441,7 @@ private final class SubscriberLoop {
                 if directSocket == nil {
                     let socket = try ZMQSocket(context: context, type: .sub)
                     try configure(socket, mode: .direct)
-                    for topic in topics { try socket.set(.subscribe(topic.key)) }
+                    for filter in filters { try socket.set(.subscribe(filter.subscriptionPrefix)) }
                     directSocket = socket
                 }
                 lookups?.close()
@@ -486,14 +499,13 @@ private final class SubscriberLoop {
 
     /// Sends a subscription: the first one asks for history, later ones say what is owed per publisher, so
     /// the leader sends its log from there.
-    private func subscribe(topics: [Topic], on dealer: ZMQSocket, first: Bool) {
-        var resume: [String: [String: UInt64]]?
-        if !first {
-            let wanted = Set(topics.compactMap { self.topics.firstIndex(of: $0) })
-            resume = core.owed(onTopics: wanted)
-        }
+    /// - Parameters:
+    ///   - names: filters, or the names of topics with gaps.
+    ///   - resumed: the numbers of the topics whose streams to resume; `nil` for all.
+    private func subscribe(_ names: [String], resuming resumed: Set<Int>? = nil, on dealer: ZMQSocket, first: Bool) {
+        let resume = first ? nil : core.owed(onTopics: resumed)
         let request = SubscribeRequest(
-            topics: topics.map(\.name), window: configuration.window,
+            topics: names, window: configuration.window,
             history: first && configuration.history > 0 ? configuration.history : nil,
             resume: resume, since: first ? nil : subscribedSince)
         request.encodedWithinLimit().withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
@@ -526,12 +538,23 @@ private final class SubscriberLoop {
             let since = subscribedSince ?? .max
             let starts = publisherStarts
             var sink = BatchSink(loop: self)
-            let accepted: Bool = frame.withUnsafeBytes { bytes in
+            let outcome = frame.withUnsafeBytes { bytes in
                 core.acceptData(
                     bytes, receivedAt: receivedAt, now: now,
                     lostBeforeFirst: { direct && (starts[$0].map { $0 > since } ?? false) }, into: &sink)
             }
-            if !accepted { malformed += 1 }
+            switch outcome {
+            case .accepted, .notSubscribed: break
+            case .malformed: malformed += 1
+            case .tooManyTopics:
+                malformed += 1
+                if !reportedTooManyTopics {
+                    reportedTooManyTopics = true
+                    logger.warning(
+                        "patterns match more than \(SubscriberCore.maximumTopics) topics; messages of further topics are dropped: subscribe to narrower patterns"
+                    )
+                }
+            }
         case .success(.subscribed) where socket === dealer:
             if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
                 noteHistory(reply)
@@ -545,7 +568,7 @@ private final class SubscriberLoop {
                 logger.info("the leader no longer knows this subscription; subscribing again")
                 consumed = 0
                 acknowledged = 0
-                subscribe(topics: topics, on: dealer, first: false)
+                subscribe(filters.map(\.text), on: dealer, first: false)
             } else {
                 logger.warning("the leader refused the subscription: \(refusal.detail)")
             }
@@ -641,12 +664,13 @@ private final class SubscriberLoop {
             let gaps = core.sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
             if !gaps.isEmpty, lastRecovery.map({ now - $0 >= Self.recoveryInterval }) ?? true {
                 lastRecovery = now
-                subscribe(topics: gaps.sorted().map { topics[$0] }, on: dealer, first: false)
+                let names = gaps.sorted().map { core.topics[$0].name }
+                subscribe(names, resuming: gaps, on: dealer, first: false)
             }
         }
         if let lookups, now >= nextLookup {
             nextLookup = now + configuration.discoveryInterval
-            let query = ControlFrame.encode(.lookup, DiscoveryQuery(topics: topics.map(\.name)))
+            let query = ControlFrame.encode(.lookup, DiscoveryQuery(topics: filters.map(\.text)))
             query.withUnsafeBytes { _ = try? lookups.send(bytes: $0, dontWait: true) }
         }
     }
@@ -662,7 +686,9 @@ private final class SubscriberLoop {
     /// Hands the filled batch to the application and publishes the counts: once per batch.
     private func handOn() {
         guard !batch.isEmpty || core.sequencer.statistics != reported || malformed > 0 else { return }
-        let full = batch
+        var full = batch
+        // Topics a pattern matched since the last batch: the batch names its messages' topics by number.
+        if full.topics.count != core.topics.count { full.topics = core.topics }
         batch = MessageBatch(following: full)
         record(full)
         queue.push(full)
@@ -692,7 +718,7 @@ private final class SubscriberLoop {
     /// histogram costs little at any rate.
     private func record(_ batch: MessageBatch) {
         guard !batch.isEmpty else { return }
-        var counts = [Int](repeating: 0, count: topics.count)
+        var counts = [Int](repeating: 0, count: batch.topics.count)
         let now = ContinuousClock.now
         let sample = now - lastLatencySample >= .milliseconds(1)
         if sample { lastLatencySample = now }
@@ -703,7 +729,7 @@ private final class SubscriberLoop {
             if latency >= 0 { latencyTimer.recordNanoseconds(latency) }
         }
         for (topic, count) in counts.enumerated() where count > 0 {
-            receivedCounters.increment(topics[topic].name, by: count)
+            receivedCounters.increment(batch.topics[topic].name, by: count)
         }
     }
 

@@ -2,17 +2,46 @@
 ///
 /// The socket thread feeds it what arrives; a fuzzer and the benchmarks feed it bytes directly.
 struct SubscriberCore {
-    /// The subscribed topics; a message's topic is its number here.
-    let topics: [Topic]
-    private let topicIndex: NameIndex
+    /// The topics received: the exact ones asked for first, then those patterns matched, as they first arrived.
+    /// A message's topic is its number here.
+    private(set) var topics: [Topic]
+    /// The patterns asked for.
+    let patterns: [TopicFilter]
     var sequencer: Sequencer
+    private var topicIndex = NameIndex()
+    /// Names that arrived and matched no pattern, so that each is matched once: a direct-mode publisher's
+    /// socket filters on a pattern's literal prefix only.
+    private var unmatched = NameIndex()
+
+    /// Topics a subscriber tells apart at most, those its patterns match included: names and stream state are
+    /// kept per topic, so a publisher inventing names must not grow them without end.
+    static let maximumTopics = 10_000
+    /// Unmatched names remembered at most; past it each is matched again on arrival.
+    static let maximumUnmatched = 10_000
+
+    /// What became of a data frame.
+    enum Outcome: Error, Equatable {
+        /// Passed to the sequencer.
+        case accepted
+        /// Of a topic no filter asked for: dropped, as ZeroMQ's prefix filter would have.
+        case notSubscribed
+        /// Of a topic a pattern matches, past ``maximumTopics``: dropped and counted.
+        case tooManyTopics
+        /// Not a data frame.
+        case malformed
+    }
+
+    init(filters: [TopicFilter], sequencer: Sequencer) {
+        self.sequencer = sequencer
+        var seen = Set<TopicFilter>()
+        let filters = filters.filter { seen.insert($0).inserted }
+        topics = filters.compactMap(\.exactTopic)
+        patterns = filters.filter(\.isPattern)
+        for topic in topics { Array(topic.name.utf8).withUnsafeBytes { _ = topicIndex.insert($0) } }
+    }
 
     init(topics: [Topic], sequencer: Sequencer) {
-        self.topics = topics
-        self.sequencer = sequencer
-        var index = NameIndex()
-        for topic in topics { Array(topic.name.utf8).withUnsafeBytes { _ = index.insert($0) } }
-        topicIndex = index
+        self.init(filters: topics.map(TopicFilter.init), sequencer: sequencer)
     }
 
     /// Takes one data frame.
@@ -23,18 +52,40 @@ struct SubscriberCore {
     ///   - lostBeforeFirst: whether a stream first seen from this publisher is owed from its first message
     ///     (direct mode: the publisher started after this subscriber).
     ///   - sink: where deliveries go.
-    /// - Returns: `false` for a frame that is not a data frame of a subscribed topic (the caller counts it).
+    @discardableResult
     mutating func acceptData(
         _ frame: UnsafeRawBufferPointer, receivedAt: UInt64, now: ContinuousClock.Instant,
         lostBeforeFirst: (PublisherID) -> Bool = { _ in false }, into sink: inout some Sequencer.Sink
-    ) -> Bool {
-        guard case .success(let layout) = DataLayout.decode(frame),
-            let topic = topicIndex.find(UnsafeRawBufferPointer(rebasing: frame[layout.topic]))
-        else { return false }
+    ) -> Outcome {
+        guard case .success(let layout) = DataLayout.decode(frame) else { return .malformed }
+        let name = UnsafeRawBufferPointer(rebasing: frame[layout.topic])
+        let topic: Int
+        if let known = topicIndex.find(name) {
+            topic = known
+        } else {
+            switch matchNew(name) {
+            case .success(let number): topic = number
+            case .failure(let outcome): return outcome
+            }
+        }
         sequencer.accept(
             topic: topic, header: layout.header, payload: UnsafeRawBufferPointer(rebasing: frame[layout.payload]),
             receivedAt: receivedAt, lostBeforeFirst: lostBeforeFirst(layout.header.publisher), now: now, into: &sink)
-        return true
+        return .accepted
+    }
+
+    /// Numbers a name not seen before, when a pattern matches it.
+    private mutating func matchNew(_ name: UnsafeRawBufferPointer) -> Result<Int, Outcome> {
+        guard !patterns.isEmpty else { return .failure(.notSubscribed) }
+        if unmatched.find(name) != nil { return .failure(.notSubscribed) }
+        guard let topic = Topic(validating: name) else { return .failure(.malformed) }
+        guard patterns.contains(where: { $0.matches(name: name) }) else {
+            if unmatched.count < Self.maximumUnmatched { unmatched.insert(name) }
+            return .failure(.notSubscribed)
+        }
+        guard topics.count < Self.maximumTopics else { return .failure(.tooManyTopics) }
+        topics.append(topic)
+        return .success(topicIndex.insert(name))
     }
 
     /// What the subscriber is owed per topic name and publisher, for telling a leader where to resume.
