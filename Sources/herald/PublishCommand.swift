@@ -37,6 +37,9 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Messages per topic brokers keep for late joiners (herald subscribe --history). (env: HERALD_HISTORY; default: 0)")
     var history: Int?
 
+    @Option(help: "Ownership strength: subscribers deliver only the strongest live publisher of a topic among those with a strength; the next takes over within a second when it dies. (env: HERALD_STRENGTH; default: none, shared)")
+    var strength: Int?
+
     @Option(help: "Broker mode: bytes kept for replay after a leader failover, allocated up front; half may wait for credit. (env: HERALD_RETENTION_BYTES; default: 33554432)")
     var retentionBytes: Int?
 
@@ -66,6 +69,7 @@ struct PublishCommand: AsyncParsableCommand {
             ?? configuration.maximumPayloadSize
         configuration.historyOffered =
             try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
+        configuration.strength = try Setting.integer(strength, "HERALD_STRENGTH", default: nil, range: 0...Int(Int32.max))
         configuration.retentionCount =
             try Setting.integer(retentionCount, "HERALD_RETENTION_COUNT", default: configuration.retentionCount, range: 0...10_000_000)
             ?? configuration.retentionCount

@@ -61,7 +61,8 @@ struct StatusCommand: AsyncParsableCommand {
             print("topics:     \(topics.isEmpty ? "none" : "")")
             for topic in topics {
                 let subscribed = report.subscribedTopics.contains(topic) ? "subscribed" : "no subscribers"
-                print("  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)")
+                let owner = report.owners?[topic].map { ", owned by \($0.short)" } ?? ""
+                print("  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)\(owner)")
             }
             if let omitted = report.omittedTopics { print("  … and \(omitted) more topics") }
             print("publishers: \(report.publishers.isEmpty ? "none" : "")")

@@ -62,6 +62,10 @@ struct BrokerCore: ~Copyable {
     private var subscribers: [RoutingID: SubscriberState] = [:]
     /// The subscribers with patterns, whom a new topic may concern.
     private var patternSubscribers: Set<RoutingID> = []
+    /// Who owns each exclusive topic, and whether this leader has led long enough to have heard every live
+    /// contender: until then it reports no owners, and subscribers keep what they knew.
+    private var ownership = OwnershipTable()
+    private var ownershipKnown = false
     /// Subscribers whose queue was full, to be pumped again.
     private var blockedSubscribers: Set<RoutingID> = []
     /// Connections whose credit is held back by a slow subscriber.
@@ -115,7 +119,7 @@ struct BrokerCore: ~Copyable {
                     let key = frame.metadata("User-Id")
                     register(registration, from: client, key: key, now: now, output: &output)
                 } else {
-                    unregister(registration, from: client, output: &output)
+                    unregister(registration, from: client, now: now, output: &output)
                 }
             }
         case .success(.lookup):
@@ -131,7 +135,8 @@ struct BrokerCore: ~Copyable {
                 return refuse(.rateLimited, "more than \(Self.statusRepliesPerSecond) status requests per second", to: client, output: &output)
             }
             reply(to: client, ControlFrame.encode(.status, status(now: now)), output: &output)
-        case .success(.subscribe), .success(.subscribed), .success(.credit), .success(.consumed), .success(.refused):
+        case .success(.subscribe), .success(.subscribed), .success(.credit), .success(.consumed), .success(.refused),
+            .success(.owners):
             malformed(.unknownKind, from: client, frame: frame, output: &output)
         }
     }
@@ -194,6 +199,7 @@ struct BrokerCore: ~Copyable {
             if let subscriber = subscribers[id] { pump(subscriber, output: &output) }
         }
         retryWaitingGrants(output: &output)
+        updateOwnership(now: now, output: &output)
     }
 
     // MARK: Publishers
@@ -322,6 +328,8 @@ struct BrokerCore: ~Copyable {
         registrations[registration.publisher] = Registered(
             registration: registration, lastSeen: now, client: client, key: key)
         registrationBytes += registration.footprint - previousFootprint
+        ownership.note(registration, now: now)
+        updateOwnership(now: now, output: &output)
         if let offer = registration.history, offer > 0 {
             for name in registration.topics {
                 let bytes = Array(name.utf8)
@@ -357,7 +365,8 @@ struct BrokerCore: ~Copyable {
     }
 
     private mutating func unregister(
-        _ registration: PublisherRegistration, from client: RoutingID, output: inout some BrokerOutput
+        _ registration: PublisherRegistration, from client: RoutingID, now: ContinuousClock.Instant,
+        output: inout some BrokerOutput
     ) {
         guard let known = registrations[registration.publisher] else { return }
         // Anyone can name a publisher; only the connection it registered from can remove it.
@@ -368,11 +377,13 @@ struct BrokerCore: ~Copyable {
         connections[client] = nil
         waitingConnections.remove(client)
         logger.info("publisher left", metadata: ["publisher": "\(registration.publisher.short)"])
+        updateOwnership(now: now, output: &output)
     }
 
     private mutating func forget(_ publisher: PublisherID) {
         guard let removed = registrations.removeValue(forKey: publisher) else { return }
         registrationBytes -= removed.registration.footprint
+        ownership.remove(publisher)
         if endpointOwners[removed.registration.endpoint] == publisher {
             endpointOwners[removed.registration.endpoint] = nil
         }
@@ -437,7 +448,8 @@ struct BrokerCore: ~Copyable {
         let matching = registrations.values.map(\.registration).filter { Self.anyMatch(wanted, $0.topics) }
         let reply = DiscoveryReply(
             publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
-            complete: now - startedAt >= Self.registrationTimeToLive)
+            complete: now - startedAt >= Self.registrationTimeToLive,
+            owners: ownershipKnown ? ownership.report { Self.anyMatch(wanted, [$0]) } : nil)
         self.reply(to: client, ControlFrame.encode(.lookup, reply), output: &output)
     }
 
@@ -580,6 +592,8 @@ struct BrokerCore: ~Copyable {
         {
             return removeSubscriber(id, reason: "gone")
         }
+        // Before any data: whose messages it may deliver on the exclusive topics it follows.
+        if ownershipKnown { sendOwners(to: subscriber, output: &output) }
         pump(subscriber, output: &output)
     }
 
@@ -674,6 +688,10 @@ struct BrokerCore: ~Copyable {
     /// Sends a subscriber what its cursors have not reached yet, while its window allows, one topic after the
     /// other.
     private mutating func pump(_ subscriber: SubscriberState, output: inout some BrokerOutput) {
+        if subscriber.ownersOutdated {
+            sendOwners(to: subscriber, output: &output)
+            if subscriber.ownersOutdated { return }
+        }
         var idle = 0
         while subscriber.inFlight < UInt64(subscriber.window), idle < subscriber.follows.count {
             let position = subscriber.nextFollow
@@ -686,7 +704,9 @@ struct BrokerCore: ~Copyable {
                 cursor = topic.log.firstIndex
                 subscriber.follows[position].cursor = cursor
             }
-            guard cursor < topic.log.endIndex else {
+            // A fresh leader does not know every contender yet: a contested topic waits, rather than reach a
+            // subscriber with no view of its owner.
+            guard cursor < topic.log.endIndex, ownershipKnown || !ownership.contested.contains(topic.name) else {
                 idle += 1
                 continue
             }
@@ -715,6 +735,59 @@ struct BrokerCore: ~Copyable {
         for follow in subscriber.follows { follow.topic.subscribers.removeAll { $0 === subscriber } }
         blockedSubscribers.remove(id)
         logger.info("subscriber detached", metadata: ["subscriber": "\(id)", "reason": "\(reason)"])
+    }
+
+    // MARK: Ownership
+
+    /// Works out the owners of exclusive topics again, and tells the subscribers concerned when one changed.
+    /// A fresh leader first waits one owner timeout, so that every live contender has registered.
+    private mutating func updateOwnership(now: ContinuousClock.Instant, output: inout some BrokerOutput) {
+        guard ownershipKnown else {
+            guard now - startedAt >= OwnershipTable.ownerTimeout else { return }
+            ownershipKnown = true
+            _ = ownership.update(now: now)
+            // Subscribers may hold owners from the previous leader: every one learns this leader's view once,
+            // then gets the contested topics held back until now.
+            for subscriber in subscribers.values {
+                sendOwners(to: subscriber, output: &output)
+                pump(subscriber, output: &output)
+            }
+            return
+        }
+        let changed = ownership.update(now: now)
+        guard !changed.isEmpty else { return }
+        for topic in changed.sorted().prefix(16) {
+            let owner = ownership.owners[topic]
+            logger.info(
+                "topic owner changed",
+                metadata: ["topic": "\(topic)", "owner": "\(owner.map { "\($0.short)" } ?? "none: shared")"])
+        }
+        switch configuration.mode {
+        case .broker:
+            for subscriber in subscribers.values where changed.contains(where: { subscriber.concerns($0) }) {
+                sendOwners(to: subscriber, output: &output)
+            }
+        case .direct:
+            for (client, entry) in discoverers where Self.anyMatch(entry.filters, Array(changed)) {
+                let owners = ownership.report { Self.anyMatch(entry.filters, [$0]) }
+                let update = DiscoveryReply(publishers: [], complete: false, owners: owners)
+                reply(to: client, ControlFrame.encode(.lookup, update), output: &output)
+            }
+        }
+    }
+
+    /// Sends a broker-mode subscriber the owners of the exclusive topics it follows or matches.
+    private mutating func sendOwners(to subscriber: SubscriberState, output: inout some BrokerOutput) {
+        let followed = Set(subscriber.follows.map(\.topic.name))
+        let report = OwnershipReport(
+            owners: ownership.report { name in
+                followed.contains(name) || subscriber.patterns.contains { $0.matches(name: name) }
+            })
+        guard var frame = try? ZMQFrame(ControlFrame.encode(.owners, report)) else { return }
+        // A subscriber with a full queue gets it when the queue has room: a report it missed would leave it
+        // delivering the wrong publisher until the next change.
+        subscriber.ownersOutdated = output.deliver(to: subscriber.id, &frame) == .wouldBlock
+        if subscriber.ownersOutdated { blockedSubscribers.insert(subscriber.id) }
     }
 
     // MARK: Topics and logs
@@ -890,11 +963,13 @@ struct BrokerCore: ~Copyable {
             listed += topic.name.utf8.count + 24
             return listed <= Self.statusListBytes
         }
+        let shownNames = Set(shownTopics.map(\.name))
         listed = 0
         let descriptions = registrations.values.map { entry in
             let registration = entry.registration
             let endpoint = registration.endpoint.isEmpty ? "" : " \(registration.endpoint)"
-            return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]"
+            let strength = registration.strength.map { " strength \($0)" } ?? ""
+            return "\(registration.publisher)\(endpoint) [\(registration.topics.joined(separator: ","))]\(strength)"
         }.sorted()
         let shownPublishers = descriptions.prefix { description in
             listed += description.utf8.count + 4
@@ -911,6 +986,7 @@ struct BrokerCore: ~Copyable {
             refused: refusedTotal.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value },
             logBytes: logBytes, logLimitBytes: configuration.logBytes,
             omittedTopics: topics.count > shownTopics.count ? topics.count - shownTopics.count : nil,
+            owners: ownership.isEmpty ? nil : ownership.report { shownNames.contains($0) },
             omittedPublishers: descriptions.count > shownPublishers.count ? descriptions.count - shownPublishers.count : nil)
     }
 
@@ -1062,6 +1138,8 @@ final class SubscriberState {
     var lastHeard: ContinuousClock.Instant
     var lastProgress: ContinuousClock.Instant
     var stalled = false
+    /// An ownership report could not be sent: it goes before any more data.
+    var ownersOutdated = false
 
     init(id: RoutingID, now: ContinuousClock.Instant) {
         self.id = id
@@ -1081,6 +1159,11 @@ final class SubscriberState {
     }
 
     func cursor(on topic: TopicState) -> UInt64? { follows.first { $0.topic === topic }?.cursor }
+
+    /// Whether it follows the topic named `name`, or one of its patterns matches it.
+    func concerns(_ name: String) -> Bool {
+        follows.contains { $0.topic.name == name } || patterns.contains { $0.matches(name: name) }
+    }
 
     func isCaughtUp(on topic: TopicState) -> Bool {
         // The newest message was just appended: a cursor one short of the end had reached everything before it.

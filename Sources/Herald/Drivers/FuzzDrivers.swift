@@ -129,7 +129,8 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                 let registration = PublisherRegistration(
                     publisher: publishers[Int(input.byte()) % publishers.count], endpoint: "tcp://x:1",
                     topics: (0..<Int(input.byte() % 7)).map { _ in topics[Int(input.byte()) % topics.count] },
-                    history: Int(truncatingIfNeeded: input.uint64()), startedAt: input.uint64())
+                    history: Int(truncatingIfNeeded: input.uint64()), startedAt: input.uint64(),
+                    strength: input.byte() % 3 == 0 ? nil : Int(input.byte() % 4) - 1)
                 let kind: WireFormat.Kind = input.byte() % 4 == 0 ? .unregister : .register
                 bytes = ControlFrame.encode(kind, registration)
             case 5:

@@ -159,6 +159,9 @@ struct PublisherRegistration: Codable, Sendable, Equatable {
     /// Direct mode with CurveZMQ: the publisher's CURVE public key (Z85), which subscribers require of its
     /// endpoint. The leader accepts it only from a connection authenticated with that key.
     var curveKey: String?
+    /// Ownership strength: the strongest live publisher of a topic owns it, and subscribers deliver only its
+    /// messages (``OwnershipTable``); `nil` for a publisher that does not contend.
+    var strength: Int?
 
     /// The longest endpoint accepted: real ones (`tcp://host:port`) are far shorter.
     static let maximumEndpointLength = 1024
@@ -167,6 +170,12 @@ struct PublisherRegistration: Codable, Sendable, Equatable {
     var footprint: Int {
         topics.reduce(128 + endpoint.utf8.count + (curveKey?.utf8.count ?? 0)) { $0 + 32 + $1.utf8.count }
     }
+}
+
+/// The owners of exclusive topics, from the leader to a subscriber: complete for the topics the subscriber
+/// follows or matches, so that a topic it does not list is shared.
+struct OwnershipReport: Codable, Sendable, Equatable {
+    var owners: [String: PublisherID]
 }
 
 /// A direct-mode subscriber's question to the leader.
@@ -180,6 +189,9 @@ struct DiscoveryReply: Codable, Sendable, Equatable {
     /// Whether the leader has led long enough to have heard every live publisher's heartbeat, so that a
     /// publisher missing from the list really is gone (a fresh leader's list may still be filling).
     var complete: Bool
+    /// The owners of the exclusive topics among those asked for; `nil` while a fresh leader has not yet heard
+    /// every contender, so that the subscriber keeps what it knew.
+    var owners: [String: PublisherID]?
 }
 
 /// A broker-mode subscriber's subscription, sent on attaching to a leader and to recover what it missed.
@@ -297,5 +309,7 @@ public struct BrokerStatus: Codable, Sendable, Equatable {
     /// Topics and publishers left out of ``topics`` and ``publishers`` so that the report fits one control
     /// message (absent when none were).
     public var omittedTopics: Int?
+    /// The owner of each exclusive topic listed (ownership strength).
+    public var owners: [String: PublisherID]?
     public var omittedPublishers: Int?
 }

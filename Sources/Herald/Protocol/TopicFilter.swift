@@ -82,6 +82,12 @@ public struct TopicFilter: Sendable, Hashable, CustomStringConvertible, Expressi
         Array(topic.name.utf8).withUnsafeBytes { matches(name: $0) }
     }
 
+    /// Whether the topic named `name` matches.
+    func matches(name: String) -> Bool {
+        var name = name
+        return name.withUTF8 { matches(name: UnsafeRawBufferPointer($0)) }
+    }
+
     /// Whether the topic named by `name` (UTF-8 bytes, as in a frame) matches.
     func matches(name: UnsafeRawBufferPointer) -> Bool {
         guard let levels else { return name.elementsEqual(text.utf8) }

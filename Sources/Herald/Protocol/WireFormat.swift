@@ -62,6 +62,9 @@ enum WireFormat {
         case consumed = 9
         /// Leader to client, JSON ``Refusal``: a request was refused, and why.
         case refused = 10
+        /// Leader to subscriber (broker mode), JSON ``OwnershipReport``: who owns the exclusive topics it
+        /// follows; sent when it subscribes and when an owner changes.
+        case owners = 11
     }
 
     /// Why a frame could not be decoded; counted by reason on brokers and clients.

@@ -48,6 +48,16 @@ public struct PublisherConfiguration: Sendable {
     public var retentionAge: Duration = PublisherConfiguration.defaultRetentionAge
     /// Messages per topic this publisher asks brokers to keep for late joiners (`herald subscribe --history`).
     public var historyOffered: Int = 0
+    /// Ownership strength (`--strength`): of the publishers of a topic that have one, subscribers deliver only
+    /// the strongest live one's messages, and the next strongest takes over within a second when it dies. `nil`
+    /// (the default) does not contend, and on a topic without contenders every publisher is delivered.
+    public var strength: Int?
+
+    /// How often the leader hears from this publisher: a contender registers often enough that its death is
+    /// noticed within one owner timeout.
+    var registrationInterval: Duration {
+        strength == nil ? heartbeatInterval : min(heartbeatInterval, OwnershipTable.contenderRegistrationInterval)
+    }
 
     /// Creates a configuration.
     /// - Parameters:
@@ -230,6 +240,9 @@ public final class Publisher: Service, Sendable {
         }
         thread.name = "herald-publisher"
         thread.start()
+        var started: Logger.Metadata = ["publisher": "\(id)", "topics": "\(topics.map(\.name).sorted())"]
+        if let strength = configuration.strength { started["strength"] = "\(strength)" }
+        logger.info("publisher started", metadata: started)
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
             logger: logger)
@@ -601,7 +614,7 @@ private struct Link: ~Copyable {
         let now = ContinuousClock.now
         if dealer != nil, now >= nextRegistration {
             register(.register, publisher: publisher, topics: topics, startedAt: startedAt)
-            nextRegistration = now + configuration.heartbeatInterval
+            nextRegistration = now + configuration.registrationInterval
         }
         if ownedByThread {
             switch flush() {
@@ -786,7 +799,7 @@ private struct Link: ~Copyable {
         let registration = PublisherRegistration(
             publisher: publisher, endpoint: mode == .direct ? directEndpoint ?? "" : "", topics: topics.map(\.name),
             history: configuration.historyOffered, startedAt: startedAt,
-            curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil)
+            curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil, strength: configuration.strength)
         let frame = ControlFrame.encode(kind, registration)
         frame.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }

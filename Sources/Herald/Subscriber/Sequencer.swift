@@ -83,6 +83,9 @@ public struct Sequencer: Sendable {
         var lastSeen: ContinuousClock.Instant
         /// The highest number was delivered: nothing more can follow.
         var exhausted = false
+        /// Its topic's owner changed: its next message continues it from there, since what its publisher sent
+        /// while another owned the topic was never owed.
+        var resyncing = false
     }
 
     /// How long a gap may stay open.
@@ -99,6 +102,9 @@ public struct Sequencer: Sendable {
     public private(set) var statistics = Statistics()
     private var streams: [StreamKey: Stream] = [:]
     private var heldBytes = 0
+    /// Topics whose owner changed: a stream first seen on one starts where it is first seen, even in direct
+    /// mode, since what came before belonged to another owner.
+    private var topicsStartingFresh: Set<Int> = []
 
     /// Creates an empty sequencer.
     /// - Parameters:
@@ -134,6 +140,16 @@ public struct Sequencer: Sendable {
     /// The next sequence number owed for each stream, for asking a leader to resume from there.
     var expectations: [StreamKey: UInt64] { streams.filter { !$0.value.exhausted }.mapValues(\.next) }
 
+    /// The owner of `topic` changed (ownership strength): each of its streams continues from its next message,
+    /// since what a publisher sent while another owned the topic was never owed, and is not lost.
+    mutating func resync(topic: Int) {
+        topicsStartingFresh.insert(topic)
+        let keys = streams.keys.filter { $0.topic == topic }
+        for key in keys {
+            if let index = streams.index(forKey: key) { streams.values[index].resyncing = true }
+        }
+    }
+
     /// Whether the sequencer remembers a stream.
     func knows(_ key: StreamKey) -> Bool { streams[key] != nil }
 
@@ -163,7 +179,8 @@ public struct Sequencer: Sendable {
         guard let index = streams.index(forKey: key) else {
             if streams.count >= streamLimit { forgetLongestSilent() }
             statistics.streams += 1
-            if lostBeforeFirst, sequence > 1 { statistics.lost = statistics.lost.addingSaturated(sequence - 1) }
+            let fresh = !topicsStartingFresh.isEmpty && topicsStartingFresh.contains(topic)
+            if lostBeforeFirst, !fresh, sequence > 1 { statistics.lost = statistics.lost.addingSaturated(sequence - 1) }
             var stream = Stream(next: sequence, lastSeen: now)
             Self.deliver(
                 &stream, topic: topic, header: header, payload: payload, receivedAt: receivedAt, now: now,
@@ -171,6 +188,7 @@ public struct Sequencer: Sendable {
             streams[key] = stream
             return
         }
+        if streams.values[index].resyncing { resync(at: index, to: sequence) }
         // Changed in place through the index: the stream, and its held messages, are never copied.
         switch Self.classify(&streams.values[index], sequence: sequence, now: now) {
         case .duplicate:
@@ -205,6 +223,20 @@ public struct Sequencer: Sendable {
     }
 
     // MARK: Internals
+
+    /// Moves a resyncing stream on to `sequence` when it is ahead: nothing before it is owed, and messages held
+    /// from before are let go.
+    private mutating func resync(at index: Dictionary<StreamKey, Stream>.Index, to sequence: UInt64) {
+        guard !streams.values[index].exhausted, sequence >= streams.values[index].next else { return }
+        streams.values[index].resyncing = false
+        let released = streams.values[index].held.filter { $0.key < sequence }
+        for (number, held) in released {
+            heldBytes -= held.cost
+            streams.values[index].held[number] = nil
+        }
+        streams.values[index].next = sequence
+        if streams.values[index].held.isEmpty { streams.values[index].gapOpenedAt = nil }
+    }
 
     private enum Arrival { case duplicate, early, next(fillsGap: Bool) }
 

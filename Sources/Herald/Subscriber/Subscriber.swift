@@ -303,6 +303,9 @@ private final class SubscriberLoop {
     /// CurveZMQ: the key each publisher endpoint was connected with; a publisher restarted on the same endpoint
     /// with another key is connected to again.
     var publisherKeys: [String: String] = [:]
+    /// Direct mode: the strengths of contending publishers seen in registrations, for working out owners while
+    /// a fresh leader does not report them yet.
+    var strengths: [PublisherID: Int] = [:]
     /// Endpoints already reported as registered without a key, so that each is reported once.
     var unkeyedEndpoints: Set<String> = []
     /// CurveZMQ: the connection to the leader, for a refused key.
@@ -544,7 +547,7 @@ private final class SubscriberLoop {
                     lostBeforeFirst: { direct && (starts[$0].map { $0 > since } ?? false) }, into: &sink)
             }
             switch outcome {
-            case .accepted, .notSubscribed: break
+            case .accepted, .notSubscribed, .notOwner: break
             case .malformed: malformed += 1
             case .tooManyTopics:
                 malformed += 1
@@ -555,6 +558,13 @@ private final class SubscriberLoop {
                     )
                 }
             }
+        case .success(.owners) where socket === dealer:
+            guard case .success(let report) = frame.withUnsafeBytes({ ControlFrame.decode(OwnershipReport.self, from: $0) })
+            else {
+                malformed += 1
+                return
+            }
+            applyOwners(report.owners)
         case .success(.subscribed) where socket === dealer:
             if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
                 noteHistory(reply)
@@ -595,6 +605,11 @@ private final class SubscriberLoop {
     /// leader changes.
     private func apply(_ reply: DiscoveryReply) {
         guard let socket = directSocket else { return }
+        if let owners = reply.owners {
+            applyOwners(owners)
+        } else {
+            applyProvisionalOwners(from: reply.publishers)
+        }
         var wanted: [String: PublisherRegistration] = [:]
         for registration in reply.publishers where !registration.endpoint.isEmpty {
             wanted[registration.endpoint] = wanted[registration.endpoint] ?? registration
@@ -645,6 +660,38 @@ private final class SubscriberLoop {
         }
         let endpoints = publishers.keys.sorted()
         subscriber.withShared { $0.publishers = endpoints }
+    }
+
+    /// Takes the leader's owners of exclusive topics, logging each change.
+    private func applyOwners(_ owners: [String: PublisherID]) {
+        for (topic, owner) in core.applyOwners(owners).prefix(16) {
+            logger.info(
+                "topic owner changed",
+                metadata: ["topic": "\(topic)", "owner": "\(owner.map { "\($0.short)" } ?? "none: shared")"])
+        }
+    }
+
+    /// Direct mode, while a fresh leader does not report owners: the strongest contender each registration
+    /// names takes a topic from a weaker one, so that a subscriber with no view yet does not deliver them all.
+    private func applyProvisionalOwners(from registrations: [PublisherRegistration]) {
+        var owners = core.ownersByName
+        var changed = false
+        for registration in registrations {
+            guard let strength = registration.strength else { continue }
+            if strengths.count >= SubscriberCore.maximumTopics { strengths.removeAll() }
+            strengths[registration.publisher] = strength
+            for topic in registration.topics where owners[topic] != registration.publisher {
+                if let current = owners[topic] {
+                    // An owner the leader named, or a stronger contender, stays.
+                    guard let held = strengths[current],
+                        OwnershipTable.outranks(registration.publisher, strength, (current, held))
+                    else { continue }
+                }
+                owners[topic] = registration.publisher
+                changed = true
+            }
+        }
+        if changed { applyOwners(owners) }
     }
 
     // MARK: Time-driven work

@@ -9,6 +9,10 @@ struct SubscriberCore {
     let patterns: [TopicFilter]
     var sequencer: Sequencer
     private var topicIndex = NameIndex()
+    /// The owner of each exclusive topic, by topic number (`nil`: shared), and by name for topics not numbered
+    /// yet: the leader's last report.
+    private var owners: [PublisherID?] = []
+    private(set) var ownersByName: [String: PublisherID] = [:]
     /// Names that arrived and matched no pattern, so that each is matched once: a direct-mode publisher's
     /// socket filters on a pattern's literal prefix only.
     private var unmatched = NameIndex()
@@ -27,6 +31,8 @@ struct SubscriberCore {
         case notSubscribed
         /// Of a topic a pattern matches, past ``maximumTopics``: dropped and counted.
         case tooManyTopics
+        /// Of an exclusive topic, from a publisher that does not own it: dropped.
+        case notOwner
         /// Not a data frame.
         case malformed
     }
@@ -38,6 +44,7 @@ struct SubscriberCore {
         topics = filters.compactMap(\.exactTopic)
         patterns = filters.filter(\.isPattern)
         for topic in topics { Array(topic.name.utf8).withUnsafeBytes { _ = topicIndex.insert($0) } }
+        owners = Array(repeating: nil, count: topics.count)
     }
 
     init(topics: [Topic], sequencer: Sequencer) {
@@ -68,6 +75,7 @@ struct SubscriberCore {
             case .failure(let outcome): return outcome
             }
         }
+        if let owner = owners[topic], owner != layout.header.publisher { return .notOwner }
         sequencer.accept(
             topic: topic, header: layout.header, payload: UnsafeRawBufferPointer(rebasing: frame[layout.payload]),
             receivedAt: receivedAt, lostBeforeFirst: lostBeforeFirst(layout.header.publisher), now: now, into: &sink)
@@ -85,7 +93,25 @@ struct SubscriberCore {
         }
         guard topics.count < Self.maximumTopics else { return .failure(.tooManyTopics) }
         topics.append(topic)
+        owners.append(ownersByName.isEmpty ? nil : ownersByName[topic.name])
         return .success(topicIndex.insert(name))
+    }
+
+    /// Takes the leader's owners of the exclusive topics this subscriber follows; a topic it does not list is
+    /// shared. When a topic's owner changes, each of its streams continues from its next message.
+    /// - Returns: the topics whose owner changed, with the new owner (`nil`: shared now).
+    @discardableResult
+    mutating func applyOwners(_ report: [String: PublisherID]) -> [(topic: String, owner: PublisherID?)] {
+        ownersByName = report
+        var changed: [(topic: String, owner: PublisherID?)] = []
+        for (number, topic) in topics.enumerated() {
+            let owner = report[topic.name]
+            guard owner != owners[number] else { continue }
+            owners[number] = owner
+            changed.append((topic.name, owner))
+            sequencer.resync(topic: number)
+        }
+        return changed
     }
 
     /// What the subscriber is owed per topic name and publisher, for telling a leader where to resume.

@@ -198,11 +198,14 @@ struct SubscribedMessage: Sendable, Equatable {
     var seq: UInt64
     /// When the publisher sent it, in nanoseconds since the Unix epoch (same host, same clock).
     var sentAt: UInt64
+    /// When the subscriber received it: the send time and the latency it printed.
+    var receivedAt: UInt64
 
     /// Parses one line; `nil` for anything that is not a message line.
     init?(line: String) {
         guard let message = MessageLine(line) else { return nil }
         (topic, publisher, seq, sentAt) = (message.topic, message.publisher, message.sequence, message.sentAt)
+        receivedAt = UInt64(clamping: Int64(clamping: sentAt) &+ message.latencyMicroseconds &* 1000)
     }
 }
 
