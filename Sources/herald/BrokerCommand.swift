@@ -26,6 +26,9 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: "This broker's identity in the cluster. (env: HERALD_BROKER_ID; default: <host>-<pid>-<random>)")
     var brokerID: String?
 
+    @Option(help: "The broker group: each group elects its own leader and serves the topics routed to it. (env: HERALD_GROUP; default: default)")
+    var group: String?
+
     @Option(help: "Largest message a client may send, in bytes; larger ones cut the sender off. (env: HERALD_MAX_MESSAGE_SIZE; default: 1052672)")
     var maxMessageSize: Int?
 
@@ -56,7 +59,7 @@ struct BrokerCommand: AsyncParsableCommand {
             throw ValidationError("unknown mode '\(modeName)'; use broker or direct")
         }
         var configuration = BrokerConfiguration(
-            zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(), mode: mode,
+            zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(group: Setting.string(group, "HERALD_GROUP", default: ClusterLayout.defaultGroup)), mode: mode,
             brokerID: Setting.string(brokerID, "HERALD_BROKER_ID", default: BrokerConfiguration.defaultBrokerID()))
         configuration.bindHost = network.resolvedBindHost
         configuration.advertiseHost = network.resolvedAdvertiseHost

@@ -14,7 +14,7 @@ struct HeraldCommand: AsyncParsableCommand {
             """,
         subcommands: [
             BrokerCommand.self, PublishCommand.self, SubscribeCommand.self, StatusCommand.self, HealthCommand.self,
-            KeygenCommand.self, DemoCommand.self, BenchCommand.self,
+            TopicsCommand.self, KeygenCommand.self, DemoCommand.self, BenchCommand.self,
         ]
     )
 

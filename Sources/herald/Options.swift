@@ -94,9 +94,11 @@ struct ClusterOptions: ParsableArguments {
         }
     }
 
-    func layout() throws -> ClusterLayout {
+    /// The cluster's layout, or that of its group `group`.
+    func layout(group: String? = nil) throws -> ClusterLayout {
         do {
-            return try ClusterLayout(cluster: Setting.string(cluster, "HERALD_CLUSTER", default: ClusterLayout.defaultCluster))
+            return try ClusterLayout(
+                cluster: Setting.string(cluster, "HERALD_CLUSTER", default: ClusterLayout.defaultCluster), group: group)
         } catch {
             throw ValidationError("\(error)")
         }

@@ -41,34 +41,55 @@ struct StatusCommand: AsyncParsableCommand {
         }
         print("cluster:    \(status.cluster)")
         print("mode:       \(status.mode?.description ?? "not set (no broker has started)")")
-        if let leader = status.leader {
-            print("leader:     \(leader.broker)")
-            print("  requests:    \(leader.requestEndpoint)")
-            print("  subscribers: \(leader.subscriberEndpoint)")
-            if let since = status.leaderSinceMilliseconds {
-                let ago = max(0, Date().timeIntervalSince1970 - Double(since) / 1000)
-                print(String(format: "  elected:     %.1f s ago (by ZooKeeper's clock)", ago))
-            }
-            if let summary = status.leaderAnswerSummary { print("  \(summary)") }
+        let groups = status.groups ?? [:]
+        if groups.isEmpty {
+            printGroup(status.defaultGroup, indent: "")
         } else {
-            print("leader:     none")
+            // Brokers without --group form the default group; it is shown when it has any.
+            if status.leader != nil || !status.candidates.isEmpty {
+                print("group \(ClusterLayout.defaultGroup):")
+                printGroup(status.defaultGroup, indent: "  ")
+            }
+            for (name, group) in groups.sorted(by: { $0.key < $1.key }) {
+                print("group \(name):")
+                printGroup(group, indent: "  ")
+            }
         }
-        let standbys = status.candidates.filter { $0 != status.leader?.broker }
-        print("standbys:   \(standbys.isEmpty ? "none" : standbys.joined(separator: ", "))")
-        if let report = status.leaderStatus {
-            print(String(format: "leading for: %.1f s", report.leaderForSeconds))
+        if let assignments = status.assignments {
+            print("assigned topics:")
+            for (topic, group) in assignments.sorted(by: { $0.key < $1.key }) { print("  \(topic) → \(group)") }
+        }
+    }
+
+    private func printGroup(_ group: GroupStatus, indent: String) {
+        if let leader = group.leader {
+            print("\(indent)leader:     \(leader.broker)")
+            print("\(indent)  requests:    \(leader.requestEndpoint)")
+            print("\(indent)  subscribers: \(leader.subscriberEndpoint)")
+            if let since = group.leaderSinceMilliseconds {
+                let ago = max(0, Date().timeIntervalSince1970 - Double(since) / 1000)
+                print(String(format: "\(indent)  elected:     %.1f s ago (by ZooKeeper's clock)", ago))
+            }
+            if let summary = group.leaderAnswerSummary { print("\(indent)  \(summary)") }
+        } else {
+            print("\(indent)leader:     none")
+        }
+        let standbys = group.candidates.filter { $0 != group.leader?.broker }
+        print("\(indent)standbys:   \(standbys.isEmpty ? "none" : standbys.joined(separator: ", "))")
+        if let report = group.leaderStatus {
+            print(String(format: "\(indent)leading for: %.1f s", report.leaderForSeconds))
             let topics = Set(report.topics.keys).union(report.subscribedTopics).sorted()
-            print("topics:     \(topics.isEmpty ? "none" : "")")
+            print("\(indent)topics:     \(topics.isEmpty ? "none" : "")")
             for topic in topics {
                 let subscribed = report.subscribedTopics.contains(topic) ? "subscribed" : "no subscribers"
                 let owner = report.owners?[topic].map { ", owned by \($0.short)" } ?? ""
-                print("  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)\(owner)")
+                print("\(indent)  \(topic): \(report.topics[topic] ?? 0) forwarded, \(subscribed)\(owner)")
             }
-            if let omitted = report.omittedTopics { print("  … and \(omitted) more topics") }
-            print("publishers: \(report.publishers.isEmpty ? "none" : "")")
-            for publisher in report.publishers { print("  \(publisher)") }
-            if let omitted = report.omittedPublishers { print("  … and \(omitted) more publishers") }
-            if report.malformedMessages > 0 { print("malformed messages dropped: \(report.malformedMessages)") }
+            if let omitted = report.omittedTopics { print("\(indent)  … and \(omitted) more topics") }
+            print("\(indent)publishers: \(report.publishers.isEmpty ? "none" : "")")
+            for publisher in report.publishers { print("\(indent)  \(publisher)") }
+            if let omitted = report.omittedPublishers { print("\(indent)  … and \(omitted) more publishers") }
+            if report.malformedMessages > 0 { print("\(indent)malformed messages dropped: \(report.malformedMessages)") }
         }
     }
 }

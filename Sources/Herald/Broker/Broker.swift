@@ -131,7 +131,8 @@ public final class Broker: Service, Sendable {
         if session.configuration.authentication != nil {
             // Znodes made before credentials were configured are open to anyone: close them. Only the owning
             // identity may change an ACL, so wrong credentials fail here, clearly, before anything else.
-            for path in [layout.root, layout.brokersPath, layout.electionPath] {
+            let groupPaths = layout.group == nil ? [] : [layout.groupsPath, layout.groupRoot]
+            for path in [layout.root] + groupPaths + [layout.brokersPath, layout.electionPath] {
                 try await session.setACL(path, session.defaultACL)
             }
             if try await session.exists(layout.modePath) != nil {
@@ -319,7 +320,8 @@ public final class Broker: Service, Sendable {
         logger.info(
             "elected leader; serving",
             metadata: [
-                "epoch": "\(epoch)", "requests": "\(record.requestEndpoint)", "subscribers": "\(record.subscriberEndpoint)",
+                "epoch": "\(epoch)", "group": "\(configuration.layout.groupName)", "requests": "\(record.requestEndpoint)",
+                "subscribers": "\(record.subscriberEndpoint)",
             ])
         return engine
     }

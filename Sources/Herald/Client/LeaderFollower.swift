@@ -8,6 +8,8 @@ import ZooKeeper
 struct LeaderFollower: Sendable {
     let watcher: ClusterWatcher
     let logger: Logger
+    /// The leader to follow in a view of the cluster: the one serving the client's topics.
+    let select: @Sendable (ClusterView) -> LeaderRecord?
 
     /// Runs until cancelled.
     /// - Parameter attach: the work for one leader (`nil`: none right now); it runs until cancelled.
@@ -17,7 +19,13 @@ struct LeaderFollower: Sendable {
             group.addTask {
                 defer { continuation.finish() }
                 let hadLeader = Mutex(false)
-                try await watcher.run { record in
+                let last = Mutex<LeaderRecord??>(.none)
+                try await watcher.run { view in
+                    let record = select(view)
+                    guard last.withLock({ last in
+                        defer { last = .some(record) }
+                        return last != .some(record)
+                    }) else { return }
                     if let record {
                         logger.info("leader found", metadata: ["leader": "\(record)"])
                         Counter(label: Instruments.leaderChanges).increment()

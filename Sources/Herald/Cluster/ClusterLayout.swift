@@ -3,6 +3,10 @@ import ZooKeeper
 /// Where one Herald cluster keeps its state in ZooKeeper: everything lives under `/herald/<cluster>`, so
 /// several clusters (production, staging, a test run) can share one ZooKeeper ensemble without seeing
 /// each other.
+///
+/// A cluster's brokers form groups, each electing its own leader for the topics routed to it. The default
+/// group keeps its znodes at the cluster's root (`election`, `leader`, `brokers`), where a cluster of one group
+/// always had them; a named group keeps them under `groups/<name>`.
 public struct ClusterLayout: Sendable, Hashable {
     /// The cluster name used when none is given.
     ///
@@ -17,32 +21,59 @@ public struct ClusterLayout: Sendable, Hashable {
     /// readable in logs and in `herald status`.
     public static let maximumClusterNameLength = 64
 
-    /// The cluster name, validated by ``init(cluster:)``.
+    /// The name of the group of brokers started without `--group`.
+    public static let defaultGroup = "default"
+
+    /// The cluster name, validated by ``init(cluster:group:)``.
     public let cluster: String
+
+    /// The broker group whose election and leader the paths below name; `nil` for the default group.
+    public let group: String?
 
     /// The cluster's root znode, `/herald/<cluster>`.
     public var root: String { "\(Self.heraldRoot)/\(cluster)" }
 
-    /// The znode holding the cluster's operating mode.
+    /// The znode holding the cluster's operating mode, shared by every group.
     public var modePath: String { root + "/mode" }
 
-    /// The parent of the leader-election candidate znodes.
-    public var electionPath: String { root + "/election" }
+    /// The parent of the named groups' znodes.
+    public var groupsPath: String { root + "/groups" }
 
-    /// The znode that names the current leader.
-    public var leaderPath: String { root + "/leader" }
+    /// The znode holding the table of topics assigned to groups (``TopicAssignments``).
+    public var assignmentsPath: String { root + "/assignments" }
 
-    /// The parent of the brokers' registration znodes.
-    public var brokersPath: String { root + "/brokers" }
+    /// The group's root: the cluster's root for the default group, `groups/<name>` under it for another.
+    public var groupRoot: String { group.map { "\(groupsPath)/\($0)" } ?? root }
 
-    /// Creates the layout of a cluster.
+    /// The parent of the group's leader-election candidate znodes.
+    public var electionPath: String { groupRoot + "/election" }
+
+    /// The znode that names the group's current leader.
+    public var leaderPath: String { groupRoot + "/leader" }
+
+    /// The parent of the group's brokers' registration znodes.
+    public var brokersPath: String { groupRoot + "/brokers" }
+
+    /// The group's name, the default group's included.
+    public var groupName: String { group ?? Self.defaultGroup }
+
+    /// Creates the layout of a cluster, or of one of its groups.
     ///
-    /// - Parameter cluster: The cluster name: 1 to 64 characters among `A`–`Z`, `a`–`z`, `0`–`9`, `.`,
-    ///   `_` and `-`, and neither `.` nor `..`.
-    /// - Throws: ``HeraldConfigurationError`` naming what is wrong with `cluster`.
-    public init(cluster: String) throws(HeraldConfigurationError) {
-        try Self.validate(cluster: cluster)
+    /// - Parameters:
+    ///   - cluster: The cluster name: 1 to 64 characters among `A`–`Z`, `a`–`z`, `0`–`9`, `.`, `_` and `-`,
+    ///     and neither `.` nor `..`.
+    ///   - group: The broker group, named like a cluster; `nil` or ``defaultGroup`` for the default group.
+    /// - Throws: ``HeraldConfigurationError`` naming what is wrong with either name.
+    public init(cluster: String, group: String? = nil) throws(HeraldConfigurationError) {
+        try Self.validate(cluster, as: "cluster name")
+        if let group, group != Self.defaultGroup { try Self.validate(group, as: "group name") }
         self.cluster = cluster
+        self.group = group == Self.defaultGroup ? nil : group
+    }
+
+    /// The layout of the same cluster's group `name`.
+    public func inGroup(_ name: String) throws(HeraldConfigurationError) -> ClusterLayout {
+        try ClusterLayout(cluster: cluster, group: name)
     }
 }
 
@@ -79,24 +110,24 @@ extension ZooKeeperSession {
 // MARK: - Validation
 
 extension ClusterLayout {
-    private static func validate(cluster: String) throws(HeraldConfigurationError) {
+    private static func validate(_ name: String, as what: String) throws(HeraldConfigurationError) {
         let hint = "choose 1 to \(maximumClusterNameLength) characters among letters, digits, '.', '_' and '-'"
-        guard !cluster.isEmpty else {
-            throw HeraldConfigurationError("the cluster name is empty; \(hint), such as '\(defaultCluster)'")
+        guard !name.isEmpty else {
+            throw HeraldConfigurationError("the \(what) is empty; \(hint), such as '\(defaultCluster)'")
         }
-        guard cluster.unicodeScalars.count <= maximumClusterNameLength else {
+        guard name.unicodeScalars.count <= maximumClusterNameLength else {
             throw HeraldConfigurationError(
-                "the cluster name '\(cluster)' has \(cluster.unicodeScalars.count) characters, more than "
+                "the \(what) '\(name)' has \(name.unicodeScalars.count) characters, more than "
                     + "\(maximumClusterNameLength); \(hint)")
         }
-        if let bad = cluster.unicodeScalars.first(where: { !isAllowed($0) }) {
+        if let bad = name.unicodeScalars.first(where: { !isAllowed($0) }) {
             throw HeraldConfigurationError(
-                "the cluster name '\(cluster)' contains the character '\(bad.escaped(asASCII: true))', "
+                "the \(what) '\(name)' contains the character '\(bad.escaped(asASCII: true))', "
                     + "which is not allowed; \(hint)")
         }
         // ZooKeeper rejects these as path components, and they would be confusing even if it did not.
-        guard cluster != ".", cluster != ".." else {
-            throw HeraldConfigurationError("the cluster name cannot be '\(cluster)'; \(hint)")
+        guard name != ".", name != ".." else {
+            throw HeraldConfigurationError("the \(what) cannot be '\(name)'; \(hint)")
         }
     }
 

@@ -243,9 +243,11 @@ public final class Publisher: Service, Sendable {
         var started: Logger.Metadata = ["publisher": "\(id)", "topics": "\(topics.map(\.name).sorted())"]
         if let strength = configuration.strength { started["strength"] = "\(strength)" }
         logger.info("publisher started", metadata: started)
+        // All of a publisher's topics go to the group of the first by name: one leader, one replay on a move.
+        let routed = topics.map(\.name).min() ?? ""
         let follower = LeaderFollower(
             watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
-            logger: logger)
+            logger: logger, select: { $0.leader(for: routed) })
         // The socket thread is stopped and the last messages flushed on every way out, an error included.
         var failure: (any Error)?
         do {

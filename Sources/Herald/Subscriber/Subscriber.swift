@@ -87,12 +87,13 @@ public final class Subscriber: Service, Sendable {
     private let wake: WakeSignal
     private let queue: DeliveryQueue
     private let shared = Mutex(Shared())
+    private let warnedAboutDirectHistory = Atomic(false)
 
     /// What the socket thread and the rest share.
     struct Shared {
         var commands: [Command] = []
         var stopping = false
-        var leader: String?
+        var leaders: [String: String] = [:]
         var publishers: [String] = []
         var malformed: UInt64 = 0
         var statistics = Sequencer.Statistics()
@@ -100,8 +101,8 @@ public final class Subscriber: Service, Sendable {
     }
 
     enum Command {
-        case attach(LeaderRecord)
-        case detach(LeaderRecord)
+        /// The leaders of the groups, by group.
+        case follow([String: LeaderRecord])
     }
 
     /// Creates a subscriber of some topics; it connects when ``run()`` starts.
@@ -139,8 +140,13 @@ public final class Subscriber: Service, Sendable {
         self.queue = DeliveryQueue(limit: configuration.bufferBytes) { wake.raise() }
     }
 
-    /// The leader this subscriber is attached to, if any.
-    public var attachedLeader: String? { shared.withLock { $0.leader } }
+    /// A leader this subscriber is attached to, if any: the default group's, or the first by group name.
+    public var attachedLeader: String? {
+        shared.withLock { $0.leaders[ClusterLayout.defaultGroup] ?? $0.leaders.sorted { $0.key < $1.key }.first?.value }
+    }
+
+    /// The leaders this subscriber is attached to, by group.
+    public var attachedLeaders: [String: String] { shared.withLock { $0.leaders } }
 
     /// Direct mode: the endpoints of the publishers it is connected to.
     public var connectedPublishers: [String] { shared.withLock { $0.publishers } }
@@ -163,9 +169,7 @@ public final class Subscriber: Service, Sendable {
 
     /// Follows the leader and delivers messages until cancelled or shut down gracefully; then ends ``batches``.
     public func run() async throws {
-        let follower = LeaderFollower(
-            watcher: ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger),
-            logger: logger)
+        let watcher = ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger)
         let done = Completion()
         let thread = Thread { [self] in
             SubscriberLoop(subscriber: self).run()
@@ -176,7 +180,7 @@ public final class Subscriber: Service, Sendable {
         defer { queue.finish() }
         do {
             try await cancelWhenGracefulShutdown {
-                try await follower.run { record in await self.attach(record) }
+                try await watcher.run { view in self.follow(view) }
             }
         } catch {
             await stopThread(done)
@@ -193,25 +197,28 @@ public final class Subscriber: Service, Sendable {
         context.terminate()
     }
 
-    private func attach(_ record: LeaderRecord?) async {
-        guard let record else { return await Task.sleepUntilCancelled() }
-        guard record.speaksThisVersion else {
-            logger.error(
-                "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this subscriber speaks \(WireFormat.version); run the same Herald version everywhere",
-                metadata: ["leader": "\(record.broker)"])
-            return await Task.sleepUntilCancelled()
+    /// Hands the socket thread the leaders to attach to: every group's, since each leader sends only the topics
+    /// routed to its group, and a topic that moves between groups must be received from both for a while.
+    private func follow(_ view: ClusterView) {
+        var leaders: [String: LeaderRecord] = [:]
+        for (group, record) in view.leaders {
+            guard let record else { continue }
+            guard record.speaksThisVersion else {
+                logger.error(
+                    "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this subscriber speaks \(WireFormat.version); run the same Herald version everywhere",
+                    metadata: ["leader": "\(record.broker)"])
+                continue
+            }
+            if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
+                logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
+                continue
+            }
+            if record.mode == .direct, configuration.history > 0, !warnedAboutDirectHistory.exchange(true, ordering: .relaxed) {
+                logger.warning("history is kept by brokers, and this cluster runs in direct mode: --history is ignored")
+            }
+            leaders[group] = record
         }
-        if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
-            logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
-            return await Task.sleepUntilCancelled()
-        }
-        if record.mode == .direct, configuration.history > 0 {
-            logger.warning("history is kept by brokers, and this cluster runs in direct mode: --history is ignored")
-        }
-        shared.withLock { $0.commands.append(.attach(record)) }
-        wake.raise()
-        await Task.sleepUntilCancelled()
-        shared.withLock { $0.commands.append(.detach(record)) }
+        shared.withLock { $0.commands.append(.follow(leaders)) }
         wake.raise()
     }
 
@@ -290,15 +297,16 @@ private final class SubscriberLoop {
     var batch: MessageBatch
     var frame = ZMQFrame()
 
-    /// Broker mode: the connection to the leader that carries the subscription, the data and the
-    /// acknowledgements.
-    var dealer: ZMQSocket?
-    /// Direct mode: the socket connected to the publishers, and the connection to the leader for lookups.
+    /// The connection to each group's leader, by group.
+    var connections: [String: LeaderConnection] = [:]
+    /// Direct mode: the socket connected to the publishers.
     var directSocket: ZMQSocket?
-    var lookups: ZMQSocket?
-    var leader: LeaderRecord?
-    /// Direct mode: publishers connected to, by endpoint, and when each started.
+    /// Direct mode: publishers connected to, by endpoint, the group whose leader named each, and when each
+    /// started.
     var publishers: [String: PublisherID] = [:]
+    var publisherGroups: [String: String] = [:]
+    /// Direct mode with several groups: publishers missing from their group's list, and since when.
+    var departing: [String: ContinuousClock.Instant] = [:]
     var publisherStarts: [PublisherID: UInt64] = [:]
     /// CurveZMQ: the key each publisher endpoint was connected with; a publisher restarted on the same endpoint
     /// with another key is connected to again.
@@ -308,17 +316,14 @@ private final class SubscriberLoop {
     var strengths: [PublisherID: Int] = [:]
     /// Endpoints already reported as registered without a key, so that each is reported once.
     var unkeyedEndpoints: Set<String> = []
-    /// CurveZMQ: the connection to the leader, for a refused key.
-    let handshakes = HandshakeWatch()
+    /// The owners of exclusive topics each group's leader reported; a topic is served by one group.
+    var groupOwners: [String: [String: PublisherID]] = [:]
 
-    /// When this subscriber first subscribed (wall clock), and whether it has attached before.
+    /// When this subscriber first subscribed (wall clock, and monotonic), and the groups attached to since.
     var subscribedSince: UInt64?
-    /// Data bytes received on the current broker connection, and the count last acknowledged.
-    var consumed: UInt64 = 0
-    var acknowledged: UInt64 = 0
-    var lastAcknowledgement = ContinuousClock.now
+    var firstAttachment: ContinuousClock.Instant?
+    var attachedGroups: Set<String> = []
     var lastRecovery: ContinuousClock.Instant?
-    var nextLookup = ContinuousClock.now
     var nextTick = ContinuousClock.now
     var paused = false
     var malformed: UInt64 = 0
@@ -334,6 +339,12 @@ private final class SubscriberLoop {
     static let recoveryInterval: Duration = .milliseconds(250)
     /// Acknowledgements also keep the subscription alive at the leader.
     static let keepAliveInterval: Duration = .seconds(1)
+    /// Groups found this soon after the first attachment are asked for history; a group that appears later
+    /// is asked for everything since the subscriber subscribed, since its topics moved there from another.
+    static let startupAttachments: Duration = .seconds(2)
+    /// Direct mode with several groups: how long a publisher missing from its group's list is kept connected,
+    /// in case its topic moved to another group, whose leader names it at the next lookup.
+    static let moveGrace: Duration = .seconds(1)
     /// Messages taken from the socket before the batch is handed on.
     static let batchLimit = 4096
     static let batchBytes = 1 << 20
@@ -349,9 +360,8 @@ private final class SubscriberLoop {
     func run() {
         var poller = ZMQPoller()
         var pollerSockets: [ObjectIdentifier] = []
-        var entries: (wake: Int, data: Int?, lookups: Int?) = (
-            poller.register(fileDescriptor: wake.fileDescriptor, for: .readable), nil, nil
-        )
+        var wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+        var entries: [(entry: Int, socket: ZMQSocket, connection: LeaderConnection?, lookups: Bool)] = []
         while true {
             let (commands, stopping) = subscriber.withShared { shared in
                 defer { shared.commands = [] }
@@ -360,8 +370,7 @@ private final class SubscriberLoop {
             if stopping { break }
             for command in commands {
                 switch command {
-                case .attach(let record): attach(record)
-                case .detach(let record): detach(record)
+                case .follow(let leaders): follow(leaders)
                 }
             }
             let now = ContinuousClock.now
@@ -371,19 +380,22 @@ private final class SubscriberLoop {
             }
             handOn()
 
-            let data = dealer ?? directSocket
-            let sockets = [data, lookups].compactMap { $0 }.map(ObjectIdentifier.init)
-            if sockets != pollerSockets {
-                poller = ZMQPoller()
-                entries.wake = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
-                entries.data = data.map { poller.register($0, for: .readable) }
-                entries.lookups = lookups.map { poller.register($0, for: .readable) }
-                pollerSockets = sockets
+            var sockets: [(ZMQSocket, LeaderConnection?, Bool)] = directSocket.map { [($0, nil, false)] } ?? []
+            for connection in connections.values.sorted(by: { $0.group < $1.group }) {
+                if let dealer = connection.dealer { sockets.append((dealer, connection, false)) }
+                if let lookups = connection.lookups { sockets.append((lookups, connection, true)) }
             }
-            // A full queue: stop reading, so the leader's window (broker mode) or libzmq's queue (direct mode)
-            // holds the rest.
+            let identities = sockets.map { ObjectIdentifier($0.0) }
+            if identities != pollerSockets {
+                poller = ZMQPoller()
+                wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
+                entries = sockets.map { (poller.register($0.0, for: .readable), $0.0, $0.1, $0.2) }
+                pollerSockets = identities
+            }
+            // A full queue: stop reading, so the leaders' windows (broker mode) or libzmq's queue (direct mode)
+            // hold the rest.
             paused = !queue.hasRoom
-            if let entry = entries.data { poller.update(entry, events: paused ? [] : .readable) }
+            for entry in entries where !entry.lookups { poller.update(entry.entry, events: paused ? [] : .readable) }
             let timeout = max(.zero, min(nextTick - ContinuousClock.now, Self.tickInterval))
             do {
                 try poller.poll(timeout: timeout)
@@ -392,31 +404,48 @@ private final class SubscriberLoop {
             } catch {
                 break
             }
-            if poller.readyEvents(entries.wake).contains(.readable) { wake.reset() }
-            if let entry = entries.data, poller.readyEvents(entry).contains(.readable), let data {
-                receive(from: data)
-            }
-            if let entry = entries.lookups, poller.readyEvents(entry).contains(.readable), let lookups {
-                receiveLookups(from: lookups)
+            if poller.readyEvents(wakeEntry).contains(.readable) { wake.reset() }
+            for entry in entries where poller.readyEvents(entry.entry).contains(.readable) {
+                if entry.lookups, let connection = entry.connection {
+                    receiveLookups(on: connection)
+                } else {
+                    receive(from: entry.socket, on: entry.connection)
+                }
             }
             handOn()
         }
         handOn()
-        if leader != nil, let dealer { sendConsumed(on: dealer) }
-        dealer?.close()
+        for connection in connections.values {
+            if let dealer = connection.dealer { sendConsumed(on: connection, dealer) }
+            connection.close()
+        }
         directSocket?.close()
-        lookups?.close()
-        subscriber.withShared { $0.leader = nil }
+        subscriber.withShared { $0.leaders = [:] }
     }
 
     // MARK: Attachment
 
-    private func attach(_ record: LeaderRecord) {
-        leader = record
+    /// Attaches to each group's leader, leaving those that are gone or replaced.
+    private func follow(_ leaders: [String: LeaderRecord]) {
+        for (group, connection) in connections where leaders[group] != connection.record {
+            detach(connection)
+        }
+        for (group, record) in leaders.sorted(by: { $0.key < $1.key }) where connections[group] == nil {
+            attach(record, group: group)
+        }
+        let attached = connections.mapValues(\.record.broker)
+        subscriber.withShared { $0.leaders = attached }
+    }
+
+    private func attach(_ record: LeaderRecord, group: String) {
+        let connection = LeaderConnection(group: group, record: record)
+        let now = ContinuousClock.now
+        if firstAttachment == nil { firstAttachment = now }
+        // History at start; a group that appears later holds topics that moved there: everything since then.
+        let first = !attachedGroups.contains(group) && now - firstAttachment! < Self.startupAttachments
+        attachedGroups.insert(group)
         switch record.mode {
         case .broker:
-            dealer?.close()
-            dealer = nil
             do {
                 let socket = try ZMQSocket(context: context, type: .dealer)
                 try configure(socket, mode: .broker)
@@ -425,19 +454,21 @@ private final class SubscriberLoop {
                     try security.configureClient(socket, serverKey: key)
                 }
                 try socket.connect(record.subscriberEndpoint)
-                dealer = socket
-                if configuration.security != nil { handshakes.watch(socket) }
+                connection.dealer = socket
+                if configuration.security != nil { connection.handshakes.watch(socket) }
             } catch {
                 logger.error("cannot connect to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
             }
-            consumed = 0
-            acknowledged = 0
-            subscribe(filters.map(\.text), on: dealer!, first: subscribedSince == nil)
+            connections[group] = connection
+            subscribe(filters.map(\.text), on: connection, first: first)
             if subscribedSince == nil { subscribedSince = WallClock.nanosecondsSinceEpoch() }
             logger.info(
                 "attached to leader",
-                metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)", "endpoint": "\(record.subscriberEndpoint)"])
+                metadata: [
+                    "leader": "\(record.broker)", "group": "\(group)", "epoch": "\(record.epoch)",
+                    "endpoint": "\(record.subscriberEndpoint)",
+                ])
         case .direct:
             if subscribedSince == nil { subscribedSince = WallClock.nanosecondsSinceEpoch() }
             do {
@@ -447,7 +478,6 @@ private final class SubscriberLoop {
                     for filter in filters { try socket.set(.subscribe(filter.subscriptionPrefix)) }
                     directSocket = socket
                 }
-                lookups?.close()
                 let socket = try ZMQSocket(context: context, type: .dealer)
                 try socket.setHeartbeats(every: configuration.heartbeatInterval)
                 try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
@@ -456,16 +486,17 @@ private final class SubscriberLoop {
                     try security.configureClient(socket, serverKey: key)
                 }
                 try socket.connect(record.requestEndpoint)
-                lookups = socket
-                if configuration.security != nil { handshakes.watch(socket) }
+                connection.lookups = socket
+                if configuration.security != nil { connection.handshakes.watch(socket) }
             } catch {
                 logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
             }
-            nextLookup = .now
-            logger.info("using leader for discovery", metadata: ["leader": "\(record.broker)", "epoch": "\(record.epoch)"])
+            connections[group] = connection
+            logger.info(
+                "using leader for discovery",
+                metadata: ["leader": "\(record.broker)", "group": "\(group)", "epoch": "\(record.epoch)"])
         }
-        subscriber.withShared { $0.leader = record.broker }
     }
 
     /// Bytes a direct-mode publisher connection may have queued towards this subscriber: with the message size
@@ -489,15 +520,11 @@ private final class SubscriberLoop {
         try socket.set(.receiveHighWaterMark(Int32(clamping: max(16, queue))))
     }
 
-    private func detach(_ record: LeaderRecord) {
-        guard leader == record else { return }
-        if let dealer { sendConsumed(on: dealer) }
-        dealer?.close()
-        dealer = nil
-        lookups?.close()
-        lookups = nil
-        leader = nil
-        subscriber.withShared { $0.leader = nil }
+    private func detach(_ connection: LeaderConnection) {
+        if let dealer = connection.dealer { sendConsumed(on: connection, dealer) }
+        connection.close()
+        connections[connection.group] = nil
+        logger.info("left leader", metadata: ["leader": "\(connection.record.broker)", "group": "\(connection.group)"])
     }
 
     /// Sends a subscription: the first one asks for history, later ones say what is owed per publisher, so
@@ -505,7 +532,10 @@ private final class SubscriberLoop {
     /// - Parameters:
     ///   - names: filters, or the names of topics with gaps.
     ///   - resumed: the numbers of the topics whose streams to resume; `nil` for all.
-    private func subscribe(_ names: [String], resuming resumed: Set<Int>? = nil, on dealer: ZMQSocket, first: Bool) {
+    private func subscribe(
+        _ names: [String], resuming resumed: Set<Int>? = nil, on connection: LeaderConnection, first: Bool
+    ) {
+        guard let dealer = connection.dealer else { return }
         let resume = first ? nil : core.owed(onTopics: resumed)
         let request = SubscribeRequest(
             topics: names, window: configuration.window,
@@ -516,7 +546,7 @@ private final class SubscriberLoop {
 
     // MARK: Receiving
 
-    private func receive(from socket: ZMQSocket) {
+    private func receive(from socket: ZMQSocket, on connection: LeaderConnection?) {
         let now = ContinuousClock.now
         let receivedAt = WallClock.nanosecondsSinceEpoch()
         for _ in 0..<Self.batchLimit {
@@ -526,18 +556,23 @@ private final class SubscriberLoop {
                 malformed += 1
                 continue
             }
-            handle(now: now, receivedAt: receivedAt, from: socket)
+            handle(now: now, receivedAt: receivedAt, on: connection)
             if batch.footprint >= Self.batchBytes { break }
         }
-        if let dealer, consumed - acknowledged >= UInt64(configuration.window / 4) { sendConsumed(on: dealer) }
+        if let connection, let dealer = connection.dealer,
+            connection.consumed - connection.acknowledged >= UInt64(configuration.window / 4)
+        {
+            sendConsumed(on: connection, dealer)
+        }
     }
 
-    private func handle(now: ContinuousClock.Instant, receivedAt: UInt64, from socket: ZMQSocket) {
+    /// Handles the frame just received, from a leader's connection or (`nil`) from the direct-mode publishers.
+    private func handle(now: ContinuousClock.Instant, receivedAt: UInt64, on connection: LeaderConnection?) {
         let size = frame.count
         switch frame.withUnsafeBytes({ WireFormat.kind(of: $0) }) {
         case .success(.data):
-            if socket === dealer { consumed += UInt64(size) }
-            let direct = socket === directSocket
+            connection?.consumed += UInt64(size)
+            let direct = connection == nil
             let since = subscribedSince ?? .max
             let starts = publisherStarts
             var sink = BatchSink(loop: self)
@@ -558,27 +593,32 @@ private final class SubscriberLoop {
                     )
                 }
             }
-        case .success(.owners) where socket === dealer:
-            guard case .success(let report) = frame.withUnsafeBytes({ ControlFrame.decode(OwnershipReport.self, from: $0) })
+        case .success(.owners):
+            guard let connection,
+                case .success(let report) = frame.withUnsafeBytes({ ControlFrame.decode(OwnershipReport.self, from: $0) })
             else {
                 malformed += 1
                 return
             }
-            applyOwners(report.owners)
-        case .success(.subscribed) where socket === dealer:
+            applyOwners(report.owners, from: connection.group)
+        case .success(.subscribed) where connection != nil:
             if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
                 noteHistory(reply)
             }
-        case .success(.refused) where socket === dealer:
-            guard case .success(let refusal) = frame.withUnsafeBytes({ ControlFrame.decode(Refusal.self, from: $0) })
-            else { return }
-            if refusal.reason == .notSubscribed, let dealer {
+        case .success(.refused):
+            guard let connection,
+                case .success(let refusal) = frame.withUnsafeBytes({ ControlFrame.decode(Refusal.self, from: $0) })
+            else {
+                malformed += 1
+                return
+            }
+            if refusal.reason == .notSubscribed {
                 // The leader dropped this subscription (after a pause, or the connection was made again): subscribe
                 // again from what is owed. Its window counts from zero, so the acknowledgements do too.
                 logger.info("the leader no longer knows this subscription; subscribing again")
-                consumed = 0
-                acknowledged = 0
-                subscribe(filters.map(\.text), on: dealer, first: false)
+                connection.consumed = 0
+                connection.acknowledged = 0
+                subscribe(filters.map(\.text), on: connection, first: false)
             } else {
                 logger.warning("the leader refused the subscription: \(refusal.detail)")
             }
@@ -587,7 +627,8 @@ private final class SubscriberLoop {
         }
     }
 
-    private func receiveLookups(from socket: ZMQSocket) {
+    private func receiveLookups(on connection: LeaderConnection) {
+        guard let socket = connection.lookups else { return }
         for _ in 0..<64 {
             guard let more = try? socket.receive(into: &frame, dontWait: true) else { return }
             if more { socket.discardRemainingFrames() }
@@ -597,22 +638,27 @@ private final class SubscriberLoop {
                 malformed += 1
                 continue
             }
-            apply(reply)
+            apply(reply, from: connection.group)
         }
     }
 
     /// Direct mode: connects to new publishers and drops departed ones. Connections made stay up when the
     /// leader changes.
-    private func apply(_ reply: DiscoveryReply) {
+    private func apply(_ reply: DiscoveryReply, from group: String) {
         guard let socket = directSocket else { return }
         if let owners = reply.owners {
-            applyOwners(owners)
+            applyOwners(owners, from: group)
         } else {
             applyProvisionalOwners(from: reply.publishers)
         }
         var wanted: [String: PublisherRegistration] = [:]
         for registration in reply.publishers where !registration.endpoint.isEmpty {
             wanted[registration.endpoint] = wanted[registration.endpoint] ?? registration
+        }
+        // A publisher whose topic moved to this group is the same connection: it changes hands, not sockets.
+        for endpoint in wanted.keys where publishers[endpoint] != nil {
+            publisherGroups[endpoint] = group
+            departing[endpoint] = nil
         }
         if configuration.security != nil {
             for (endpoint, registration) in wanted
@@ -640,6 +686,7 @@ private final class SubscriberLoop {
                 }
                 try socket.connect(endpoint)
                 publishers[endpoint] = registration.publisher
+                publisherGroups[endpoint] = group
                 if let started = registration.startedAt { publisherStarts[registration.publisher] = started }
                 logger.info(
                     "connected to publisher",
@@ -648,11 +695,21 @@ private final class SubscriberLoop {
                 logger.warning("cannot connect to publisher", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
             }
         }
-        // A fresh leader may not have heard every publisher yet: only a complete list removes any.
+        // A fresh leader may not have heard every publisher yet: only a complete list removes any, and only of
+        // those its group named. With several groups, one that left this group's list may be moving to another:
+        // it is kept until another group names it or the move grace passes.
         if reply.complete {
-            for (endpoint, publisher) in publishers where wanted[endpoint] == nil {
+            let now = ContinuousClock.now
+            for (endpoint, publisher) in publishers where wanted[endpoint] == nil && publisherGroups[endpoint] == group {
+                if connections.count > 1 {
+                    let since = departing[endpoint] ?? now
+                    departing[endpoint] = since
+                    guard now - since >= Self.moveGrace else { continue }
+                }
+                departing[endpoint] = nil
                 try? socket.disconnect(endpoint)
                 publishers[endpoint] = nil
+                publisherGroups[endpoint] = nil
                 publisherKeys[endpoint] = nil
                 publisherStarts[publisher] = nil
                 logger.info("publisher departed", metadata: ["publisher": "\(publisher.short)", "endpoint": "\(endpoint)"])
@@ -662,13 +719,21 @@ private final class SubscriberLoop {
         subscriber.withShared { $0.publishers = endpoints }
     }
 
-    /// Takes the leader's owners of exclusive topics, logging each change.
-    private func applyOwners(_ owners: [String: PublisherID]) {
-        for (topic, owner) in core.applyOwners(owners).prefix(16) {
-            logger.info(
-                "topic owner changed",
-                metadata: ["topic": "\(topic)", "owner": "\(owner.map { "\($0.short)" } ?? "none: shared")"])
+    /// Takes a group leader's owners of exclusive topics, logging each change. A topic is served by one group,
+    /// so the groups' reports add up.
+    private func applyOwners(_ owners: [String: PublisherID], from group: String) {
+        groupOwners[group] = owners
+        var merged: [String: PublisherID] = [:]
+        for (_, reported) in groupOwners.sorted(by: { $0.key < $1.key }) {
+            merged.merge(reported) { first, _ in first }
         }
+        core.applyOwners(merged).prefix(16).forEach(logOwnerChange)
+    }
+
+    private func logOwnerChange(_ change: (topic: String, owner: PublisherID?)) {
+        logger.info(
+            "topic owner changed",
+            metadata: ["topic": "\(change.topic)", "owner": "\(change.owner.map { "\($0.short)" } ?? "none: shared")"])
     }
 
     /// Direct mode, while a fresh leader does not report owners: the strongest contender each registration
@@ -691,41 +756,45 @@ private final class SubscriberLoop {
                 changed = true
             }
         }
-        if changed { applyOwners(owners) }
+        if changed { core.applyOwners(owners).forEach(logOwnerChange) }
     }
 
     // MARK: Time-driven work
 
     private func tick(now: ContinuousClock.Instant) {
-        if let security = configuration.security, let leader,
-            handshakes.shouldReconnect(
-                now: now, publicKey: security.keyPair.publicKey, leader: leader.broker, logger: logger)
-        {
-            attach(leader)
+        for connection in Array(connections.values) {
+            if let security = configuration.security,
+                connection.handshakes.shouldReconnect(
+                    now: now, publicKey: security.keyPair.publicKey, leader: connection.record.broker, logger: logger)
+            {
+                detach(connection)
+                attach(connection.record, group: connection.group)
+            }
         }
         var sink = BatchSink(loop: self)
         core.sequencer.expireGaps(now: now, into: &sink)
         core.sequencer.forgetSilentStreams(now: now)
-        if let dealer {
-            if now - lastAcknowledgement >= Self.keepAliveInterval { sendConsumed(on: dealer) }
-            let gaps = core.sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
-            if !gaps.isEmpty, lastRecovery.map({ now - $0 >= Self.recoveryInterval }) ?? true {
-                lastRecovery = now
-                let names = gaps.sorted().map { core.topics[$0].name }
-                subscribe(names, resuming: gaps, on: dealer, first: false)
+        let gaps = core.sequencer.topicsWithGaps(olderThan: Self.recoveryInterval, now: now)
+        let recover = !gaps.isEmpty && (lastRecovery.map { now - $0 >= Self.recoveryInterval } ?? true)
+        if recover { lastRecovery = now }
+        for connection in connections.values {
+            if let dealer = connection.dealer {
+                if now - connection.lastAcknowledgement >= Self.keepAliveInterval { sendConsumed(on: connection, dealer) }
+                // Whichever group's leader holds the missing messages sends them again.
+                if recover { subscribe(gaps.sorted().map { core.topics[$0].name }, resuming: gaps, on: connection, first: false) }
             }
-        }
-        if let lookups, now >= nextLookup {
-            nextLookup = now + configuration.discoveryInterval
-            let query = ControlFrame.encode(.lookup, DiscoveryQuery(topics: filters.map(\.text)))
-            query.withUnsafeBytes { _ = try? lookups.send(bytes: $0, dontWait: true) }
+            if let lookups = connection.lookups, now >= connection.nextLookup {
+                connection.nextLookup = now + configuration.discoveryInterval
+                let query = ControlFrame.encode(.lookup, DiscoveryQuery(topics: filters.map(\.text)))
+                query.withUnsafeBytes { _ = try? lookups.send(bytes: $0, dontWait: true) }
+            }
         }
     }
 
-    private func sendConsumed(on dealer: ZMQSocket) {
-        if var frame = ControlFrame.countFrame(.consumed, consumed) { try? dealer.send(&frame, dontWait: true) }
-        acknowledged = consumed
-        lastAcknowledgement = .now
+    private func sendConsumed(on connection: LeaderConnection, _ dealer: ZMQSocket) {
+        if var frame = ControlFrame.countFrame(.consumed, connection.consumed) { try? dealer.send(&frame, dontWait: true) }
+        connection.acknowledged = connection.consumed
+        connection.lastAcknowledgement = .now
     }
 
     // MARK: Handing on
@@ -781,7 +850,7 @@ private final class SubscriberLoop {
     }
 
     private func noteHistory(_ reply: SubscribeReply) {
-        guard configuration.history > 0, let record = leader, record.mode == .broker else { return }
+        guard configuration.history > 0 else { return }
         let short = reply.offered.filter { $0.value < configuration.history }.sorted { $0.key < $1.key }
         guard !short.isEmpty else { return }
         let detail = short.map { "'\($0.key)' at most \($0.value)" }.joined(separator: ", ")
@@ -798,5 +867,35 @@ private struct BatchSink: Sequencer.Sink {
 
     mutating func deliver(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
         loop.batch.append(topic: topic, header: header, payload: payload, receivedAt: receivedAt)
+    }
+}
+
+/// The subscriber's connection to one group's leader.
+private final class LeaderConnection {
+    let group: String
+    let record: LeaderRecord
+    /// Broker mode: carries the subscription, the data and the acknowledgements.
+    var dealer: ZMQSocket?
+    /// Direct mode: carries lookups.
+    var lookups: ZMQSocket?
+    /// Broker mode: data bytes received on this connection, and the count last acknowledged.
+    var consumed: UInt64 = 0
+    var acknowledged: UInt64 = 0
+    var lastAcknowledgement = ContinuousClock.now
+    var nextLookup = ContinuousClock.now
+    /// CurveZMQ: a refused key.
+    let handshakes = HandshakeWatch()
+
+    init(group: String, record: LeaderRecord) {
+        self.group = group
+        self.record = record
+    }
+
+    func close() {
+        handshakes.close()
+        dealer?.close()
+        lookups?.close()
+        dealer = nil
+        lookups = nil
     }
 }

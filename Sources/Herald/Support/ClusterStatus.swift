@@ -3,13 +3,18 @@ import Logging
 import ZeroMQ
 import ZooKeeper
 
-/// A snapshot of a cluster for `herald status`: who leads, who waits, and what the leader knows.
+/// A snapshot of a cluster for `herald status`: who leads, who waits, and what the leader knows, for the
+/// default group at the top and for each named group in ``groups``.
 public struct ClusterStatus: Sendable, Codable {
     /// The cluster's name.
     public var cluster: String
     /// The dissemination mode recorded in ZooKeeper, if any broker ever started.
     public var mode: DisseminationMode?
-    /// The leader's record, if there is a leader.
+    /// The named groups, by name; `nil` when there are none.
+    public var groups: [String: GroupStatus]?
+    /// The topics assigned to groups; `nil` when none are.
+    public var assignments: [String: String]?
+    /// The default group's leader record, if there is a leader.
     public var leader: LeaderRecord?
     /// When the leader's record was written, in milliseconds since 1970 by ZooKeeper's clock: when it was elected
     /// (or wrote its record again after someone deleted it).
@@ -22,18 +27,19 @@ public struct ClusterStatus: Sendable, Codable {
     /// What the leader reported, if it answered.
     public var leaderStatus: BrokerStatus?
 
-    /// For people: whether the leader answers, and if not, the longest it can keep its place.
-    public var leaderAnswerSummary: String? {
-        guard let leader, leaderAnswering == false else { return nil }
-        let expiry = leader.sessionTimeoutMilliseconds.map {
-            "its session expires within \(Double($0) / 1000) s of its last contact, and a standby then takes over"
-        } ?? "its session expires within the session timeout, and a standby then takes over"
-        return "leader \(leader.broker) not answering; \(expiry)"
-    }
+    /// For people: whether the default group's leader answers, and if not, the longest it can keep its place.
+    public var leaderAnswerSummary: String? { defaultGroup.leaderAnswerSummary }
 
     private enum CodingKeys: String, CodingKey {
-        case cluster, mode, leader, candidates, leaderStatus, leaderAnswering
+        case cluster, mode, leader, candidates, leaderStatus, leaderAnswering, groups, assignments
         case leaderSinceMilliseconds = "leaderSinceMs"
+    }
+
+    /// The default group's part, shaped like a named group's.
+    public var defaultGroup: GroupStatus {
+        GroupStatus(
+            leader: leader, leaderSinceMilliseconds: leaderSinceMilliseconds, leaderAnswering: leaderAnswering,
+            candidates: candidates, leaderStatus: leaderStatus)
     }
 
     /// Reads the cluster's state from ZooKeeper and asks the leader for its own.
@@ -57,31 +63,88 @@ public struct ClusterStatus: Sendable, Codable {
             if let (data, _) = try? await session.get(layout.modePath) {
                 status.mode = DisseminationMode(rawValue: String(decoding: data, as: UTF8.self))
             }
-            if let (data, stat) = try? await session.get(layout.leaderPath) {
-                status.leader = LeaderRecord(decoding: data)
-                status.leaderSinceMilliseconds = status.leader == nil ? nil : stat.ctime
+            let base = (try? ClusterLayout(cluster: layout.cluster)) ?? layout
+            var main = await GroupStatus.read(base, session: session)
+            var groups: [String: GroupStatus] = [:]
+            let names = (try? await session.children(layout.groupsPath)) ?? []
+            for name in names.sorted().prefix(256) {
+                guard let group = try? base.inGroup(name), group.group != nil else { continue }
+                groups[name] = await GroupStatus.read(group, session: session)
             }
-            if (try? await session.exists(layout.electionPath)) != nil {
-                status.candidates = (try? await LeaderElection.currentCandidates(session: session, layout: layout))?
-                    .map { String(decoding: $0.data, as: UTF8.self) } ?? []
+            if let (data, _) = try? await session.get(layout.assignmentsPath), let table = TopicAssignments(decoding: data),
+                !table.topics.isEmpty
+            {
+                status.assignments = table.topics
             }
             await session.close()
-            if let leader = status.leader, let leaderTimeout, CurveSecurity.mistrust(of: leader, by: security) == nil {
-                switch try? await askStatus(leader, security: security, timeout: leaderTimeout) {
-                case .report(let report):
-                    status.leaderStatus = report
-                    status.leaderAnswering = true
-                case .refused:
-                    // It answers, but not with a report now (it answers a bounded number per second).
-                    status.leaderAnswering = true
-                case nil:
-                    status.leaderAnswering = false
-                }
+            if let leaderTimeout {
+                await main.ask(security: security, timeout: leaderTimeout)
+                for name in groups.keys { await groups[name]?.ask(security: security, timeout: leaderTimeout) }
             }
+            (status.leader, status.leaderSinceMilliseconds, status.leaderAnswering, status.candidates, status.leaderStatus) =
+                (main.leader, main.leaderSinceMilliseconds, main.leaderAnswering, main.candidates, main.leaderStatus)
+            status.groups = groups.isEmpty ? nil : groups
             return status
         } catch {
             await session.close()
             throw error
+        }
+    }
+
+}
+
+/// One broker group's part of a ``ClusterStatus``.
+public struct GroupStatus: Sendable, Codable {
+    /// The leader's record, if there is a leader.
+    public var leader: LeaderRecord?
+    /// When the leader's record was written, in milliseconds since 1970 by ZooKeeper's clock.
+    public var leaderSinceMilliseconds: Int64?
+    /// Whether the leader answered the status request; `nil` when it was not asked.
+    public var leaderAnswering: Bool?
+    /// Every live broker candidate, leader first.
+    public var candidates: [String]
+    /// What the leader reported, if it answered.
+    public var leaderStatus: BrokerStatus?
+
+    private enum CodingKeys: String, CodingKey {
+        case leader, candidates, leaderStatus, leaderAnswering
+        case leaderSinceMilliseconds = "leaderSinceMs"
+    }
+
+    /// For people: whether the leader answers, and if not, the longest it can keep its place.
+    public var leaderAnswerSummary: String? {
+        guard let leader, leaderAnswering == false else { return nil }
+        let expiry = leader.sessionTimeoutMilliseconds.map {
+            "its session expires within \(Double($0) / 1000) s of its last contact, and a standby then takes over"
+        } ?? "its session expires within the session timeout, and a standby then takes over"
+        return "leader \(leader.broker) not answering; \(expiry)"
+    }
+
+    static func read(_ layout: ClusterLayout, session: ZooKeeperSession) async -> GroupStatus {
+        var status = GroupStatus(candidates: [])
+        if let (data, stat) = try? await session.get(layout.leaderPath) {
+            status.leader = LeaderRecord(decoding: data)
+            status.leaderSinceMilliseconds = status.leader == nil ? nil : stat.ctime
+        }
+        if (try? await session.exists(layout.electionPath)) != nil {
+            status.candidates = (try? await LeaderElection.currentCandidates(session: session, layout: layout))?
+                .map { String(decoding: $0.data, as: UTF8.self) } ?? []
+        }
+        return status
+    }
+
+    /// Asks the leader for its own report.
+    mutating func ask(security: CurveSecurity?, timeout: Duration) async {
+        guard let leader, CurveSecurity.mistrust(of: leader, by: security) == nil else { return }
+        switch try? await Self.askStatus(leader, security: security, timeout: timeout) {
+        case .report(let report):
+            leaderStatus = report
+            leaderAnswering = true
+        case .refused:
+            // It answers, but not with a report now (it answers a bounded number per second).
+            leaderAnswering = true
+        case nil:
+            leaderAnswering = false
         }
     }
 

@@ -348,6 +348,20 @@ final class HeraldCluster: Sendable {
         try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: environment)
     }
 
+    /// Runs a short `herald` command, such as `topics`, to its end.
+    /// - Returns: what it printed on standard output.
+    /// - Throws: when it fails, with its diagnostics.
+    func run(_ arguments: [String]) async throws -> [String] {
+        let process = try HeraldProcess(name: arguments.first ?? "herald", arguments: arguments, environment: environment)
+        let code = try await process.waitForExit(timeout: .seconds(15))
+        guard code == 0 else {
+            throw HeraldProcessExited(waitingFor: "herald \(arguments.joined(separator: " "))", diagnostics: process.diagnostics())
+        }
+        // The reader threads may still be draining after the exit.
+        for _ in 0..<50 where !process.stdoutEnded { try await Task.sleep(for: .milliseconds(20)) }
+        return process.stdoutLines
+    }
+
     /// Runs `herald status --json` once, with `extraArguments`.
     /// - Returns: the status, or `nil` when the command failed or printed something else.
     func status(_ extraArguments: [String] = []) async throws -> StatusReport? {
