@@ -145,6 +145,9 @@ public struct BenchPlan: Service {
         if !skip.contains("throughput") {
             results.throughput = try await throughput(cluster: "\(run)-tput", zookeeper: zookeeper, processes: processes)
         }
+        if !skip.contains("groups") {
+            results.groups = try await groups(cluster: "\(run)-grp", zookeeper: zookeeper, processes: processes)
+        }
         if !skip.contains("failover") {
             let (memory, rounds) = try await failover(cluster: "\(run)-fo", zookeeper: zookeeper, processes: processes)
             results.memory = memory
@@ -273,6 +276,60 @@ public struct BenchPlan: Service {
                 progress(
                     "throughput \(shape) pub x \(shape) sub, \(size) B [\(results.count)/\(total)]: \(f(point.messagesPerSecond, 0)) msg/s, \(f(point.megabytesPerSecond, 1)) MB/s, lost \(point.lost)")
             }
+        }
+        return results
+    }
+
+    /// Aggregate throughput of two topics, each with a full-speed publisher and a subscriber, through one broker
+    /// group and then through two, one topic assigned to each: what scaling out buys on this machine.
+    private func groups(cluster: String, zookeeper: String, processes: BenchProcessSet) async throws -> [GroupThroughputPoint] {
+        var results: [GroupThroughputPoint] = []
+        let size = 64
+        for groupCount in [1, 2] {
+            let pointCluster = "\(cluster)-\(groupCount)"
+            let env = environment(pointCluster, zookeeper)
+            let names = groupCount == 1 ? ["default"] : ["default", "g2"]
+            var brokers: [BenchChild] = []
+            for name in names {
+                let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: pointCluster, group: name, logger: logger)
+                brokers.append(
+                    try processes.start("broker", ["broker", "--broker-id", "grp-\(name)", "--group", name], environment: env))
+                _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
+                await probe.close()
+            }
+            let topics = ["grp-a", "grp-b"]
+            for (index, topic) in topics.enumerated() {
+                let assign = try processes.start(
+                    "topics", ["topics", "assign", topic, names[index % names.count]], environment: env)
+                _ = await assign.waitForExit(timeout: .seconds(15))
+            }
+            let subscribers = try topics.map { topic in
+                try processes.start("subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count)
+            }
+            try await Task.sleep(for: .seconds(1))
+            let publishers = try topics.map { topic in
+                try processes.start("publisher", ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"], environment: env)
+            }
+            let deadline = ContinuousClock.now + .seconds(20)
+            while subscribers.contains(where: { $0.lines == 0 }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: Self.throughputWarmup)
+            let startCount = subscribers.reduce(0) { $0 + $1.lines }
+            let start = ContinuousClock.now
+            try await Task.sleep(for: .seconds(window))
+            let endCount = subscribers.reduce(0) { $0 + $1.lines }
+            let seconds = (ContinuousClock.now - start).seconds
+            for publisher in publishers { publisher.signal(SIGTERM) }
+            for publisher in publishers { await publisher.waitForExit(timeout: .seconds(3)) }
+            for subscriber in subscribers { await subscriber.stop(grace: .seconds(3)) }
+            for broker in brokers { await broker.stop(grace: .seconds(3)) }
+            let point = GroupThroughputPoint(
+                groups: groupCount, size: size, windowSeconds: seconds,
+                messagesPerSecond: Double(endCount - startCount) / seconds,
+                lost: subscribers.compactMap(\.subscriberSummary).reduce(0) { $0 + $1.lost })
+            results.append(point)
+            progress("groups: 2 topics through \(groupCount) group(s), \(size) B: \(f(point.messagesPerSecond, 0)) msg/s, lost \(point.lost)")
         }
         return results
     }
@@ -513,9 +570,9 @@ final class LeaderProbe: Sendable {
     private let session: ZooKeeperSession
     private let layout: ClusterLayout
 
-    init(zookeeper: String, cluster: String, logger: Logger) async throws {
+    init(zookeeper: String, cluster: String, group: String? = nil, logger: Logger) async throws {
         session = try ZooKeeperSession(configuration: ZooKeeperConfiguration(connectionString: zookeeper), logger: logger)
-        layout = try ClusterLayout(cluster: cluster)
+        layout = try ClusterLayout(cluster: cluster, group: group)
         try await session.waitUntilConnected(timeout: .seconds(10))
     }
 

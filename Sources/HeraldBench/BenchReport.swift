@@ -60,6 +60,16 @@ struct ThroughputPoint: Codable, Sendable {
     var lost: Int
 }
 
+/// Aggregate throughput of two topics served by one broker group or by two.
+struct GroupThroughputPoint: Codable, Sendable {
+    var groups: Int
+    var size: Int
+    var windowSeconds: Double
+    /// Messages per second over both topics, each to its one subscriber.
+    var messagesPerSecond: Double
+    var lost: Int
+}
+
 /// One leader failover.
 struct FailoverRound: Codable, Sendable {
     var signal: String
@@ -140,6 +150,7 @@ struct BenchResults: Codable, Sendable {
     var proxyChainLatency: [ZeroMQBaseline.Latency] = []
     var latency: [LatencyPoint] = []
     var throughput: [ThroughputPoint] = []
+    var groups: [GroupThroughputPoint] = []
     var failover: [FailoverRound] = []
     var memory: MemoryReading?
     var overload: OverloadReading?
@@ -200,6 +211,12 @@ extension BenchResults {
             csv += "\(point.publishers),\(point.subscribers),\(point.size),\(f(point.windowSeconds)),\(f(point.messagesPerSecond)),\(f(point.deliveredPerSecond)),\(f(point.megabytesPerSecond)),\(point.received),\(point.lost)\n"
         }
         try write(csv, directory + "/throughput.csv")
+
+        csv = "groups,size,window_s,messages_per_s,lost\n"
+        for point in groups {
+            csv += "\(point.groups),\(point.size),\(f(point.windowSeconds)),\(f(point.messagesPerSecond)),\(point.lost)\n"
+        }
+        try write(csv, directory + "/groups.csv")
 
         csv = "signal,round,killed_leader,new_leader,killed_at_ns,new_leader_ms,receiving_again_ms,gap_ms,received,lost,duplicates,reordered\n"
         for round in failover {
@@ -272,6 +289,17 @@ extension BenchResults {
                     f(point.deliveredPerSecond, 0), f(point.megabytesPerSecond, 1),
                     raw.map { f($0.messagesPerSecond, 0) } ?? "-",
                     raw.map { f(point.messagesPerSecond / $0.messagesPerSecond, 3) + "x" } ?? "-", "\(point.lost)",
+                ]) + "\n"
+            }
+        }
+        if !groups.isEmpty {
+            out += "\n-- broker groups (two topics at full speed, a publisher and a subscriber each; topics assigned one per group)\n"
+            out += pad(["groups", "size", "msg/s (both topics)", "vs 1 group", "lost"]) + "\n"
+            let one = groups.first { $0.groups == 1 }?.messagesPerSecond
+            for point in groups {
+                out += pad([
+                    "\(point.groups)", "\(point.size)", f(point.messagesPerSecond, 0),
+                    one.map { f(point.messagesPerSecond / $0, 2) + "x" } ?? "-", "\(point.lost)",
                 ]) + "\n"
             }
         }

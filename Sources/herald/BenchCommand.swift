@@ -48,7 +48,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "ZooKeeper session timeout of every herald process, in seconds.")
     var sessionTimeout: Double = 2
 
-    @Option(help: "Scenarios to skip, comma-separated: baseline, latency, throughput, failover.")
+    @Option(help: "Scenarios to skip, comma-separated: baseline, latency, throughput, groups, failover, overload.")
     var skip: String = ""
 
     func validate() throws {
