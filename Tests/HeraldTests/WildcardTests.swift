@@ -188,6 +188,20 @@ struct BrokerPatternTests {
         #expect(refusals.first?.detail.contains("patterns match 1 more topics") == true, "\(refusals)")
     }
 
+    @Test func aSubscriberHoldsAFewPatternsSinceEachIsMatchedAgainstEveryNewTopic() throws {
+        var harness = try CoreHarness()
+        let limit = BrokerCore.maximumPatternsPerSubscriber
+        let patterns = (0...limit).map { "p\($0)/+" }
+        harness.subscribe(SubscribeRequest(topics: patterns, window: 1 << 20), from: subscriber)
+        let refusals = harness.output.deliveries.filter { $0.subscriber == subscriber }.compactMap { delivery in
+            delivery.bytes.withUnsafeBytes { try? ControlFrame.decode(Refusal.self, from: $0).get() }
+        }
+        #expect(refusals.map(\.reason) == [.tooManyTopics])
+        #expect(refusals.first?.detail.contains("\(limit) patterns at most") == true)
+        harness.subscribe(SubscribeRequest(topics: Array(patterns.prefix(limit)), window: 1 << 20), from: subscriber)
+        #expect(harness.output.deliveries.filter { $0.subscriber == subscriber }.count == 2, "the limit itself is fine")
+    }
+
     @Test func directModeLooksUpAndAnnouncesThePublishersOfMatchingTopics() throws {
         var harness = try CoreHarness { $0.mode = .direct }
         let matching = PublisherRegistration(publisher: publisher, endpoint: "tcp://127.0.0.1:1", topics: ["sensors/a"])

@@ -53,7 +53,7 @@ struct BrokerCore: ~Copyable {
     /// Direct mode: the subscribers that looked up topics lately, and which topics, so that a publisher that
     /// registers is announced to them at once instead of at their next lookup (its first messages would be
     /// lost to them meanwhile). Bounded by the number of subscribers a broker serves, and forgotten when stale.
-    private var discoverers: [RoutingID: (filters: [TopicFilter], lastSeen: ContinuousClock.Instant)] = [:]
+    private var discoverers: [RoutingID: (filters: TopicFilterSet, lastSeen: ContinuousClock.Instant)] = [:]
     /// The footprints of all registrations, bounded by the configuration's `registrationBytes`.
     private var registrationBytes = 0
     /// Topics followed, over all subscribers, bounded by the configuration's `maximumSubscriptions`.
@@ -396,7 +396,7 @@ struct BrokerCore: ~Copyable {
     /// reply is marked incomplete, so it adds the publisher and removes none.
     private mutating func announce(_ registration: PublisherRegistration, output: inout some BrokerOutput) {
         guard configuration.mode == .direct, !discoverers.isEmpty else { return }
-        let interested = discoverers.filter { Self.anyMatch($0.value.filters, registration.topics) }.keys
+        let interested = discoverers.filter { $0.value.filters.matchesAny(registration.topics) }.keys
         guard !interested.isEmpty else { return }
         let frame = ControlFrame.encode(.lookup, DiscoveryReply(publishers: [registration], complete: false))
         for client in interested { reply(to: client, frame, output: &output) }
@@ -408,12 +408,9 @@ struct BrokerCore: ~Copyable {
         return texts.compactMap { seen.insert($0).inserted ? try? TopicFilter($0) : nil }
     }
 
-    /// Whether a filter matches one of `names`.
-    private static func anyMatch(_ filters: [TopicFilter], _ names: [String]) -> Bool {
-        names.contains { name in
-            Array(name.utf8).withUnsafeBytes { bytes in filters.contains { $0.matches(name: bytes) } }
-        }
-    }
+    /// Patterns one subscriber may hold: each is matched against every topic the broker makes, and a new one
+    /// against every topic it holds, so they are few; names are looked up by hash and have the larger limit.
+    static let maximumPatternsPerSubscriber = 64
 
     /// What a CURVE key may do, from the brokers' list; `nil` when every client may do everything (no
     /// CurveZMQ, or no list). A key no longer in the list may do nothing.
@@ -438,18 +435,24 @@ struct BrokerCore: ~Copyable {
                 .tooManyTopics, "\(query.topics.count) topics in one lookup; the limit is \(configuration.maximumTopicsPerRequest)",
                 to: client, output: &output)
         }
-        let wanted = Self.filters(query.topics)
-        if let denied = firstDenied(wanted, key: key) {
+        let filters = Self.filters(query.topics)
+        guard filters.filter(\.isPattern).count <= Self.maximumPatternsPerSubscriber else {
+            return refuse(
+                .tooManyTopics, "more than \(Self.maximumPatternsPerSubscriber) patterns in one lookup", to: client,
+                output: &output)
+        }
+        if let denied = firstDenied(filters, key: key) {
             return refuse(.forbidden, "this key may not subscribe to '\(denied)'", to: client, output: &output)
         }
+        let wanted = TopicFilterSet(filters)
         if discoverers[client] != nil || discoverers.count < configuration.maximumSubscribers {
             discoverers[client] = (wanted, now)
         }
-        let matching = registrations.values.map(\.registration).filter { Self.anyMatch(wanted, $0.topics) }
+        let matching = registrations.values.map(\.registration).filter { wanted.matchesAny($0.topics) }
         let reply = DiscoveryReply(
             publishers: matching.sorted { $0.publisher.description < $1.publisher.description },
             complete: now - startedAt >= Self.registrationTimeToLive,
-            owners: ownershipKnown ? ownership.report { Self.anyMatch(wanted, [$0]) } : nil)
+            owners: ownershipKnown ? ownership.report(where: wanted.matches) : nil)
         self.reply(to: client, ControlFrame.encode(.lookup, reply), output: &output)
     }
 
@@ -519,6 +522,12 @@ struct BrokerCore: ~Copyable {
                 }
                 if !followed { newSubscriptions += 1 }
             }
+        }
+        let newPatterns = filters.filter { $0.isPattern && !(existing?.patterns.contains($0) ?? false) }.count
+        guard (existing?.patterns.count ?? 0) + newPatterns <= Self.maximumPatternsPerSubscriber else {
+            return refuseSubscriber(
+                .tooManyTopics, "a subscriber holds \(Self.maximumPatternsPerSubscriber) patterns at most", id,
+                output: &output)
         }
         let existingSubscriptions = (existing?.follows.count ?? 0) + (existing?.patterns.count ?? 0)
         guard existingSubscriptions + newSubscriptions <= configuration.maximumTopicsPerRequest else {
@@ -768,8 +777,8 @@ struct BrokerCore: ~Copyable {
                 sendOwners(to: subscriber, output: &output)
             }
         case .direct:
-            for (client, entry) in discoverers where Self.anyMatch(entry.filters, Array(changed)) {
-                let owners = ownership.report { Self.anyMatch(entry.filters, [$0]) }
+            for (client, entry) in discoverers where entry.filters.matchesAny(Array(changed)) {
+                let owners = ownership.report(where: entry.filters.matches)
                 let update = DiscoveryReply(publishers: [], complete: false, owners: owners)
                 reply(to: client, ControlFrame.encode(.lookup, update), output: &output)
             }

@@ -135,6 +135,28 @@ public struct TopicFilter: Sendable, Hashable, CustomStringConvertible, Expressi
     }
 }
 
+/// Filters prepared for matching many names: exact names by hash, patterns one by one.
+struct TopicFilterSet: Sendable {
+    private(set) var exact: Set<String> = []
+    private(set) var patterns: [TopicFilter] = []
+
+    init(_ filters: [TopicFilter]) {
+        for filter in filters {
+            if filter.isPattern { patterns.append(filter) } else { exact.insert(filter.text) }
+        }
+    }
+
+    var isEmpty: Bool { exact.isEmpty && patterns.isEmpty }
+
+    /// Whether a filter matches the topic named `name`.
+    func matches(_ name: String) -> Bool {
+        exact.contains(name) || (!patterns.isEmpty && patterns.contains { $0.matches(name: name) })
+    }
+
+    /// Whether a filter matches one of `names`.
+    func matchesAny(_ names: [String]) -> Bool { names.contains(where: matches) }
+}
+
 extension TopicGrant {
     /// Whether every topic `filter` can match is granted: a pattern needs the whole grant, or a granted prefix
     /// that its literal part starts with (and, for `name/#`, `name` itself).
