@@ -240,33 +240,10 @@ public struct BenchPlan: Service {
                 let broker = try processes.start("broker", ["broker", "--broker-id", "tput-\(shape)x\(size)"], environment: env)
                 _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
                 await probe.close()
-                let subscribers = try (0..<shape).map { index in
-                    try processes.start(
-                        "subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count)
-                }
-                try await Task.sleep(for: .seconds(1))
-                let publishers = try (0..<shape).map { index in
-                    try processes.start(
-                        "publisher",
-                        ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"],
-                        environment: env)
-                }
-                let deadline = ContinuousClock.now + .seconds(20)
-                while subscribers.contains(where: { $0.lines == 0 }), ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-                try await Task.sleep(for: Self.throughputWarmup)
-                let startCount = subscribers.reduce(0) { $0 + $1.lines }
-                let start = ContinuousClock.now
-                try await Task.sleep(for: .seconds(window))
-                let endCount = subscribers.reduce(0) { $0 + $1.lines }
-                let seconds = (ContinuousClock.now - start).seconds
-                for publisher in publishers { publisher.signal(SIGTERM) }
-                for publisher in publishers { await publisher.waitForExit(timeout: .seconds(3)) }
-                for subscriber in subscribers { await subscriber.stop(grace: .seconds(3)) }
+                let topics = Array(repeating: topic, count: shape)
+                let (delivered, seconds, summaries) = try await fullSpeed(
+                    publishing: topics, subscribing: topics, size: size, environment: env, processes: processes)
                 await broker.stop(grace: .seconds(3))
-                let summaries = subscribers.compactMap(\.subscriberSummary)
-                let delivered = Double(endCount - startCount) / seconds
                 let point = ThroughputPoint(
                     publishers: shape, subscribers: shape, size: size, windowSeconds: seconds, deliveredPerSecond: delivered,
                     messagesPerSecond: delivered / Double(shape),
@@ -303,35 +280,46 @@ public struct BenchPlan: Service {
                     "topics", ["topics", "assign", topic, names[index % names.count]], environment: env)
                 _ = await assign.waitForExit(timeout: .seconds(15))
             }
-            let subscribers = try topics.map { topic in
-                try processes.start("subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count)
-            }
-            try await Task.sleep(for: .seconds(1))
-            let publishers = try topics.map { topic in
-                try processes.start("publisher", ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"], environment: env)
-            }
-            let deadline = ContinuousClock.now + .seconds(20)
-            while subscribers.contains(where: { $0.lines == 0 }), ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            try await Task.sleep(for: Self.throughputWarmup)
-            let startCount = subscribers.reduce(0) { $0 + $1.lines }
-            let start = ContinuousClock.now
-            try await Task.sleep(for: .seconds(window))
-            let endCount = subscribers.reduce(0) { $0 + $1.lines }
-            let seconds = (ContinuousClock.now - start).seconds
-            for publisher in publishers { publisher.signal(SIGTERM) }
-            for publisher in publishers { await publisher.waitForExit(timeout: .seconds(3)) }
-            for subscriber in subscribers { await subscriber.stop(grace: .seconds(3)) }
+            let (delivered, seconds, summaries) = try await fullSpeed(
+                publishing: topics, subscribing: topics, size: size, environment: env, processes: processes)
             for broker in brokers { await broker.stop(grace: .seconds(3)) }
             let point = GroupThroughputPoint(
-                groups: groupCount, size: size, windowSeconds: seconds,
-                messagesPerSecond: Double(endCount - startCount) / seconds,
-                lost: subscribers.compactMap(\.subscriberSummary).reduce(0) { $0 + $1.lost })
+                groups: groupCount, size: size, windowSeconds: seconds, messagesPerSecond: delivered,
+                lost: summaries.reduce(0) { $0 + $1.lost })
             results.append(point)
             progress("groups: 2 topics through \(groupCount) group(s), \(size) B: \(f(point.messagesPerSecond, 0)) msg/s, lost \(point.lost)")
         }
         return results
+    }
+
+    /// Full-speed publishers on `publishing` and counting subscribers of `subscribing`: waits for the first
+    /// messages and a warm-up, counts what the subscribers print during the window, then stops the clients.
+    /// - Returns: messages delivered per second over all subscribers, the window, and their closing summaries.
+    private func fullSpeed(
+        publishing: [String], subscribing: [String], size: Int, environment env: [String: String],
+        processes: BenchProcessSet
+    ) async throws -> (delivered: Double, seconds: Double, summaries: [(received: Int, lost: Int, duplicates: Int, reordered: Int)]) {
+        let subscribers = try subscribing.map { topic in
+            try processes.start("subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count)
+        }
+        try await Task.sleep(for: .seconds(1))
+        let publishers = try publishing.map { topic in
+            try processes.start("publisher", ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"], environment: env)
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while subscribers.contains(where: { $0.lines == 0 }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: Self.throughputWarmup)
+        let startCount = subscribers.reduce(0) { $0 + $1.lines }
+        let start = ContinuousClock.now
+        try await Task.sleep(for: .seconds(window))
+        let endCount = subscribers.reduce(0) { $0 + $1.lines }
+        let seconds = (ContinuousClock.now - start).seconds
+        for publisher in publishers { publisher.signal(SIGTERM) }
+        for publisher in publishers { await publisher.waitForExit(timeout: .seconds(3)) }
+        for subscriber in subscribers { await subscriber.stop(grace: .seconds(3)) }
+        return (Double(endCount - startCount) / seconds, seconds, subscribers.compactMap(\.subscriberSummary))
     }
 
     /// Leader failovers with three brokers: SIGKILL and SIGTERM per round, a fresh publisher and subscriber each.
