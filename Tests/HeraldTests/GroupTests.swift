@@ -134,4 +134,40 @@ struct GroupProcessTests {
             print("[groups] \(mode): \(summary); moved \(moved.sorted(by: { $0.key < $1.key })); killed \(blueLeader)")
         }
     }
+
+    @Test("A group that starts under load takes the topics hashing gives it, and nothing is lost or duplicated")
+    func aNewGroupTakesItsTopics() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            _ = try cluster.broker("main-1")
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let topics = (1...6).map { "n\($0)" }
+            let subscriber = try cluster.subscriber(topics)
+            try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            var publishers: [HeraldProcess] = []
+            for topic in topics {
+                publishers.append(
+                    try cluster.start(
+                        "publisher of \(topic)", ["publish", "--topic", topic, "--rate", "100", "--count", "500", "--size", "16"]))
+            }
+            try await Task.sleep(for: .seconds(1))
+            _ = try cluster.start("broker blue-1", ["broker", "--broker-id", "blue-1", "--group", "blue", "--mode", "broker"])
+            try await subscriber.waitForLine(containing: "group=blue", timeout: Self.startup)
+            let routes = try await cluster.run(["topics"] + topics).filter { $0.contains("→ blue") }
+            #expect(!routes.isEmpty, "hashing gives the new group some of six topics")
+            for publisher in publishers {
+                #expect(try await publisher.waitForExit(timeout: .seconds(30)) == 0, "\(publisher.diagnostics())")
+            }
+            let moved = publishers.filter { $0.stderrLines.contains { $0.contains("leader=blue-1") } }.count
+            #expect(moved == routes.count, "the publishers of the topics routed to blue moved there: \(routes)")
+            try await Task.sleep(for: .seconds(1))
+            let summary = try await stopCleanly(publishers: [], subscriber: subscriber)
+            let messages = subscriber.messages
+            #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
+            for topic in topics {
+                #expect(messages.filter { $0.topic == topic }.map(\.seq) == Array(1...500), "\(topic)")
+            }
+            #expect(summary.lost == 0, "\(summary)")
+            print("[groups] a new group under load took \(routes.count) of 6 topics: \(summary)")
+        }
+    }
 }

@@ -715,7 +715,7 @@ struct BrokerCore: ~Copyable {
             }
             // A fresh leader does not know every contender yet: a contested topic waits, rather than reach a
             // subscriber with no view of its owner.
-            guard cursor < topic.log.endIndex, ownershipKnown || !ownership.contested.contains(topic.name) else {
+            guard cursor < topic.log.endIndex, ownershipKnown || !ownership.isContested(topic.name) else {
                 idle += 1
                 continue
             }

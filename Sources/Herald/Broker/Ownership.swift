@@ -24,57 +24,68 @@ struct OwnershipTable {
     }
 
     private var contenders: [PublisherID: Contender] = [:]
+    /// The contenders of each contested topic, live or not.
+    private var byTopic: [String: Set<PublisherID>] = [:]
     /// The contenders heard from within the timeout when the owners were last worked out.
     private var live: Set<PublisherID> = []
-    private var changed = false
+    /// Topics whose owner must be worked out again: a contender came, changed or left. Only these are, so a
+    /// registration costs work in its own topics, not in every contender's.
+    private var dirty: Set<String> = []
     /// The owner of each exclusive topic.
     private(set) var owners: [String: PublisherID] = [:]
-
-    /// The topics some publisher contends for, live or not.
-    private(set) var contested: Set<String> = []
 
     /// Whether any publisher contends: when none does, every topic is shared and nothing needs working out.
     var isEmpty: Bool { contenders.isEmpty && owners.isEmpty }
 
+    /// Whether some publisher contends for `topic`, live or not.
+    func isContested(_ topic: String) -> Bool { byTopic[topic] != nil }
+
     /// Notes a registration: a contender when it has a strength, otherwise not (any longer).
     mutating func note(_ registration: PublisherRegistration, now: ContinuousClock.Instant) {
         guard let strength = registration.strength else { return remove(registration.publisher) }
-        let previous = contenders[registration.publisher]
-        contenders[registration.publisher] = Contender(strength: strength, topics: registration.topics, lastSeen: now)
-        if previous?.strength != strength || previous?.topics != registration.topics {
-            changed = true
-            contested.formUnion(registration.topics)
-        }
+        let publisher = registration.publisher
+        let previous = contenders[publisher]
+        contenders[publisher] = Contender(strength: strength, topics: registration.topics, lastSeen: now)
+        guard previous?.strength != strength || previous?.topics != registration.topics else { return }
+        for topic in previous?.topics ?? [] { unmap(publisher, from: topic) }
+        for topic in registration.topics { byTopic[topic, default: []].insert(publisher) }
+        dirty.formUnion(registration.topics)
     }
 
     /// Forgets a publisher that left or expired.
     mutating func remove(_ publisher: PublisherID) {
-        guard contenders.removeValue(forKey: publisher) != nil else { return }
-        changed = true
-        contested = Set(contenders.values.flatMap(\.topics))
+        guard let removed = contenders.removeValue(forKey: publisher) else { return }
+        for topic in removed.topics { unmap(publisher, from: topic) }
+        live.remove(publisher)
     }
 
-    /// Works the owners out again when the contenders or their liveness changed.
+    private mutating func unmap(_ publisher: PublisherID, from topic: String) {
+        byTopic[topic]?.remove(publisher)
+        if byTopic[topic]?.isEmpty == true { byTopic[topic] = nil }
+        dirty.insert(topic)
+    }
+
+    /// Works out again the owners of the topics whose contenders changed or came and went.
     /// - Returns: the topics whose owner changed, or that became shared.
     mutating func update(now: ContinuousClock.Instant) -> Set<String> {
-        guard !contenders.isEmpty || !owners.isEmpty else { return [] }
+        guard !contenders.isEmpty || !dirty.isEmpty else { return [] }
         let alive = Set(contenders.filter { now - $0.value.lastSeen <= Self.ownerTimeout }.keys)
-        guard changed || alive != live else { return [] }
-        changed = false
+        for publisher in alive.symmetricDifference(live) { dirty.formUnion(contenders[publisher]?.topics ?? []) }
         live = alive
-        var best: [String: (publisher: PublisherID, strength: Int)] = [:]
-        for publisher in alive {
-            guard let contender = contenders[publisher] else { continue }
-            for topic in contender.topics {
-                if let current = best[topic], !Self.outranks(publisher, contender.strength, current) { continue }
-                best[topic] = (publisher, contender.strength)
+        var differing = Set<String>()
+        for topic in dirty {
+            var best: (publisher: PublisherID, strength: Int)?
+            for publisher in byTopic[topic] ?? [] where alive.contains(publisher) {
+                guard let strength = contenders[publisher]?.strength else { continue }
+                if let current = best, !Self.outranks(publisher, strength, current) { continue }
+                best = (publisher, strength)
+            }
+            if owners[topic] != best?.publisher {
+                owners[topic] = best?.publisher
+                differing.insert(topic)
             }
         }
-        let next = best.mapValues(\.publisher)
-        var differing = Set<String>()
-        for (topic, owner) in next where owners[topic] != owner { differing.insert(topic) }
-        for topic in owners.keys where next[topic] == nil { differing.insert(topic) }
-        owners = next
+        dirty = []
         return differing
     }
 

@@ -101,8 +101,8 @@ public final class Subscriber: Service, Sendable {
     }
 
     enum Command {
-        /// The leaders of the groups, by group.
-        case follow([String: LeaderRecord])
+        /// The leaders of the groups, by group, and every group with brokers (some may be electing a leader).
+        case follow([String: LeaderRecord], groups: Set<String>)
     }
 
     /// Creates a subscriber of some topics; it connects when ``run()`` starts.
@@ -218,7 +218,8 @@ public final class Subscriber: Service, Sendable {
             }
             leaders[group] = record
         }
-        shared.withLock { $0.commands.append(.follow(leaders)) }
+        let groups = Set(view.leaders.keys)
+        shared.withLock { $0.commands.append(.follow(leaders, groups: groups)) }
         wake.raise()
     }
 
@@ -289,6 +290,7 @@ private final class SubscriberLoop {
     let subscriber: Subscriber
     let configuration: SubscriberConfiguration
     let filters: [TopicFilter]
+    let wanted: TopicFilterSet
     let logger: Logger
     let context: ZMQContext
     let wake: WakeSignal
@@ -352,6 +354,7 @@ private final class SubscriberLoop {
     init(subscriber: Subscriber) {
         self.subscriber = subscriber
         (configuration, filters, logger, context, wake, queue) = subscriber.loopParts
+        wanted = TopicFilterSet(filters)
         core = SubscriberCore(
             filters: filters, sequencer: Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes))
         batch = MessageBatch(topics: core.topics)
@@ -370,7 +373,7 @@ private final class SubscriberLoop {
             if stopping { break }
             for command in commands {
                 switch command {
-                case .follow(let leaders): follow(leaders)
+                case .follow(let leaders, let groups): follow(leaders, groups: groups)
                 }
             }
             let now = ContinuousClock.now
@@ -425,8 +428,13 @@ private final class SubscriberLoop {
 
     // MARK: Attachment
 
-    /// Attaches to each group's leader, leaving those that are gone or replaced.
-    private func follow(_ leaders: [String: LeaderRecord]) {
+    /// Attaches to each group's leader, leaving those that are gone or replaced. A group electing a new leader
+    /// keeps the owners it reported; one with no brokers left no longer has any.
+    private func follow(_ leaders: [String: LeaderRecord], groups: Set<String>) {
+        if groupOwners.keys.contains(where: { !groups.contains($0) }) {
+            groupOwners = groupOwners.filter { groups.contains($0.key) }
+            applyGroupOwners()
+        }
         for (group, connection) in connections where leaders[group] != connection.record {
             detach(connection)
         }
@@ -722,9 +730,16 @@ private final class SubscriberLoop {
     /// Takes a group leader's owners of exclusive topics, logging each change. A topic is served by one group,
     /// so the groups' reports add up.
     private func applyOwners(_ owners: [String: PublisherID], from group: String) {
-        groupOwners[group] = owners
+        // Kept only for topics this subscriber asks for, and bounded in all: a report comes from the network.
+        let kept = owners.filter { wanted.matches($0.key) }.prefix(OwnershipTable.maximumReportEntries)
+        groupOwners[group] = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+        applyGroupOwners()
+    }
+
+    /// Hands the core the owners all groups reported.
+    private func applyGroupOwners() {
         var merged: [String: PublisherID] = [:]
-        for (_, reported) in groupOwners.sorted(by: { $0.key < $1.key }) {
+        for (_, reported) in groupOwners.sorted(by: { $0.key < $1.key }) where merged.count < SubscriberCore.maximumTopics {
             merged.merge(reported) { first, _ in first }
         }
         core.applyOwners(merged).prefix(16).forEach(logOwnerChange)
