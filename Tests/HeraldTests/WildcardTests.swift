@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import ZeroMQ
+import ZooKeeper
 
 @testable import Herald
 
@@ -41,6 +42,34 @@ struct TopicFilterTests {
         }
         let patterns = try ["c++", "issue#12", "a/+", "#", "a/b"].map { try TopicFilter($0).isPattern }
         #expect(patterns == [false, false, true, true, false], "'+' and '#' inside a level are characters")
+    }
+
+    @Test func configurationErrorsSayWhatKindTheyAreAndKeepTheirCause() throws {
+        func reason(_ body: () throws(HeraldConfigurationError) -> Void) -> HeraldConfigurationError.Reason? {
+            do {
+                try body()
+                return nil
+            } catch {
+                return error.reason
+            }
+        }
+        // Variables, not literals: a literal converts through the non-throwing literal initializer.
+        let (topic, filter, group) = ("a/#", "#/a", "a b")
+        let names = [
+            reason { () throws(HeraldConfigurationError) in _ = try Topic(topic) },
+            reason { () throws(HeraldConfigurationError) in _ = try TopicFilter(filter) },
+            reason { () throws(HeraldConfigurationError) in _ = try ClusterLayout(cluster: "c", group: group) },
+        ]
+        #expect(names == [.invalidName, .invalidName, .invalidName])
+        var configuration = PublisherConfiguration(
+            zookeeper: .init(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "c"))
+        configuration.retentionCount = 0
+        let setting = reason { () throws(HeraldConfigurationError) in try configuration.validate() }
+        #expect(setting == .invalidSetting)
+        let refused = HeraldConfigurationError.zooKeeperRefused(
+            ZooKeeperError(code: .noAuth, path: "/herald/c/mode"), layout: try ClusterLayout(cluster: "c"), identity: nil)
+        #expect(refused.reason == .zooKeeperRefused)
+        #expect((refused.underlying as? ZooKeeperError)?.code == .noAuth, "the library's code is kept")
     }
 
     @Test func aTopicNameCannotHaveAWildcardLevelSoAnExactFilterMeansOneThing() throws {

@@ -152,6 +152,7 @@ public final class Broker: Service, Sendable {
         guard recorded == wanted else {
             let existing = String(decoding: recorded, as: UTF8.self)
             throw HeraldConfigurationError(
+                .modeMismatch,
                 "cluster '\(layout.cluster)' runs in \(existing) mode, but this broker was started with --mode \(configuration.mode); start it with --mode \(existing), or choose another --cluster"
             )
         }
@@ -302,8 +303,9 @@ public final class Broker: Service, Sendable {
                 context: context, configuration: configuration, epoch: epoch, logger: logger)
         } catch let error as ZMQError {
             throw HeraldConfigurationError(
-                "cannot listen on \(configuration.bindHost) ports \(configuration.requestPort) and \(configuration.subscriberPort): \(error). Choose other ports (0 picks free ones)"
-            )
+                .cannotListen,
+                "cannot listen on \(configuration.bindHost) ports \(configuration.requestPort) and \(configuration.subscriberPort): \(error). Choose other ports (0 picks free ones)",
+                underlying: error)
         }
         let record = LeaderRecord(
             broker: configuration.brokerID, mode: configuration.mode,

@@ -113,21 +113,23 @@ extension ClusterLayout {
     private static func validate(_ name: String, as what: String) throws(HeraldConfigurationError) {
         let hint = "choose 1 to \(maximumClusterNameLength) characters among letters, digits, '.', '_' and '-'"
         guard !name.isEmpty else {
-            throw HeraldConfigurationError("the \(what) is empty; \(hint), such as '\(defaultCluster)'")
+            throw HeraldConfigurationError(.invalidName, "the \(what) is empty; \(hint), such as '\(defaultCluster)'")
         }
         guard name.unicodeScalars.count <= maximumClusterNameLength else {
             throw HeraldConfigurationError(
+                .invalidName,
                 "the \(what) '\(name)' has \(name.unicodeScalars.count) characters, more than "
                     + "\(maximumClusterNameLength); \(hint)")
         }
         if let bad = name.unicodeScalars.first(where: { !isAllowed($0) }) {
             throw HeraldConfigurationError(
+                .invalidName,
                 "the \(what) '\(name)' contains the character '\(bad.escaped(asASCII: true))', "
                     + "which is not allowed; \(hint)")
         }
         // ZooKeeper rejects these as path components, and they would be confusing even if it did not.
         guard name != ".", name != ".." else {
-            throw HeraldConfigurationError("the \(what) cannot be '\(name)'; \(hint)")
+            throw HeraldConfigurationError(.invalidName, "the \(what) cannot be '\(name)'; \(hint)")
         }
     }
 

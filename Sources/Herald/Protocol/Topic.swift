@@ -21,19 +21,22 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible, ExpressibleByS
 
     /// Validates a name, or the text of a ``TopicFilter`` when `allowingWildcards`.
     init(_ name: String, allowingWildcards: Bool) throws(HeraldConfigurationError) {
-        guard !name.isEmpty else { throw HeraldConfigurationError("a topic name must not be empty") }
+        guard !name.isEmpty else { throw HeraldConfigurationError(.invalidName, "a topic name must not be empty") }
         guard name.utf8.count <= Self.maximumLength else {
             throw HeraldConfigurationError(
+                .invalidName,
                 "topic name '\(name.prefix(32))…' is \(name.utf8.count) bytes long; the limit is \(Self.maximumLength)"
             )
         }
         if let bad = name.unicodeScalars.first(where: { $0.properties.generalCategory == .control }) {
             throw HeraldConfigurationError(
+                .invalidName,
                 "topic name \(name.debugDescription) contains the control character U+\(String(bad.value, radix: 16, uppercase: true)); use printable characters only"
             )
         }
         if !allowingWildcards, Self.hasWildcardLevel(name.utf8) {
             throw HeraldConfigurationError(
+                .invalidName,
                 "topic name \(name.debugDescription) has a level that is exactly '+' or '#': those are wildcards for subscribers; rename that level"
             )
         }

@@ -37,6 +37,7 @@ public struct TopicFilter: Sendable, Hashable, CustomStringConvertible, Expressi
             if part.elementsEqual("#".utf8) {
                 guard index == parts.count - 1 else {
                     throw HeraldConfigurationError(
+                        .invalidName,
                         "in topic filter \(text.debugDescription), '#' must be the last level: it matches everything below; use '+' for one level"
                     )
                 }

@@ -36,10 +36,12 @@ public struct CurveSecurity: Sendable {
     public static func keyPair(fromFile path: String) throws(HeraldConfigurationError) -> ZMQCurveKeyPair {
         guard let text = CredentialFile.firstLine(of: path, limit: 4096) else {
             throw HeraldConfigurationError(
+                .keyMaterial,
                 "cannot read the key file \(path); create one with `herald keygen --output DIR/NAME`")
         }
         guard let pair = try? ZMQCurveKeyPair(secretKey: text) else {
             throw HeraldConfigurationError(
+                .keyMaterial,
                 "\(path) does not hold a CURVE secret key (40 Z85 characters on its first line); use the .key file `herald keygen` writes"
             )
         }
@@ -52,12 +54,12 @@ public struct CurveSecurity: Sendable {
         var key = text
         if text.hasPrefix("@") {
             guard let line = CredentialFile.firstLine(of: String(text.dropFirst()), limit: 4096) else {
-                throw HeraldConfigurationError("\(option): cannot read \(text.dropFirst())")
+                throw HeraldConfigurationError(.keyMaterial, "\(option): cannot read \(text.dropFirst())")
             }
             key = line
         }
         guard ZMQCurveKeyPair.isValidKey(key) else {
-            throw HeraldConfigurationError("\(option): '\(key)' is not a CURVE public key (40 Z85 characters)")
+            throw HeraldConfigurationError(.keyMaterial, "\(option): '\(key)' is not a CURVE public key (40 Z85 characters)")
         }
         return key
     }
@@ -108,7 +110,7 @@ public struct CurveSecurity: Sendable {
             return .deny(reason: "key not authorized")
             }
         } catch {
-            throw HeraldConfigurationError("cannot start the CurveZMQ authenticator: \(error)")
+            throw HeraldConfigurationError(.keyMaterial, "cannot start the CurveZMQ authenticator: \(error)", underlying: error)
         }
     }
 
@@ -228,6 +230,7 @@ public final class AuthorizedKeys: Sendable {
         self.path = path
         guard let signature = Self.signature(of: path) else {
             throw HeraldConfigurationError(
+                .keyMaterial,
                 "cannot read the authorized keys at \(path): give a file of Z85 public keys, one per line, or a directory of .pub files"
             )
         }
@@ -333,7 +336,7 @@ public enum CurveKeyFiles {
         do {
             pair = try ZMQCurveKeyPair.generate()
         } catch {
-            throw HeraldConfigurationError("cannot generate a CURVE key pair: \(error); this libzmq lacks CURVE")
+            throw HeraldConfigurationError(.keyMaterial, "cannot generate a CURVE key pair: \(error); this libzmq lacks CURVE", underlying: error)
         }
         let secretPath = output + ".key"
         let publicPath = output + ".pub"
@@ -342,11 +345,11 @@ public enum CurveKeyFiles {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             } catch {
-                throw HeraldConfigurationError("cannot create \(directory): \(error.localizedDescription)")
+                throw HeraldConfigurationError(.keyMaterial, "cannot create \(directory): \(error.localizedDescription)")
             }
         }
         for path in [secretPath, publicPath] where !replacing && FileManager.default.fileExists(atPath: path) {
-            throw HeraldConfigurationError("\(path) exists; pass --force to replace it")
+            throw HeraldConfigurationError(.keyMaterial, "\(path) exists; pass --force to replace it")
         }
         try write(pair.secretKey + "\n", to: secretPath, mode: 0o600, replacing: replacing)
         try write(pair.publicKey + "\n", to: publicPath, mode: 0o644, replacing: replacing)
@@ -360,16 +363,16 @@ public enum CurveKeyFiles {
         let flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | (replacing ? O_TRUNC : O_EXCL)
         let descriptor = open(path, flags, mode)
         guard descriptor >= 0 else {
-            throw HeraldConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
+            throw HeraldConfigurationError(.keyMaterial, "cannot write \(path): \(String(cString: strerror(errno)))")
         }
         defer { close(descriptor) }
         guard fchmod(descriptor, mode) == 0 else {
-            throw HeraldConfigurationError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
+            throw HeraldConfigurationError(.keyMaterial, "cannot set the mode of \(path): \(String(cString: strerror(errno)))")
         }
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
         guard written == bytes.count else {
-            throw HeraldConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
+            throw HeraldConfigurationError(.keyMaterial, "cannot write \(path): \(String(cString: strerror(errno)))")
         }
     }
 }
