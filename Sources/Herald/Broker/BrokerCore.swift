@@ -512,18 +512,14 @@ struct BrokerCore: ~Copyable {
         // topic): bounded per subscriber and in all, whatever the number of requests. Checked before anything
         // changes, so a refusal leaves no trace.
         let existing = subscribers[id]
-        var newSubscriptions = 0
-        for filter in filters {
-            if filter.isPattern {
-                if !(existing?.patterns.contains(filter) ?? false) { newSubscriptions += 1 }
-            } else {
-                let followed = Array(filter.text.utf8).withUnsafeBytes { bytes in
-                    topicState(for: bytes, creating: false, output: &output).map { existing?.cursor(on: $0) != nil } ?? false
-                }
-                if !followed { newSubscriptions += 1 }
-            }
-        }
         let newPatterns = filters.filter { $0.isPattern && !(existing?.patterns.contains($0) ?? false) }.count
+        var newSubscriptions = newPatterns
+        for filter in filters where !filter.isPattern {
+            let followed = Array(filter.text.utf8).withUnsafeBytes { bytes in
+                topicState(for: bytes, creating: false, output: &output).map { existing?.cursor(on: $0) != nil } ?? false
+            }
+            if !followed { newSubscriptions += 1 }
+        }
         guard (existing?.patterns.count ?? 0) + newPatterns <= Self.maximumPatternsPerSubscriber else {
             return refuseSubscriber(
                 .tooManyTopics, "a subscriber holds \(Self.maximumPatternsPerSubscriber) patterns at most", id,
@@ -773,7 +769,7 @@ struct BrokerCore: ~Copyable {
         }
         switch configuration.mode {
         case .broker:
-            for subscriber in subscribers.values where changed.contains(where: { subscriber.concerns($0) }) {
+            for subscriber in subscribers.values where subscriber.concerned.matchesAny(Array(changed)) {
                 sendOwners(to: subscriber, output: &output)
             }
         case .direct:
@@ -787,11 +783,7 @@ struct BrokerCore: ~Copyable {
 
     /// Sends a broker-mode subscriber the owners of the exclusive topics it follows or matches.
     private mutating func sendOwners(to subscriber: SubscriberState, output: inout some BrokerOutput) {
-        let followed = Set(subscriber.follows.map(\.topic.name))
-        let report = OwnershipReport(
-            owners: ownership.report { name in
-                followed.contains(name) || subscriber.patterns.contains { $0.matches(name: name) }
-            })
+        let report = OwnershipReport(owners: ownership.report(where: subscriber.concerned.matches))
         guard var frame = try? ZMQFrame(ControlFrame.encode(.owners, report)) else { return }
         // A subscriber with a full queue gets it when the queue has room: a report it missed would leave it
         // delivering the wrong publisher until the next change.
@@ -1169,10 +1161,8 @@ final class SubscriberState {
 
     func cursor(on topic: TopicState) -> UInt64? { follows.first { $0.topic === topic }?.cursor }
 
-    /// Whether it follows the topic named `name`, or one of its patterns matches it.
-    func concerns(_ name: String) -> Bool {
-        follows.contains { $0.topic.name == name } || patterns.contains { $0.matches(name: name) }
-    }
+    /// The topics it follows and its patterns, for matching names against both.
+    var concerned: TopicFilterSet { TopicFilterSet(names: follows.map(\.topic.name), patterns: patterns) }
 
     func isCaughtUp(on topic: TopicState) -> Bool {
         // The newest message was just appended: a cursor one short of the end had reached everything before it.

@@ -17,8 +17,6 @@ struct ClusterWatcher: Sendable {
     static let connectTimeout: Duration = .seconds(5)
     /// Pause before retrying an operation that failed with connection loss on a session that is still alive.
     static let retryPause: Duration = .milliseconds(200)
-    /// Named groups followed at most: each costs a few reads per change, and the names come from ZooKeeper.
-    static let maximumGroups = 256
 
     /// Runs until cancelled, calling `onChange` with each new view.
     /// - Throws: only ``ZooKeeperError`` with `.badArguments` (an unusable connection string), since retrying
@@ -177,12 +175,7 @@ struct ViewReader {
 
     mutating func read() async throws(ZooKeeperError) -> ClusterView {
         var view = ClusterView()
-        var layouts = [layout.group == nil ? layout : (try? ClusterLayout(cluster: layout.cluster)) ?? layout]
-        let named = try await children(layout.groupsPath) ?? []
-        for name in named.sorted().prefix(ClusterWatcher.maximumGroups) {
-            guard name != ClusterLayout.defaultGroup, let group = try? layout.inGroup(name) else { continue }
-            layouts.append(group)
-        }
+        let layouts = [layout.defaultGroupLayout] + layout.namedGroups(try await children(layout.groupsPath) ?? [])
         for group in layouts {
             let candidates = try await children(group.electionPath) ?? []
             let record = try await data(group.leaderPath).flatMap { bytes in

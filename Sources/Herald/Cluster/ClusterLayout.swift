@@ -71,9 +71,32 @@ public struct ClusterLayout: Sendable, Hashable {
         self.group = group == Self.defaultGroup ? nil : group
     }
 
+    private init(validated cluster: String, group: String?) {
+        self.cluster = cluster
+        self.group = group
+    }
+
     /// The layout of the same cluster's group `name`.
     public func inGroup(_ name: String) throws(HeraldConfigurationError) -> ClusterLayout {
         try ClusterLayout(cluster: cluster, group: name)
+    }
+
+    /// Named groups followed at most: each costs a few reads per change, and the names come from ZooKeeper.
+    public static let maximumGroups = 256
+
+    /// The layout of the same cluster's default group.
+    public var defaultGroupLayout: ClusterLayout { ClusterLayout(validated: cluster, group: nil) }
+
+    /// The named groups among the children of ``groupsPath``: valid names other than the default group's, by
+    /// name, at most ``maximumGroups`` of them.
+    public func namedGroups(_ children: [String]) -> [ClusterLayout] {
+        children.filter { $0 != Self.defaultGroup && Self.isValidGroupName($0) }.sorted().prefix(Self.maximumGroups)
+            .map { ClusterLayout(validated: cluster, group: $0) }
+    }
+
+    /// Whether `name` may name a group.
+    public static func isValidGroupName(_ name: String) -> Bool {
+        (try? validate(name, as: "group name")) != nil
     }
 }
 

@@ -20,7 +20,7 @@ public struct TopicAssignments: Codable, Sendable, Equatable {
             let table = try? JSONDecoder().decode(TopicAssignments.self, from: Data(bytes))
         else { return nil }
         topics = table.topics.filter { topic, group in
-            (try? Topic(topic)) != nil && (try? ClusterLayout(cluster: "x", group: group)) != nil
+            (try? Topic(topic)) != nil && (group == ClusterLayout.defaultGroup || ClusterLayout.isValidGroupName(group))
         }
     }
 

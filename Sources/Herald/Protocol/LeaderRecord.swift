@@ -78,6 +78,16 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     /// Whether the leader speaks this build's wire format.
     public var speaksThisVersion: Bool { protocolVersion == Int(WireFormat.version) }
 
+    /// Why a client (`role`: publisher, subscriber) with `security` must not attach to this leader, ready to
+    /// log; `nil` when it may.
+    func refusal(by security: CurveSecurity?, role: String) -> String? {
+        guard speaksThisVersion else {
+            return
+                "the leader speaks Herald wire format \(protocolVersion ?? 1), this \(role) speaks \(WireFormat.version); run the same Herald version everywhere"
+        }
+        return CurveSecurity.mistrust(of: self, by: security)
+    }
+
     /// A one-line summary for logs.
     public var description: String {
         "\(broker) epoch \(epoch) (requests \(requestEndpoint), subscribers \(subscriberEndpoint))"

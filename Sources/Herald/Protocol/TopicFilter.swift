@@ -147,7 +147,11 @@ struct TopicFilterSet: Sendable {
         }
     }
 
-    var isEmpty: Bool { exact.isEmpty && patterns.isEmpty }
+    /// Topic names, already valid, and patterns.
+    init(names: some Sequence<String>, patterns: [TopicFilter]) {
+        exact = Set(names)
+        self.patterns = patterns
+    }
 
     /// Whether a filter matches the topic named `name`.
     func matches(_ name: String) -> Bool {

@@ -289,14 +289,8 @@ public final class Publisher: Service, Sendable {
 
     private func attach(_ record: LeaderRecord?) async {
         guard let record else { return await Task.sleepUntilCancelled() }
-        guard record.speaksThisVersion else {
-            logger.error(
-                "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this publisher speaks \(WireFormat.version); run the same Herald version everywhere",
-                metadata: ["leader": "\(record.broker)"])
-            return await Task.sleepUntilCancelled()
-        }
-        if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
-            logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
+        if let refusal = record.refusal(by: configuration.security, role: "publisher") {
+            logger.error("\(refusal)", metadata: ["leader": "\(record.broker)"])
             return await Task.sleepUntilCancelled()
         }
         link.withLock { $0.commands.append(.attach(record)) }

@@ -203,14 +203,8 @@ public final class Subscriber: Service, Sendable {
         var leaders: [String: LeaderRecord] = [:]
         for (group, record) in view.leaders {
             guard let record else { continue }
-            guard record.speaksThisVersion else {
-                logger.error(
-                    "the leader speaks Herald wire format \(record.protocolVersion ?? 1), this subscriber speaks \(WireFormat.version); run the same Herald version everywhere",
-                    metadata: ["leader": "\(record.broker)"])
-                continue
-            }
-            if let mistrust = CurveSecurity.mistrust(of: record, by: configuration.security) {
-                logger.error("\(mistrust)", metadata: ["leader": "\(record.broker)"])
+            if let refusal = record.refusal(by: configuration.security, role: "subscriber") {
+                logger.error("\(refusal)", metadata: ["leader": "\(record.broker)"])
                 continue
             }
             if record.mode == .direct, configuration.history > 0, !warnedAboutDirectHistory.exchange(true, ordering: .relaxed) {

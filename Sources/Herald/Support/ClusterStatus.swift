@@ -63,13 +63,10 @@ public struct ClusterStatus: Sendable, Codable {
             if let (data, _) = try? await session.get(layout.modePath) {
                 status.mode = DisseminationMode(rawValue: String(decoding: data, as: UTF8.self))
             }
-            let base = (try? ClusterLayout(cluster: layout.cluster)) ?? layout
-            var main = await GroupStatus.read(base, session: session)
+            var main = await GroupStatus.read(layout.defaultGroupLayout, session: session)
             var groups: [String: GroupStatus] = [:]
-            let names = (try? await session.children(layout.groupsPath)) ?? []
-            for name in names.sorted().prefix(256) {
-                guard let group = try? base.inGroup(name), group.group != nil else { continue }
-                groups[name] = await GroupStatus.read(group, session: session)
+            for group in layout.namedGroups((try? await session.children(layout.groupsPath)) ?? []) {
+                groups[group.groupName] = await GroupStatus.read(group, session: session)
             }
             if let (data, _) = try? await session.get(layout.assignmentsPath), let table = TopicAssignments(decoding: data),
                 !table.topics.isEmpty
