@@ -203,28 +203,3 @@ struct SequencerTests {
         #expect(harness.sequencer.expectations.count == 1, "streams silent for 10 s are forgotten")
     }
 }
-
-@Suite("AsyncBuffer")
-struct AsyncBufferTests {
-    @Test func aProducerBlockedOnAFullBufferIsReleasedByCancellation() async throws {
-        let buffer = AsyncBuffer<Int>(limit: 2)
-        #expect(await buffer.push(1))
-        #expect(await buffer.push(2))
-        let blocked = Task { await buffer.push(3) }
-        try await Task.sleep(for: .milliseconds(50))
-        blocked.cancel()
-        #expect(try await within(.seconds(5), "cancelled push") { await blocked.value } == false)
-    }
-
-    @Test func elementsArriveInOrderAndFinishEndsTheSequence() async throws {
-        let buffer = AsyncBuffer<Int>(limit: 4)
-        let producer = Task {
-            for value in 0..<100 { await buffer.push(value) }
-            buffer.finish()
-        }
-        var received: [Int] = []
-        for await value in buffer.elements { received.append(value) }
-        await producer.value
-        #expect(received == Array(0..<100))
-    }
-}
