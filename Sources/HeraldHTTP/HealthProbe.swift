@@ -1,4 +1,6 @@
-import Dispatch
+import NIOCore
+import NIOHTTP1
+import NIOPosix
 
 #if canImport(Glibc)
     import Glibc
@@ -8,10 +10,10 @@ import Dispatch
     import Darwin
 #endif
 
-/// A minimal HTTP/1.1 client for probing a Herald process's `/healthz` or `/readyz`, as `herald health` does.
+/// A small HTTP/1.1 client for probing a Herald process's `/healthz` or `/readyz`, as `herald health` does.
 ///
-/// Container images carry no `curl`, and Herald's package graph has no HTTP client, so this speaks just enough
-/// HTTP over a plain TCP socket: one `GET`, `Connection: close`, read the status line and a short body.
+/// Container images carry no `curl`; this is one `GET` on SwiftNIO, which the HTTP server already links, with
+/// `Connection: close`, reading the status and a short body.
 public enum HealthProbe {
     /// How long a probe waits in total before giving up: long enough for a busy process on the same host,
     /// short enough for a container health check that runs every few seconds.
@@ -60,191 +62,77 @@ public enum HealthProbe {
     public static func probe(
         host: String, port: Int, path: String, timeout: Duration = defaultTimeout
     ) async -> Outcome {
-        let deadline = ContinuousClock.now + timeout
-        // The socket calls block (name lookup cannot be made non-blocking), so they run off the cooperative pool.
-        return await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(returning: blockingProbe(host: host, port: port, path: path, deadline: deadline))
+        let target = "http://\(HealthServer.authority(host, port))\(path)"
+        guard (1...65535).contains(port) else { return .unreachable(reason: "\(target): port must be in 1...65535") }
+        do {
+            return try await withThrowingTaskGroup(of: Outcome.self) { group in
+                group.addTask { try await exchange(host: host, port: port, path: path, timeout: timeout) }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return .unreachable(reason: "\(target): timed out")
+                }
+                defer { group.cancelAll() }
+                return try await group.next() ?? .unreachable(reason: "\(target): no answer")
             }
+        } catch {
+            return .unreachable(reason: "\(target): \(describe(error))")
         }
     }
 
     // MARK: - Private
 
-    /// The most of a reply read: health answers are a line; this bounds memory if the port is something else.
-    private static let maximumReplySize = 64 * 1024
+    /// The most of a body kept: health answers are a line; this bounds memory if the port is something else.
+    private static let maximumBodySize = 64 * 1024
 
-    /// Resolves `host` and tries each address in turn until one answers or the deadline passes.
-    private static func blockingProbe(
-        host: String, port: Int, path: String, deadline: ContinuousClock.Instant
-    ) -> Outcome {
-        let target = "http://\(HealthServer.authority(host, port))\(path)"
-        guard (1...65535).contains(port) else { return .unreachable(reason: "\(target): port must be in 1...65535") }
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = socketStream
-        var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, String(port), &hints, &list)
-        guard status == 0, let list else {
-            return .unreachable(reason: "\(target): cannot resolve \(host): \(String(cString: gai_strerror(status)))")
-        }
-        defer { freeaddrinfo(list) }
-        let request =
-            "GET \(path) HTTP/1.1\r\nHost: \(HealthServer.authority(host, port))\r\n"
-            + "User-Agent: herald-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        var failure = "no address"
-        var cursor: UnsafeMutablePointer<addrinfo>? = list
-        while let info = cursor {
-            switch exchange(info.pointee, request: Array(request.utf8), deadline: deadline) {
-            case .success(let reply): return parse(reply, target: target)
-            case .failure(let problem): failure = problem.reason
-            }
-            cursor = info.pointee.ai_next
-        }
-        return .unreachable(reason: "\(target): \(failure)")
-    }
-
-    /// Why one address gave no reply.
-    private struct Failure: Error {
-        /// What went wrong, for the user.
-        var reason: String
-        init(_ reason: String) { self.reason = reason }
-    }
-
-    /// Connects to one address, sends the request and reads the reply until the server closes, the reply is
-    /// complete, or the deadline passes.
-    private static func exchange(
-        _ address: addrinfo, request: [UInt8], deadline: ContinuousClock.Instant
-    ) -> Result<[UInt8], Failure> {
-        let descriptor = socket(address.ai_family, address.ai_socktype, address.ai_protocol)
-        guard descriptor >= 0 else { return .failure(Failure("socket: \(errorText(errno))")) }
-        defer { close(descriptor) }
-        // Non-blocking, so every wait goes through poll with the remaining time and the deadline holds.
-        _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL, 0) | O_NONBLOCK)
-
-        if connect(descriptor, address.ai_addr, address.ai_addrlen) != 0 {
-            guard errno == EINPROGRESS else { return .failure(Failure(errorText(errno))) }
-            guard wait(descriptor, for: Int16(POLLOUT), until: deadline) else {
-                return .failure(Failure("timed out connecting"))
-            }
-            var code: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &code, &length)
-            guard code == 0 else { return .failure(Failure(errorText(code))) }
-        }
-
-        var sent = 0
-        while sent < request.count {
-            let count = request[sent...].withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, noSignal) }
-            if count > 0 {
-                sent += count
-            } else if count < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR {
-                guard wait(descriptor, for: Int16(POLLOUT), until: deadline) else {
-                    return .failure(Failure("timed out sending the request"))
+    /// Connects, sends the request and reads the answer's head and body.
+    private static func exchange(host: String, port: Int, path: String, timeout: Duration) async throws -> Outcome {
+        let (seconds, attoseconds) = timeout.components
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.milliseconds(seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                        wrappingChannelSynchronously: channel)
                 }
-            } else {
-                return .failure(Failure("sending the request: \(errorText(errno))"))
             }
-        }
-
-        var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while reply.count < maximumReplySize, !isComplete(reply) {
-            let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
-            if count > 0 {
-                reply += chunk[..<count]
-            } else if count == 0 {
-                break
-            } else if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR {
-                guard wait(descriptor, for: Int16(POLLIN), until: deadline) else {
-                    return reply.isEmpty ? .failure(Failure("timed out waiting for an answer")) : .success(reply)
+        return try await channel.executeThenClose { inbound, outbound in
+            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
+            head.headers.add(name: "Host", value: HealthServer.authority(host, port))
+            head.headers.add(name: "User-Agent", value: "herald-health")
+            head.headers.add(name: "Connection", value: "close")
+            try await outbound.write(.head(head))
+            try await outbound.write(.end(nil))
+            var status: Int?
+            var body = ByteBuffer()
+            for try await part in inbound {
+                switch part {
+                case .head(let answer):
+                    status = Int(answer.status.code)
+                case .body(var chunk):
+                    body.writeBuffer(&chunk)
+                    guard body.readableBytes <= maximumBodySize else { return .unreachable(reason: "answer too long") }
+                case .end:
+                    guard let status else { break }
+                    let text = String(decoding: body.readableBytesView.prefix(512), as: UTF8.self)
+                    return .answered(status: status, body: text.trimmingWhiteSpace())
                 }
-            } else {
-                return reply.isEmpty ? .failure(Failure("reading the answer: \(errorText(errno))")) : .success(reply)
             }
-        }
-        return .success(reply)
-    }
-
-    /// Waits until the descriptor is ready for `events` or the deadline passes; `false` on timeout or error.
-    private static func wait(_ descriptor: Int32, for events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
-        while true {
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { return false }
-            let (seconds, attoseconds) = remaining.components
-            let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
-            var entry = pollfd(fd: descriptor, events: events, revents: 0)
-            let ready = poll(&entry, 1, milliseconds)
-            if ready > 0 { return true }
-            if ready < 0, errno != EINTR { return false }
+            return .unreachable(reason: "the connection closed before a whole HTTP answer")
         }
     }
 
-    /// Whether the reply holds its whole head and, when it declares a `Content-Length`, its whole body; the
-    /// server should close after `Connection: close`, but this stops early if it does not.
-    private static func isComplete(_ reply: [UInt8]) -> Bool {
-        guard let (head, bodyStart) = splitHead(reply) else { return false }
-        guard let length = contentLength(head) else { return false }
-        return reply.count - bodyStart >= length
-    }
-
-    /// The head as text and the index where the body starts, once the blank line has arrived.
-    private static func splitHead(_ reply: [UInt8]) -> (String, Int)? {
-        let separator: [UInt8] = [13, 10, 13, 10]
-        guard reply.count >= 4 else { return nil }
-        for index in 0...(reply.count - 4) where reply[index..<(index + 4)].elementsEqual(separator) {
-            return (String(decoding: reply[..<index], as: UTF8.self), index + 4)
+    /// A short reason for a failed exchange: the system's text for a refused or reset connection, NIO's
+    /// description otherwise.
+    private static func describe(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError {
+            if let failure = error.connectionErrors.first?.error { return describe(failure) }
+            if let failure = error.dnsAError ?? error.dnsAAAAError { return "cannot resolve \(error.host): \(failure)" }
         }
-        return nil
-    }
-
-    /// The `Content-Length` header's value, if any.
-    private static func contentLength(_ head: String) -> Int? {
-        for line in head.split(separator: "\r\n").dropFirst() {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "content-length" {
-                return Int(parts[1].trimmingWhiteSpace())
-            }
-        }
-        return nil
-    }
-
-    /// Turns a raw reply into an outcome, reading the status line `HTTP/1.x NNN reason`.
-    private static func parse(_ reply: [UInt8], target: String) -> Outcome {
-        guard let (head, bodyStart) = splitHead(reply) else {
-            return .unreachable(reason: "\(target): no HTTP answer")
-        }
-        let statusLine = head.split(separator: "\r\n", maxSplits: 1).first ?? ""
-        let fields = statusLine.split(separator: " ", maxSplits: 2)
-        guard fields.count >= 2, fields[0].hasPrefix("HTTP/1."), let status = Int(fields[1]) else {
-            return .unreachable(reason: "\(target): not an HTTP answer: \(statusLine.prefix(60))")
-        }
-        var body = reply[bodyStart...]
-        if let length = contentLength(head) { body = body.prefix(length) }
-        return .answered(status: status, body: String(decoding: body.prefix(512), as: UTF8.self).trimmingWhiteSpace())
-    }
-
-    /// The C library's text for an error number.
-    private static func errorText(_ code: Int32) -> String {
-        "\(String(cString: strerror(code))) (errno \(code))"
-    }
-
-    /// `SOCK_STREAM` as `addrinfo` wants it: an enum case in Glibc, a plain integer elsewhere.
-    private static var socketStream: Int32 {
-        #if canImport(Glibc)
-            Int32(SOCK_STREAM.rawValue)
-        #else
-            SOCK_STREAM
-        #endif
-    }
-
-    /// `send` flags: a server that closes early must yield an error, not kill the process with SIGPIPE.
-    private static var noSignal: Int32 {
-        #if canImport(Darwin)
-            0
-        #else
-            Int32(MSG_NOSIGNAL)
-        #endif
+        if let error = error as? IOError { return "\(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))" }
+        if let error = error as? ChannelError, case .connectTimeout = error { return "timed out connecting" }
+        if error is HTTPParserError { return "not an HTTP answer (\(error))" }
+        return "\(error)"
     }
 }
 
