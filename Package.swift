@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        // No traits: the Foundation one would only add `Data` conveniences.
+        .package(url: "https://github.com/apple/swift-subprocess.git", from: "1.0.2", traits: []),
     ],
     targets: [
         // C shims: system libraries from Debian, reached through a module map and a tiny header each.
@@ -50,10 +52,14 @@ let package = Package(
         // Starts a private ZooKeeper server from Debian's `zookeeper` package (tests, `herald demo`).
         .target(
             name: "LocalZooKeeper",
-            dependencies: ["CSpawn", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ChildProcesses", .product(name: "Logging", package: "swift-log")]
         ),
-        // posix_spawn's close-from action, which Swift's Glibc module does not export.
-        .target(name: "CSpawn"),
+        // Starts child processes and reads their output line by line: `herald demo`, `herald bench`, the tests.
+        .target(
+            name: "ChildProcesses",
+            dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]
+        ),
+
 
         // The Herald core: wire protocol, leader election, broker, publisher and subscriber.
         .target(
@@ -88,8 +94,18 @@ let package = Package(
         .target(
             name: "HeraldBench",
             dependencies: [
-                "Herald", "LocalZooKeeper", "ZeroMQ", "ZooKeeper",
+                "ChildProcesses", "Herald", "LocalZooKeeper", "ZeroMQ", "ZooKeeper",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // `herald demo`: a local cluster of real processes and two failovers, narrated.
+        .target(
+            name: "HeraldDemo",
+            dependencies: [
+                "ChildProcesses", "Herald", "LocalZooKeeper", "ZooKeeper",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -101,6 +117,7 @@ let package = Package(
             dependencies: [
                 "Herald",
                 "HeraldBench",
+                "HeraldDemo",
                 "HeraldHTTP",
                 "LocalZooKeeper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -135,12 +152,16 @@ let package = Package(
             dependencies: ["ZeroMQ", "TestSupport"]
         ),
         .testTarget(
+            name: "ChildProcessesTests",
+            dependencies: ["ChildProcesses"]
+        ),
+        .testTarget(
             name: "ZooKeeperTests",
             dependencies: ["ZooKeeper", "LocalZooKeeper", "TestSupport"]
         ),
         .testTarget(
             name: "HeraldTests",
-            dependencies: ["Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper", "TestSupport"]
+            dependencies: ["ChildProcesses", "Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper", "TestSupport"]
         ),
         .testTarget(
             name: "HeraldHTTPTests",

@@ -117,22 +117,22 @@ public struct BenchPlan: Service {
         if !skip.contains("baseline") {
             for rate in rates {
                 for size in sizes {
-                    let point = try ZeroMQBaseline.latency(size: size, rate: rate, count: max(2000, Int(rate * duration)))
+                    let point = try await ZeroMQBaseline.latency(size: size, rate: rate, count: max(2000, Int(rate * duration)))
                     progress("raw ZeroMQ REQ/REP \(size) B at \(f(rate, 0))/s: one-way p50 \(f(point.oneWay.p50)) us, p99 \(f(point.oneWay.p99)) us")
                     results.baselineLatency.append(point)
                 }
             }
             for size in throughputSizes {
-                let point = try ZeroMQBaseline.throughput(size: size)
+                let point = try await ZeroMQBaseline.throughput(size: size)
                 progress("raw ZeroMQ PUSH/PULL \(size) B: \(f(point.messagesPerSecond, 0)) msg/s, \(f(point.megabytesPerSecond, 1)) MB/s")
                 results.baselineThroughput.append(point)
             }
             for rate in rates {
-                let point = try ZeroMQBaseline.proxyChainLatency(size: 64, rate: rate, count: max(2000, Int(rate * duration)))
+                let point = try await ZeroMQBaseline.proxyChainLatency(size: 64, rate: rate, count: max(2000, Int(rate * duration)))
                 progress("raw ZeroMQ proxy chain 64 B at \(f(rate, 0))/s: one-way p50 \(f(point.oneWay.p50)) us, p99 \(f(point.oneWay.p99)) us")
                 results.proxyChainLatency.append(point)
             }
-            let chain = try ZeroMQBaseline.proxyChain(
+            let chain = try await ZeroMQBaseline.proxyChain(
                 size: 64, rates: [100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000, 1_000_000], seconds: 2)
             progress("raw ZeroMQ proxy chain 64 B: loss-free up to \(f(chain.lossFreeRate, 0)) msg/s")
             results.proxyChain = chain
@@ -183,11 +183,11 @@ public struct BenchPlan: Service {
         let env = environment(cluster, zookeeper, mode: mode)
         let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: cluster, logger: logger)
         defer { Task { await probe.close() } }
-        let broker = try processes.start("broker", ["broker", "--broker-id", "\(mode)-b1"], environment: env)
+        let broker = try await processes.start("broker", ["broker", "--broker-id", "\(mode)-b1"], environment: env)
         _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
         let points = rates.flatMap { rate in sizes.map { (rate: rate, size: $0) } }
         let topics = points.indices.map { "lat\($0)" }
-        let subscriber = try processes.start(
+        let subscriber = try await processes.start(
             "subscriber", ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: env, output: .messages)
         try await Task.sleep(for: Self.subscriberSettle)
         var results: [LatencyPoint] = []
@@ -195,7 +195,7 @@ public struct BenchPlan: Service {
             let warmup = max(20, Int(point.rate * Self.latencyWarmup))
             // Direct mode loses the first messages while the subscriber discovers the publisher: one more second.
             let count = warmup + Int(point.rate * (duration + (mode == "direct" ? 1 : 0)))
-            let publisher = try processes.start(
+            let publisher = try await processes.start(
                 "publisher",
                 ["publish", "--topic", topics[index], "--rate", f(point.rate, 3), "--count", "\(count)", "--size", "\(point.size)"],
                 environment: env)
@@ -237,7 +237,7 @@ public struct BenchPlan: Service {
                 let pointCluster = "\(cluster)-\(shape)x\(size)"
                 let env = environment(pointCluster, zookeeper)
                 let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: pointCluster, logger: logger)
-                let broker = try processes.start("broker", ["broker", "--broker-id", "tput-\(shape)x\(size)"], environment: env)
+                let broker = try await processes.start("broker", ["broker", "--broker-id", "tput-\(shape)x\(size)"], environment: env)
                 _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
                 await probe.close()
                 let topics = Array(repeating: topic, count: shape)
@@ -270,13 +270,13 @@ public struct BenchPlan: Service {
             for name in names {
                 let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: pointCluster, group: name, logger: logger)
                 brokers.append(
-                    try processes.start("broker", ["broker", "--broker-id", "grp-\(name)", "--group", name], environment: env))
+                    try await processes.start("broker", ["broker", "--broker-id", "grp-\(name)", "--group", name], environment: env))
                 _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
                 await probe.close()
             }
             let topics = ["grp-a", "grp-b"]
             for (index, topic) in topics.enumerated() {
-                let assign = try processes.start(
+                let assign = try await processes.start(
                     "topics", ["topics", "assign", topic, names[index % names.count]], environment: env)
                 _ = await assign.waitForExit(timeout: .seconds(15))
             }
@@ -299,12 +299,18 @@ public struct BenchPlan: Service {
         publishing: [String], subscribing: [String], size: Int, environment env: [String: String],
         processes: BenchProcessSet
     ) async throws -> (delivered: Double, seconds: Double, summaries: [(received: Int, lost: Int, duplicates: Int, reordered: Int)]) {
-        let subscribers = try subscribing.map { topic in
-            try processes.start("subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count)
+        var subscribers: [BenchChild] = []
+        for topic in subscribing {
+            subscribers.append(
+                try await processes.start(
+                    "subscriber", ["subscribe", "--topic", topic, "--payload", "none"], environment: env, output: .count))
         }
         try await Task.sleep(for: .seconds(1))
-        let publishers = try publishing.map { topic in
-            try processes.start("publisher", ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"], environment: env)
+        var publishers: [BenchChild] = []
+        for topic in publishing {
+            publishers.append(
+                try await processes.start(
+                    "publisher", ["publish", "--topic", topic, "--rate", "0", "--size", "\(size)"], environment: env))
         }
         let deadline = ContinuousClock.now + .seconds(20)
         while subscribers.contains(where: { $0.lines == 0 }), ContinuousClock.now < deadline {
@@ -331,15 +337,15 @@ public struct BenchPlan: Service {
         defer { Task { await probe.close() } }
         var brokers: [String: BenchChild] = [:]
         var nextBroker = 1
-        func startBroker() throws {
+        func startBroker() async throws {
             let id = "fo-b\(nextBroker)"
             nextBroker += 1
-            brokers[id] = try processes.start(id, ["broker", "--broker-id", id], environment: env)
+            brokers[id] = try await processes.start(id, ["broker", "--broker-id", id], environment: env)
         }
-        try startBroker()
+        try await startBroker()
         _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
-        try startBroker()
-        try startBroker()
+        try await startBroker()
+        try await startBroker()
         // Idle: elected, standbys registered, no client yet.
         try await Task.sleep(for: .seconds(3))
         var memory: MemoryReading?
@@ -353,10 +359,10 @@ public struct BenchPlan: Service {
         for round in 1...max(rounds, 1) where rounds > 0 {
             for (signal, signalName) in signals {
                 let topic = "fo\(round)\(signalName.lowercased())"
-                let subscriber = try processes.start(
+                let subscriber = try await processes.start(
                     "subscriber", ["subscribe", "--json", "--topic", topic], environment: env, output: .messages)
                 try await Task.sleep(for: .seconds(1))
-                let publisher = try processes.start(
+                let publisher = try await processes.start(
                     "publisher", ["publish", "--topic", topic, "--rate", f(failoverRate, 3)], environment: env)
                 let steady = ContinuousClock.now + .seconds(20)
                 while subscriber.lines < Int(failoverRate * 1.5), ContinuousClock.now < steady {
@@ -389,7 +395,7 @@ public struct BenchPlan: Service {
                 progress(
                     "failover round \(round) \(signalName): new leader \(newLeader) after \(f(result.newLeaderMilliseconds, 0)) ms, receiving again after \(f(again, 0)) ms, lost \(result.lost)")
                 // Back to three brokers: the replacement joins as a standby.
-                try startBroker()
+                try await startBroker()
                 try await Task.sleep(for: .seconds(1))
             }
         }
@@ -402,13 +408,13 @@ public struct BenchPlan: Service {
     private func overload(cluster: String, zookeeper: String, processes: BenchProcessSet) async throws -> OverloadReading {
         let env = environment(cluster, zookeeper)
         let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: cluster, logger: logger)
-        let broker = try processes.start("broker", ["broker", "--broker-id", "ol-b1"], environment: env)
+        let broker = try await processes.start("broker", ["broker", "--broker-id", "ol-b1"], environment: env)
         _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
         await probe.close()
-        let subscriber = try processes.start("subscriber", ["subscribe", "--topic", "heavy", "--payload", "none"], environment: env)
+        let subscriber = try await processes.start("subscriber", ["subscribe", "--topic", "heavy", "--payload", "none"], environment: env)
         try await Task.sleep(for: Self.subscriberSettle)
         subscriber.signal(SIGSTOP)
-        let publisher = try processes.start(
+        let publisher = try await processes.start(
             "publisher", ["publish", "--topic", "heavy", "--rate", "0", "--size", "16384"], environment: env)
         var brokerPeak = 0
         var publisherPeak = 0

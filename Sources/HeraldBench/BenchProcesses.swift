@@ -1,6 +1,10 @@
-import Foundation
+import ChildProcesses
 import Herald
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Nanoseconds since the Unix epoch, the clock `herald publish` stamps `sent_at_ns` with.
 func wallClockNanoseconds() -> UInt64 {
@@ -33,7 +37,7 @@ struct BenchMessage: Sendable {
 
 /// What a child's standard output is used for.
 enum BenchOutput: Sendable {
-    /// Thrown away (`/dev/null`).
+    /// Read and thrown away.
     case discard
     /// Lines counted, nothing kept: throughput runs.
     case count
@@ -41,166 +45,93 @@ enum BenchOutput: Sendable {
     case messages
 }
 
-/// A `herald` child process started by the benchmark: the same executable, with its own environment.
-///
-/// Standard output and standard error are read on dedicated threads with large reads, so a subscriber
-/// printing hundreds of thousands of lines a second is never slowed by its pipe.
+/// A `herald` child process started by the benchmark, with what it printed: a line count, parsed messages,
+/// the tail of its standard error.
 final class BenchChild: Sendable {
-    let name: String
-    let arguments: [String]
-    private let process: Process
-    private let lineCount = Atomic<Int>(0)
-    private let firstLineAt = Atomic<UInt64>(0)
-    private let kept = Mutex<[BenchMessage]>([])
-    private let errorText = Mutex<[UInt8]>([])
-    private let readersLeft = Atomic<Int>(0)
+    let process: ChildProcess
+    private let recorder: Recorder
+
+    /// What the readers record, shared with their closures.
+    private final class Recorder: Sendable {
+        let lineCount = Atomic<Int>(0)
+        let firstLineAt = Atomic<UInt64>(0)
+        let kept = Mutex<[BenchMessage]>([])
+        let errorText = Mutex<[UInt8]>([])
+    }
 
     /// Starts `herald ARGUMENTS` with `environment` added to this process's environment.
-    init(name: String, arguments: [String], environment: [String: String], output: BenchOutput) throws {
-        self.name = name
-        self.arguments = arguments
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        // The children are `herald` itself: the benchmark runs inside `herald bench`.
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        process.standardInput = FileHandle.nullDevice
-        let errorPipe = Pipe()
-        process.standardError = errorPipe
-        var outputPipe: Pipe?
-        if case .discard = output {
-            process.standardOutput = FileHandle.nullDevice
-        } else {
-            outputPipe = Pipe()
-            process.standardOutput = outputPipe
-        }
-        try process.run()
-        readersLeft.store(outputPipe == nil ? 1 : 2, ordering: .sequentiallyConsistent)
-        let errorDescriptor = errorPipe.fileHandleForReading.fileDescriptor
-        Thread.detachNewThread { [self] in
-            readLines(errorDescriptor) { line, _ in
-                errorText.withLock {
-                    $0.append(contentsOf: line)
-                    $0.append(10)
-                    if $0.count > 1 << 20 { $0.removeFirst($0.count - (1 << 19)) }
-                }
-            }
-        }
-        if let outputPipe {
-            let descriptor = outputPipe.fileHandleForReading.fileDescriptor
+    init(name: String, arguments: [String], environment: [String: String], output: BenchOutput) async throws {
+        let recorder = Recorder()
+        let standardOutput: ChildProcess.Output
+        switch output {
+        case .discard:
+            standardOutput = .discard
+        case .count, .messages:
             let parse: Bool
             if case .messages = output { parse = true } else { parse = false }
-            Thread.detachNewThread { [self] in
-                readLines(descriptor) { line, readAt in
-                    if lineCount.load(ordering: .relaxed) == 0 { firstLineAt.store(readAt, ordering: .relaxed) }
-                    lineCount.add(1, ordering: .relaxed)
-                    if parse, let message = BenchMessage(line: line, readAt: readAt) {
-                        kept.withLock { $0.append(message) }
-                    }
+            standardOutput = .lines { line in
+                let readAt = wallClockNanoseconds()
+                if recorder.lineCount.load(ordering: .relaxed) == 0 {
+                    recorder.firstLineAt.store(readAt, ordering: .relaxed)
+                }
+                recorder.lineCount.add(1, ordering: .relaxed)
+                if parse, let message = BenchMessage(line: line, readAt: readAt) {
+                    recorder.kept.withLock { $0.append(message) }
                 }
             }
         }
-        // Keep the pipes alive as long as the readers use their descriptors.
-        withExtendedLifetime(errorPipe) {}
-    }
-
-    var processID: Int32 { process.processIdentifier }
-
-    /// Running and not a zombie. Foundation reaps children on its own thread and was seen to leave one unreaped
-    /// for a minute on a loaded machine, with `isRunning` still true: `/proc/PID/stat` settles it.
-    var isRunning: Bool {
-        guard process.isRunning else { return false }
-        guard let stat = try? String(contentsOfFile: "/proc/\(processID)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
-        return state != "Z" && state != "X"
-    }
-    /// Lines read from standard output so far.
-    var lines: Int { lineCount.load(ordering: .relaxed) }
-    /// Wall-clock time of the first line, 0 before it.
-    var firstLineTime: UInt64 { firstLineAt.load(ordering: .relaxed) }
-    /// Parsed messages so far (`.messages` output only).
-    var messages: [BenchMessage] { kept.withLock { $0 } }
-    /// Everything the child wrote to standard error.
-    var standardError: String { errorText.withLock { String(decoding: $0, as: UTF8.self) } }
-
-    func signal(_ signal: Int32) {
-        if isRunning { kill(process.processIdentifier, signal) }
-    }
-
-    /// Resident memory from `/proc/PID/status` (`VmRSS`), in kilobytes.
-    var residentKilobytes: Int? {
-        guard let text = try? String(contentsOfFile: "/proc/\(processID)/status", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        let standardError = ChildProcess.Output.lines { line in
+            recorder.errorText.withLock {
+                $0.append(contentsOf: line)
+                $0.append(10)
+                if $0.count > 1 << 20 { $0.removeFirst($0.count - (1 << 19)) }
+            }
         }
-        return nil
+        // The children are `herald` itself: the benchmark runs inside `herald bench`.
+        process = try await ChildProcess.start(
+            name: name, executable: ChildProcess.currentExecutable, arguments: arguments, environment: environment,
+            standardOutput: standardOutput, standardError: standardError)
+        self.recorder = recorder
     }
 
-    /// Waits for the process to exit and its pipes to drain; SIGKILL after `timeout`.
+    var name: String { process.name }
+    var isRunning: Bool { process.isRunning }
+    /// Lines read from standard output so far.
+    var lines: Int { recorder.lineCount.load(ordering: .relaxed) }
+    /// Wall-clock time of the first line, 0 before it.
+    var firstLineTime: UInt64 { recorder.firstLineAt.load(ordering: .relaxed) }
+    /// Parsed messages so far (`.messages` output only).
+    var messages: [BenchMessage] { recorder.kept.withLock { $0 } }
+    /// Everything the child wrote to standard error (its last 512 KiB at least).
+    var standardError: String { recorder.errorText.withLock { String(decoding: $0, as: UTF8.self) } }
+    /// Resident memory in kilobytes.
+    var residentKilobytes: Int? { process.residentKilobytes }
+
+    func signal(_ signal: Int32) { process.signal(signal) }
+
+    /// Waits for the process to exit and its output to be read; SIGKILL after `timeout`.
+    /// - Returns: whether it exited by itself within `timeout`.
     @discardableResult
     func waitForExit(timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
-        let exited = !isRunning
-        if !exited {
-            kill(process.processIdentifier, SIGKILL)
-            let killDeadline = ContinuousClock.now + .seconds(5)
-            while isRunning, ContinuousClock.now < killDeadline { try? await Task.sleep(for: .milliseconds(10)) }
-        }
-        let drainDeadline = ContinuousClock.now + .seconds(2)
-        while readersLeft.load(ordering: .sequentiallyConsistent) > 0, ContinuousClock.now < drainDeadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return exited
+        if await process.waitForExit(timeout: timeout) != nil { return true }
+        process.signal(SIGKILL)
+        await process.waitForExit(timeout: .seconds(5))
+        return false
     }
 
     /// SIGTERM, then SIGKILL if the process is still there after `grace`.
     func stop(grace: Duration = .seconds(5)) async {
-        signal(SIGTERM)
-        await waitForExit(timeout: grace)
+        await process.stop(grace: grace)
     }
 
-    /// `herald subscribe`'s closing line: received, lost, duplicates, reordered.
+    /// `herald subscribe`'s closing line, read with the codec the subscriber writes it with.
     var subscriberSummary: (received: Int, lost: Int, duplicates: Int, reordered: Int)? {
-        guard let line = standardError.split(separator: "\n").last(where: { $0.contains("herald subscribe: received") })
+        guard let summary = standardError.split(separator: "\n").compactMap({ SubscriptionSummary(line: $0) }).last
         else { return nil }
-        let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
-        guard numbers.count >= 4 else { return nil }
-        return (numbers[0], numbers[1], numbers[2], numbers[3])
-    }
-
-    /// The index of the next newline from `start`, found with memchr: lines of 16 KiB payloads arrive at
-    /// hundreds of megabytes a second, and the reader must not be what slows the run.
-    private static func newline(in bytes: [UInt8], from start: Int) -> Int? {
-        bytes.withUnsafeBytes { buffer in
-            guard start < buffer.count, let base = buffer.baseAddress,
-                let found = memchr(base + start, 10, buffer.count - start)
-            else { return nil }
-            return base.distance(to: UnsafeRawPointer(found))
-        }
-    }
-
-    /// Reads `descriptor` to its end in 256 KiB chunks and hands each complete line to `body`.
-    private func readLines(_ descriptor: Int32, _ body: (ArraySlice<UInt8>, UInt64) -> Void) {
-        defer { readersLeft.subtract(1, ordering: .sequentiallyConsistent) }
-        var chunk = [UInt8](repeating: 0, count: 1 << 18)
-        var pending: [UInt8] = []
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            let readAt = wallClockNanoseconds()
-            pending.append(contentsOf: chunk[0..<count])
-            var start = 0
-            while let newline = Self.newline(in: pending, from: start) {
-                body(pending[start..<newline], readAt)
-                start = newline + 1
-            }
-            if start > 0 { pending.removeFirst(start) }
-        }
-        if !pending.isEmpty { body(pending[...], wallClockNanoseconds()) }
+        return (
+            summary.received, Int(clamping: summary.lost), Int(clamping: summary.duplicates),
+            Int(clamping: summary.reordered)
+        )
     }
 }
 
@@ -209,9 +140,9 @@ final class BenchProcessSet: Sendable {
     private let children = Mutex<[BenchChild]>([])
 
     func start(_ name: String, _ arguments: [String], environment: [String: String], output: BenchOutput = .discard)
-        throws -> BenchChild
+        async throws -> BenchChild
     {
-        let child = try BenchChild(name: name, arguments: arguments, environment: environment, output: output)
+        let child = try await BenchChild(name: name, arguments: arguments, environment: environment, output: output)
         children.withLock { $0.append(child) }
         return child
     }
@@ -222,7 +153,8 @@ final class BenchProcessSet: Sendable {
             defer { list.removeAll() }
             return list
         }
-        for child in all { child.signal(SIGTERM) }
-        for child in all { await child.waitForExit(timeout: .seconds(5)) }
+        await withTaskGroup(of: Void.self) { group in
+            for child in all { group.addTask { await child.stop() } }
+        }
     }
 }

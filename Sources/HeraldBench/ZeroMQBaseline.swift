@@ -1,4 +1,6 @@
+import ChildProcesses
 import Foundation
+import Synchronization
 
 /// Raw libzmq, called from C by `herald-zmq-baseline`, each peer in its own process: the floor Herald is
 /// measured against, in the same run and on the same machine.
@@ -33,25 +35,22 @@ public enum ZeroMQBaseline {
     }
 
     /// Runs the C tool with `arguments` and decodes the one JSON object it prints.
-    static func run<T: Decodable>(_ type: T.Type, _ arguments: [String]) throws -> T {
-        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("herald-zmq-baseline")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw BenchError("\(binary.path) is missing; build it next to herald: swift build -c release --product herald-zmq-baseline")
+    static func run<T: Decodable>(_ type: T.Type, _ arguments: [String]) async throws -> T {
+        let executable = ChildProcess.currentExecutable
+        let binary = String(executable[..<(executable.lastIndex(of: "/") ?? executable.startIndex)]) + "/herald-zmq-baseline"
+        guard access(binary, X_OK) == 0 else {
+            throw BenchError("\(binary) is missing; build it next to herald: swift build -c release --product herald-zmq-baseline")
         }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw BenchError("herald-zmq-baseline \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+        let printed = Mutex<[UInt8]>([])
+        let tool = try await ChildProcess.start(
+            name: "herald-zmq-baseline", executable: binary, arguments: arguments,
+            standardOutput: .lines { line in printed.withLock { $0 += line } })
+        // The longest run, 2,000,000 messages through the proxy chain, takes seconds; an hour means it hangs.
+        let status = await tool.waitForExit(timeout: .seconds(3600))
+        guard status == 0 else {
+            throw BenchError("herald-zmq-baseline \(arguments.joined(separator: " ")) exited with \(status.map { "\($0)" } ?? "nothing: it hangs")")
         }
-        return try JSONDecoder.baseline.decode(T.self, from: data)
+        return try JSONDecoder.baseline.decode(T.self, from: Data(printed.withLock { $0 }))
     }
 
     private struct LatencyOutput: Decodable {
@@ -85,25 +84,25 @@ public enum ZeroMQBaseline {
     }
 
     /// Paced REQ/REP one-way latency.
-    static func latency(size: Int, rate: Double, count: Int) throws -> Latency {
-        let output = try run(
+    static func latency(size: Int, rate: Double, count: Int) async throws -> Latency {
+        let output = try await run(
             LatencyOutput.self,
             ["latency", "--size", "\(max(size, 1))", "--count", "\(count)", "--rate", "\(Int(rate))"])
         return Latency(size: size, rate: rate, count: output.count, oneWay: LatencySummary(output.oneWayUs, count: output.count))
     }
 
     /// PUSH/PULL throughput.
-    static func throughput(size: Int) throws -> Throughput {
+    static func throughput(size: Int) async throws -> Throughput {
         let count = min(max((256 << 20) / max(size, 1), 2_000), 2_000_000)
-        let output = try run(ThroughputOutput.self, ["throughput", "--size", "\(max(size, 1))", "--count", "\(count)"])
+        let output = try await run(ThroughputOutput.self, ["throughput", "--size", "\(max(size, 1))", "--count", "\(count)"])
         return Throughput(
             size: size, count: output.count, messagesPerSecond: output.msgsPerS, megabytesPerSecond: output.mbytesPerS)
     }
 
     /// One-way latency through the proxy chain at a paced rate: two hops, like Herald's broker mode, with a
     /// broker that does nothing but forward.
-    static func proxyChainLatency(size: Int, rate: Double, count: Int) throws -> Latency {
-        let output = try run(
+    static func proxyChainLatency(size: Int, rate: Double, count: Int) async throws -> Latency {
+        let output = try await run(
             ChainOutput.self,
             ["proxy-chain", "--size", "\(max(size, 20))", "--count", "\(count)", "--rate", "\(Int(rate))"])
         guard let percentiles = output.oneWayUs else { throw BenchError("the proxy chain reported no latency") }
@@ -111,17 +110,17 @@ public enum ZeroMQBaseline {
     }
 
     /// The proxy chain: a sweep of paced rates for the highest that loses nothing, and one run at full speed.
-    static func proxyChain(size: Int, rates: [Double], seconds: Double) throws -> ProxyChain {
+    static func proxyChain(size: Int, rates: [Double], seconds: Double) async throws -> ProxyChain {
         var sweep: [[Double]] = []
         var lossFree = 0.0
         for rate in rates {
-            let output = try run(
+            let output = try await run(
                 ChainOutput.self,
                 ["proxy-chain", "--size", "\(max(size, 20))", "--count", "\(Int(rate * seconds))", "--rate", "\(Int(rate))"])
             sweep.append([rate, Double(output.lost)])
             if output.lost == 0 { lossFree = max(lossFree, rate) } else { break }
         }
-        let full = try run(ChainOutput.self, ["proxy-chain", "--size", "\(max(size, 20))", "--count", "2000000"])
+        let full = try await run(ChainOutput.self, ["proxy-chain", "--size", "\(max(size, 20))", "--count", "2000000"])
         return ProxyChain(
             size: size, lossFreeRate: lossFree, sweep: sweep, fullSpeedMessagesPerSecond: full.msgsPerS ?? 0,
             fullSpeedLostFraction: Double(full.lost) / Double(max(1, full.received + full.lost)))

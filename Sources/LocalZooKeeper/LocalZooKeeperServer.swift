@@ -1,4 +1,4 @@
-internal import CSpawn
+import ChildProcesses
 import Foundation
 import Logging
 import Synchronization
@@ -36,7 +36,7 @@ public final class LocalZooKeeperServer: Sendable {
     /// The connection string for ``port``: `"127.0.0.1:PORT"`.
     public var connectionString: String { "127.0.0.1:\(port)" }
     /// The PID of the running server (the `java` process itself), or `nil` when halted or stopped.
-    public var processID: Int32? { process.withLock { $0.pid } }
+    public var processID: Int32? { process.withLock { $0.child.map(\.processID) } }
 
     /// For a member of an ensemble: its id and every member's `server.N` line; `nil` for a standalone server.
     let membership: EnsembleMembership?
@@ -184,7 +184,8 @@ public struct LocalZooKeeperError: Error, Sendable, CustomStringConvertible {
 
 extension LocalZooKeeperServer {
     private struct ProcessState {
-        var pid: pid_t?
+        /// The running server, `nil` when halted or stopped.
+        var child: ChildProcess?
         var finished = false
     }
 
@@ -217,14 +218,15 @@ extension LocalZooKeeperServer {
 
     /// Spawns the server and waits until it answers `ruok`.
     private func launch() async throws {
-        let pid = try spawnServer()
-        process.withLock { $0.pid = pid }
+        let child = try await spawnServer()
+        let pid = child.processID
+        process.withLock { $0.child = child }
         logger.debug("ZooKeeper server starting", metadata: ["pid": "\(pid)", "directory": "\(directory)"])
         let clock = ContinuousClock()
         let deadline = clock.now + Self.startupTimeout
         while clock.now < deadline {
-            if let status = reap(pid, blocking: false) {
-                process.withLock { $0.pid = nil }
+            if let status = child.exitCode {
+                process.withLock { $0.child = nil }
                 let tail = logTail()
                 throw LocalZooKeeperError(
                     "ZooKeeper exited during startup (status \(status)); see \(logFilePath):\n\(tail)",
@@ -246,55 +248,30 @@ extension LocalZooKeeperServer {
         )
     }
 
-    private func spawnServer() throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logFilePath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Whatever else the test runner has open (its output pipes included) must not outlive it in java.
-        _ = cspawn_addclosefrom(&actions, 3)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Its own process group: a Ctrl-C meant for the runner's terminal group is not the server's business.
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-
-        var environment = ProcessInfo.processInfo.environment
-        environment["ZOO_LOG_DIR"] = directory
+    private func spawnServer() async throws -> ChildProcess {
         // Debian's zkEnv.sh overrides ZOO_LOG_DIR, and JMX is of no use here; JVMFLAGS come last on the
         // java command line, so they win. A small heap and the C1 compiler keep many test servers cheap.
-        environment["JMXDISABLE"] = "true"
-        environment["JVMFLAGS"] = "-Dzookeeper.log.dir=\(directory) -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
-        let arguments = [Self.scriptPath, "start-foreground", configurationPath]
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
+        let environment = [
+            "ZOO_LOG_DIR": directory, "JMXDISABLE": "true",
+            "JVMFLAGS": "-Dzookeeper.log.dir=\(directory) -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+        ]
+        // Its output goes to the log file, never to the caller's pipes, and it leads its own process group: a
+        // Ctrl-C meant for the runner's terminal group is not the server's business.
+        do {
+            return try await ChildProcess.start(
+                name: "zookeeper", executable: Self.scriptPath, arguments: ["start-foreground", configurationPath],
+                environment: environment, standardOutput: .file(logFilePath), standardError: .file(logFilePath),
+                ownProcessGroup: true)
+        } catch {
+            throw LocalZooKeeperError("\(error)")
         }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, Self.scriptPath, &actions, &attributes, argv, envp)
-        guard rc == 0 else {
-            throw LocalZooKeeperError("cannot start \(Self.scriptPath): \(String(cString: strerror(rc)))")
-        }
-        return pid
     }
 
     private func signal(_ signal: Int32) throws {
-        guard let pid = process.withLock({ $0.pid }) else {
+        guard let child = process.withLock({ $0.child }), child.isRunning else {
             throw LocalZooKeeperError("the ZooKeeper server on port \(port) is not running")
         }
-        guard kill(pid, signal) == 0 else {
-            throw LocalZooKeeperError("cannot signal ZooKeeper (pid \(pid)): \(String(cString: strerror(errno)))")
-        }
+        child.signal(signal)
     }
 
     private func stop(keepDirectory: Bool) async {
@@ -311,37 +288,20 @@ extension LocalZooKeeperServer {
     /// SIGTERM (with SIGCONT, in case it is paused), SIGKILL after the grace period; waits for the exit.
     private func terminateProcess() async {
         guard
-            let pid = process.withLock({ state in
-                defer { state.pid = nil }
-                return state.pid
+            let child = process.withLock({ state in
+                defer { state.child = nil }
+                return state.child
             })
         else { return }
-        kill(pid, SIGTERM)
-        kill(pid, SIGCONT)
-        let clock = ContinuousClock()
-        let deadline = clock.now + Self.stopGracePeriod
-        while clock.now < deadline {
-            if reap(pid, blocking: false) != nil {
-                logger.debug("ZooKeeper server stopped", metadata: ["pid": "\(pid)"])
-                return
-            }
-            try? await Task.sleep(for: .milliseconds(20))
+        child.signal(SIGTERM)
+        child.signal(SIGCONT)
+        if await child.waitForExit(timeout: Self.stopGracePeriod) != nil {
+            logger.debug("ZooKeeper server stopped", metadata: ["pid": "\(child.processID)"])
+            return
         }
-        logger.info("ZooKeeper server ignored SIGTERM; killing it", metadata: ["pid": "\(pid)"])
-        kill(pid, SIGKILL)
-        _ = reap(pid, blocking: true)
-    }
-
-    /// The exit status if the process has exited (and is now reaped), `nil` if it still runs.
-    private func reap(_ pid: pid_t, blocking: Bool) -> Int32? {
-        var status: Int32 = 0
-        while true {
-            let result = waitpid(pid, &status, blocking ? 0 : WNOHANG)
-            if result == pid { return status }
-            if result == -1 && errno == EINTR { continue }
-            // ECHILD: already reaped elsewhere; treat as exited.
-            return result == 0 ? nil : status
-        }
+        logger.info("ZooKeeper server ignored SIGTERM; killing it", metadata: ["pid": "\(child.processID)"])
+        child.signal(SIGKILL)
+        await child.waitForExit(timeout: .seconds(30))
     }
 
     /// Sends a four-letter command and returns the answer, or `nil` if the server does not answer.

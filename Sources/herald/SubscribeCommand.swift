@@ -105,10 +105,10 @@ struct MessagePrinter: Service {
             error.write(Array("herald subscribe: \(notice)\n".utf8))
         }
         // Received is what was printed, each once and in order; the sequencer counted what did not make it.
-        error.write(
-            Array(
-                "herald subscribe: received \(received), lost \(statistics.lost), duplicates \(statistics.duplicates), reordered \(statistics.reordered) (from \(publishers) publishers)\n"
-                    .utf8))
+        let summary = SubscriptionSummary(
+            received: received, lost: statistics.lost, duplicates: statistics.duplicates,
+            reordered: statistics.reordered, publishers: publishers)
+        error.write(Array(summary.line.utf8))
     }
 
     /// Prints until the subscriber stops or the count is reached.

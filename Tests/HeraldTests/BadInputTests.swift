@@ -22,10 +22,10 @@ struct BadInputTests {
         arguments: ["broker", "direct"])
     func randomBytesOnEveryPort(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            let broker = try cluster.broker("b1")
+            let broker = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             let subscriber = try await Self.attachedSubscriber(in: cluster, mode: mode)
-            let publisher = try cluster.publisher("steady", rate: 200)
+            let publisher = try await cluster.publisher("steady", rate: 200)
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
 
             let status = try await cluster.waitForStatus("the publisher known to the leader", timeout: Self.startup) {
@@ -77,10 +77,10 @@ struct BadInputTests {
     @Test("Malformed messages on the broker's request port are counted and dropped; other clients go on")
     func malformedFramesAreCountedAndDropped() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.broker("b1")
+            let broker = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             let subscriber = try await Self.attachedSubscriber(in: cluster, mode: "broker")
-            let publisher = try cluster.publisher("steady", rate: 200)
+            let publisher = try await cluster.publisher("steady", rate: 200)
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
             let before = try await cluster.waitForStatus("the leader's status", timeout: Self.startup) {
                 $0.leaderStatus != nil
@@ -186,7 +186,7 @@ struct BadInputTests {
     func invalidOptionsAreRefused(refusal: Refusal) async throws {
         // Nothing listens on port 1: should the options get past validation, the process would wait, and fail
         // the test on the deadline instead of finding some real ZooKeeper.
-        let process = try HeraldProcess(
+        let process = try await HeraldProcess(
             name: refusal.label, arguments: refusal.arguments,
             environment: ["HERALD_ZOOKEEPER": "127.0.0.1:1", "HERALD_HTTP_PORT": "off"])
         defer { process.kill(SIGKILL) }
@@ -210,7 +210,7 @@ struct BadInputTests {
     /// A subscriber of `steady` that has subscribed (broker mode) or found the leader for discovery (direct
     /// mode), so that it is owed a publisher started next from its first message.
     private static func attachedSubscriber(in cluster: HeraldCluster, mode: String) async throws -> HeraldProcess {
-        let subscriber = try cluster.subscriber(["steady"])
+        let subscriber = try await cluster.subscriber(["steady"])
         try await subscriber.waitForLine(
             containing: mode == "direct" ? "using leader for discovery" : "attached to leader", timeout: startup)
         return subscriber

@@ -24,12 +24,12 @@ struct ClusterFailoverTests {
     func failoverUntilOneBrokerIsLeft(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
             var brokers: [String: HeraldProcess] = [:]
-            for id in ["b1", "b2", "b3"] { brokers[id] = try cluster.broker(id) }
+            for id in ["b1", "b2", "b3"] { brokers[id] = try await cluster.broker(id) }
             try await cluster.waitForStatus("a leader and three candidates", timeout: Self.startup) {
                 $0.leader != nil && $0.candidates.count == 3
             }
-            let subscriber = try cluster.subscriber(["weather"])
-            let publisher = try cluster.publisher("weather", rate: 50)
+            let subscriber = try await cluster.subscriber(["weather"])
+            let publisher = try await cluster.publisher("weather", rate: 50)
             let first = try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
             try await subscriber.waitForMessage(timeout: .seconds(5), "steady flow") { $0.seq >= first.seq + 25 }
 
@@ -108,11 +108,11 @@ struct ClusterFailoverTests {
     @Test("A broker started with the other mode is refused with exit code 2", arguments: modes)
     func brokerOfTheOtherModeIsRefused(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            let first = try cluster.broker("b1")
+            let first = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             let other = mode == "broker" ? "direct" : "broker"
 
-            let intruder = try cluster.broker("b2", mode: other)
+            let intruder = try await cluster.broker("b2", mode: other)
             let code = try await intruder.waitForExit(timeout: Self.startup)
 
             #expect(code == 2)
@@ -132,13 +132,13 @@ struct ClusterFailoverTests {
     @Test("Clients started before any broker wait, then connect when one appears", arguments: modes)
     func clientsWaitForTheFirstBroker(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            let subscriber = try cluster.subscriber(["weather"])
-            let publisher = try cluster.publisher("weather", rate: 50)
+            let subscriber = try await cluster.subscriber(["weather"])
+            let publisher = try await cluster.publisher("weather", rate: 50)
             try await Task.sleep(for: .seconds(1))
             #expect(subscriber.isRunning && publisher.isRunning)
             #expect(subscriber.messages.isEmpty)
 
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a message once the broker is up")
         }
@@ -149,8 +149,8 @@ struct ClusterFailoverTests {
         try await withCluster(mode: mode) { cluster in
             await cluster.server.halt()
             let startedAt = ContinuousClock.now
-            let subscriber = try cluster.subscriber(["weather"])
-            let publisher = try cluster.publisher("weather", rate: 50)
+            let subscriber = try await cluster.subscriber(["weather"])
+            let publisher = try await cluster.publisher("weather", rate: 50)
 
             for client in [subscriber, publisher] {
                 try await client.waitForLine(containing: "retrying", timeout: Self.startup)
@@ -166,7 +166,7 @@ struct ClusterFailoverTests {
             }
 
             try await cluster.server.restart()
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
 
             // Back-off between retries is at most 5 s; a session then takes a moment.
             try await subscriber.waitForMessage(timeout: .seconds(20), "a message after ZooKeeper came back")
@@ -179,12 +179,12 @@ struct ClusterFailoverTests {
     @Test("Direct mode: publishers are discovered after a failover and dropped when they die")
     func directDiscoveryFollowsPublishers() async throws {
         try await withCluster(mode: "direct") { cluster in
-            var brokers = ["b1": try cluster.broker("b1"), "b2": try cluster.broker("b2")]
+            var brokers = ["b1": try await cluster.broker("b1"), "b2": try await cluster.broker("b2")]
             try await cluster.waitForStatus("a leader and two candidates", timeout: Self.startup) {
                 $0.leader != nil && $0.candidates.count == 2
             }
-            let subscriber = try cluster.subscriber(["weather"])
-            _ = try cluster.publisher("weather", rate: 50, name: "publisher 1")
+            let subscriber = try await cluster.subscriber(["weather"])
+            _ = try await cluster.publisher("weather", rate: 50, name: "publisher 1")
             let first = try await subscriber.waitForMessage(timeout: Self.startup, "a message from publisher 1")
 
             // Fail the leader over, then start a second publisher: it registers with the new leader.
@@ -197,7 +197,7 @@ struct ClusterFailoverTests {
             victim.kill(SIGKILL)
             try await survivor.waitForLine(from: mark, containing: "elected leader", timeout: Self.crashTakeover)
 
-            let late = try cluster.publisher("weather", rate: 50, name: "publisher 2")
+            let late = try await cluster.publisher("weather", rate: 50, name: "publisher 2")
             let second = try await subscriber.waitForMessage(timeout: Self.startup, "a message from publisher 2") {
                 $0.publisher != first.publisher
             }
@@ -227,11 +227,11 @@ struct ClusterFailoverTests {
     @Test("A subscriber receives its exact topic only, not topics that start with it")
     func topicsMatchExactly() async throws {
         try await withCluster(mode: "broker") { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let subscriber = try cluster.subscriber(["weather"])
-            _ = try cluster.publisher("weather", rate: 50, name: "publisher weather")
-            _ = try cluster.publisher("weatherX", rate: 50, name: "publisher weatherX")
+            let subscriber = try await cluster.subscriber(["weather"])
+            _ = try await cluster.publisher("weather", rate: 50, name: "publisher weather")
+            _ = try await cluster.publisher("weatherX", rate: 50, name: "publisher weatherX")
             try await subscriber.waitForMessage(timeout: Self.startup, "a weather message")
 
             // Let both topics flow through the broker while the subscriber is attached.

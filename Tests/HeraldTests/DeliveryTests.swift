@@ -67,20 +67,22 @@ struct DeliveryTests {
         let began = ContinuousClock.now
         try await withCluster(mode: "broker") { cluster in
             var brokers: [String: HeraldProcess] = [:]
-            for id in ["b1", "b2", "b3"] { brokers[id] = try cluster.broker(id) }
+            for id in ["b1", "b2", "b3"] { brokers[id] = try await cluster.broker(id) }
             try await cluster.waitForStatus("a leader and three candidates", timeout: Self.startup) {
                 $0.leader != nil && $0.candidates.count == 3
             }
-            let subscriber = try cluster.subscriber(subscriberTopics)
+            let subscriber = try await cluster.subscriber(subscriberTopics)
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
 
-            let publishers = try feeds.map { feed in
-                try cluster.start(
-                    feed.name,
-                    [
-                        "publish", "--topic", feed.topic, "--rate", "\(feed.rate)", "--count", "\(feed.count)",
-                        "--size", "32",
-                    ])
+            var publishers: [HeraldProcess] = []
+            for feed in feeds {
+                publishers.append(
+                    try await cluster.start(
+                        feed.name,
+                        [
+                            "publish", "--topic", feed.topic, "--rate", "\(feed.rate)", "--count", "\(feed.count)",
+                            "--size", "32",
+                        ]))
             }
             let watcher = PrintedWatcher(subscriber)
             try await watcher.wait("a first message", timeout: Self.startup) { !$0.isEmpty }
@@ -170,13 +172,13 @@ struct DeliveryTests {
     @Test("Direct mode: a publisher restarted after kill -9 is a new epoch, not duplicates; what it sent before discovery is counted")
     func restartedPublisherIsANewEpoch() async throws {
         try await withCluster(mode: "direct") { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let subscriber = try cluster.subscriber(["epoch"])
+            let subscriber = try await cluster.subscriber(["epoch"])
             try await subscriber.waitForLine(containing: "using leader for discovery", timeout: Self.startup)
             let watcher = PrintedWatcher(subscriber)
 
-            let first = try cluster.publisher("epoch", rate: 200, name: "publisher 1")
+            let first = try await cluster.publisher("epoch", rate: 200, name: "publisher 1")
             // Long enough that the restarted publisher's numbers overlap the first one's.
             try await watcher.wait("publisher 1 up to seq 600", timeout: Self.startup) { streams in
                 streams.values.contains { $0.last >= 600 }
@@ -185,7 +187,7 @@ struct DeliveryTests {
             try await first.waitForExit(timeout: .seconds(5))
             let firstID = try #require(subscriber.messages.first?.publisher)
 
-            let second = try cluster.publisher("epoch", rate: 200, name: "publisher 2")
+            let second = try await cluster.publisher("epoch", rate: 200, name: "publisher 2")
             try await watcher.wait("100 messages from publisher 2", timeout: Self.startup) { streams in
                 streams.contains { $0.key.publisher != firstID && $0.value.count >= 100 }
             }
@@ -219,21 +221,21 @@ struct DeliveryTests {
     @Test("History: a late joiner gets the last N messages kept, and a clear notice when it asks for more")
     func historyForLateJoiners() async throws {
         try await withCluster(mode: "broker") { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let publisher = try cluster.start(
+            let publisher = try await cluster.start(
                 "publisher",
                 ["publish", "--topic", "news", "--rate", "1000", "--count", "300", "--size", "32", "--history", "100"])
             #expect(try await publisher.waitForExit(timeout: Self.startup) == 0, "\(publisher.diagnostics())")
 
-            let late = try cluster.start(
+            let late = try await cluster.start(
                 "late subscriber", ["subscribe", "--topic", "news", "--history", "50", "--count", "50", "--json"])
             #expect(try await late.waitForExit(timeout: Self.startup) == 0, "\(late.diagnostics())")
             let got = late.messages
             #expect(got.map(\.seq) == Array(251...300), "got seqs \(got.map(\.seq))")
             #expect(late.stderrLines.allSatisfy { !$0.contains("publishers offer") })
 
-            let greedy = try cluster.start(
+            let greedy = try await cluster.start(
                 "greedy subscriber", ["subscribe", "--topic", "news", "--history", "500", "--json"])
             try await greedy.waitForLine(containing: "publishers offer", timeout: Self.startup)
             let printed = try await greedy.waitFor("the 100 messages offered", timeout: .seconds(10)) {

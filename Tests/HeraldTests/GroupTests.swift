@@ -59,13 +59,13 @@ struct GroupProcessTests {
         arguments: ["broker", "direct"])
     func twoGroups(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            _ = try cluster.broker("main-1")
+            _ = try await cluster.broker("main-1")
             let blue = [
-                try cluster.start("broker blue-1", ["broker", "--broker-id", "blue-1", "--group", "blue", "--mode", mode]),
-                try cluster.start("broker blue-2", ["broker", "--broker-id", "blue-2", "--group", "blue", "--mode", mode]),
+                try await cluster.start("broker blue-1", ["broker", "--broker-id", "blue-1", "--group", "blue", "--mode", mode]),
+                try await cluster.start("broker blue-2", ["broker", "--broker-id", "blue-2", "--group", "blue", "--mode", mode]),
             ]
             let topics = ["t1", "t2", "t3", "t4"]
-            let subscriber = try cluster.subscriber(topics)
+            let subscriber = try await cluster.subscriber(topics)
             let attached = mode == "direct" ? "using leader for discovery" : "attached to leader"
             try await subscriber.waitForLine(containing: "group=blue", timeout: Self.startup)
             try await subscriber.waitForLine(containing: "group=default", timeout: Self.startup)
@@ -76,7 +76,7 @@ struct GroupProcessTests {
             var publishers: [HeraldProcess] = []
             for topic in topics {
                 publishers.append(
-                    try cluster.start(
+                    try await cluster.start(
                         "publisher of \(topic)",
                         ["publish", "--topic", topic, "--rate", "200", "--count", "\(Self.perTopic)", "--size", "16"]))
             }
@@ -118,7 +118,7 @@ struct GroupProcessTests {
             #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
             let messages = subscriber.messages
             let summary = try #require(
-                subscriber.stderrLines.lazy.compactMap(SubscribeSummary.init(line:)).first, "\(subscriber.diagnostics())")
+                subscriber.stderrLines.lazy.compactMap(SubscriptionSummary.init(line:)).first, "\(subscriber.diagnostics())")
             #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
             for topic in topics {
                 let seqs = messages.filter { $0.topic == topic }.map(\.seq)
@@ -138,19 +138,19 @@ struct GroupProcessTests {
     @Test("A group that starts under load takes the topics hashing gives it, and nothing is lost or duplicated")
     func aNewGroupTakesItsTopics() async throws {
         try await withCluster(mode: "broker") { cluster in
-            _ = try cluster.broker("main-1")
+            _ = try await cluster.broker("main-1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             let topics = (1...6).map { "n\($0)" }
-            let subscriber = try cluster.subscriber(topics)
+            let subscriber = try await cluster.subscriber(topics)
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
             var publishers: [HeraldProcess] = []
             for topic in topics {
                 publishers.append(
-                    try cluster.start(
+                    try await cluster.start(
                         "publisher of \(topic)", ["publish", "--topic", topic, "--rate", "100", "--count", "500", "--size", "16"]))
             }
             try await Task.sleep(for: .seconds(1))
-            _ = try cluster.start("broker blue-1", ["broker", "--broker-id", "blue-1", "--group", "blue", "--mode", "broker"])
+            _ = try await cluster.start("broker blue-1", ["broker", "--broker-id", "blue-1", "--group", "blue", "--mode", "broker"])
             try await subscriber.waitForLine(containing: "group=blue", timeout: Self.startup)
             let routes = try await cluster.run(["topics"] + topics).filter { $0.contains("→ blue") }
             #expect(!routes.isEmpty, "hashing gives the new group some of six topics")

@@ -109,11 +109,11 @@ struct HostileClientTests {
         _ body: (HonestCluster, StatusReport.Leader) async throws -> Void
     ) async throws {
         try await withCluster(mode: "broker") { cluster in
-            let first = try cluster.broker("b1")
+            let first = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let second = try cluster.broker("b2")
-            let subscriber = try cluster.subscriber(["steady"])
-            let publisher = try cluster.publisher("steady", rate: 200)
+            let second = try await cluster.broker("b2")
+            let subscriber = try await cluster.subscriber(["steady"])
+            let publisher = try await cluster.publisher("steady", rate: 200)
             try await subscriber.waitForMessage(timeout: Self.startup, "a first honest message")
             let status = try await cluster.waitForStatus("the leader's status", timeout: Self.startup) {
                 $0.leaderStatus?.publishers.isEmpty == false

@@ -29,12 +29,12 @@ struct LeadershipTests {
     func aReconnectedLeaderServesANewTerm() async throws {
         try await withCluster(mode: "broker") { cluster in
             let ports = try freePorts(2)
-            _ = try cluster.start(
+            _ = try await cluster.start(
                 "broker b1", ["broker", "--broker-id", "b1", "--mode", "broker"],
                 environment: ["HERALD_REQUEST_PORT": "\(ports[0])", "HERALD_SUBSCRIBER_PORT": "\(ports[1])"])
             let first = try await cluster.waitForStatus("a leader", timeout: Self.startup) { $0.leader != nil }
-            let subscriber = try cluster.subscriber(["term"])
-            let publisher = try cluster.publisher("term", rate: 200)
+            let subscriber = try await cluster.subscriber(["term"])
+            let publisher = try await cluster.publisher("term", rate: 200)
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
 
             await cluster.server.halt()
@@ -56,7 +56,7 @@ struct LeadershipTests {
     @Test("A deleted leader record is written again by the live leader")
     func aDeletedLeaderRecordIsRestored() async throws {
         try await withCluster(mode: "broker") { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             let before = try await cluster.waitForStatus("a leader", timeout: Self.startup) { $0.leader != nil }
             let session = try ZooKeeperSession(
                 configuration: ZooKeeperConfiguration(connectionString: cluster.server.connectionString), logger: testLogger("zk"))
@@ -79,7 +79,7 @@ struct LeadershipTests {
                 epoch: 1)
             try await squatter.create(layout.leaderPath, data: foreign.encoded(), mode: .ephemeral)
 
-            let broker = try cluster.broker("b1")
+            let broker = try await cluster.broker("b1")
             try await broker.waitForLine(containing: "waiting for the previous leader's record", timeout: Self.startup)
             try await Task.sleep(for: .seconds(1))
             let (data, _) = try await squatter.get(layout.leaderPath)
@@ -103,7 +103,7 @@ struct LeadershipTests {
                 ).encoded()
             }
             try await writer.create(layout.leaderPath, data: record(.broker, epoch: 1), mode: .ephemeral)
-            let publisher = try cluster.publisher("flip", rate: 200)
+            let publisher = try await cluster.publisher("flip", rate: 200)
             try await publisher.waitForLine(containing: "attached to leader", timeout: Self.startup)
             let mark = publisher.stderrLines.count
             _ = try await writer.set(layout.leaderPath, data: record(.direct, epoch: 2))
@@ -118,8 +118,8 @@ struct LeadershipTests {
             #expect(publisher.isRunning, "\(publisher.diagnostics(lines: 20))")
 
             await writer.close()
-            _ = try cluster.broker("b1")
-            let subscriber = try cluster.subscriber(["flip"])
+            _ = try await cluster.broker("b1")
+            let subscriber = try await cluster.subscriber(["flip"])
             let message = try await subscriber.waitForMessage(timeout: Self.startup, "a message from the publisher")
             #expect(message.seq > 0)
             #expect(publisher.isRunning)
@@ -129,11 +129,11 @@ struct LeadershipTests {
     @Test("A leader paused past its session timeout does not serve again; nothing is lost or duplicated")
     func aPausedLeaderDoesNotServeAgain() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let first = try cluster.broker("b1")
+            let first = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let second = try cluster.broker("b2")
-            let subscriber = try cluster.subscriber(["pause"])
-            let publisher = try cluster.publisher("pause", rate: 200)
+            let second = try await cluster.broker("b2")
+            let subscriber = try await cluster.subscriber(["pause"])
+            let publisher = try await cluster.publisher("pause", rate: 200)
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
             let marks = (first.stderrLines.count, subscriber.stderrLines.count, publisher.stderrLines.count)
 
@@ -158,11 +158,11 @@ struct LeadershipTests {
     @Test("A publisher started during a failover is delivered from its first message")
     func aPublisherBornDuringAFailoverIsDeliveredFromItsFirstMessage() async throws {
         try await withCluster(mode: "broker") { cluster in
-            var brokers = ["b1": try cluster.broker("b1")]
+            var brokers = ["b1": try await cluster.broker("b1")]
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            brokers["b2"] = try cluster.broker("b2")
-            let subscriber = try cluster.subscriber(["born"])
-            let steady = try cluster.publisher("born", rate: 200, name: "steady")
+            brokers["b2"] = try await cluster.broker("b2")
+            let subscriber = try await cluster.subscriber(["born"])
+            let steady = try await cluster.publisher("born", rate: 200, name: "steady")
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message")
 
             let leader = try #require(try await cluster.status()?.leader?.broker)
@@ -170,7 +170,7 @@ struct LeadershipTests {
             let victim = try #require(removed)
             victim.kill(SIGKILL)
             // Born while there is no leader: its first messages wait in its buffer for the next one.
-            let born = try cluster.publisher("born", rate: 200, name: "newcomer")
+            let born = try await cluster.publisher("born", rate: 200, name: "newcomer")
             let survivor = try #require(brokers.values.first)
             try await survivor.waitForLine(
                 containing: "elected leader; serving", timeout: HeraldCluster.sessionTimeout + .seconds(10))
@@ -189,9 +189,9 @@ struct LeadershipTests {
     @Test("A publisher that stops while no leader is up logs and counts what it could not hand on")
     func aPublisherWithoutALeaderCountsWhatItDrops() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.broker("b1")
+            let broker = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let publisher = try cluster.publisher("alone", rate: 200)
+            let publisher = try await cluster.publisher("alone", rate: 200)
             try await publisher.waitForLine(containing: "attached to leader", timeout: Self.startup)
             // The only broker leaves: what the publisher sends from now on waits for a leader that never comes.
             broker.kill(SIGTERM)

@@ -18,14 +18,14 @@ struct MemoryBoundTests {
     @Test("A stopped subscriber under a full-speed publisher keeps broker and publisher memory within their bounds")
     func stoppedSubscriberUnderFullSpeedPublisher() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.start(
+            let broker = try await cluster.start(
                 "broker b1", ["broker", "--broker-id", "b1"],
                 environment: ["HERALD_LOG_BYTES": "\(Self.logBytes)", "HERALD_TOPIC_LOG_BYTES": "\(Self.topicLogBytes)"])
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let subscriber = try cluster.subscriber(["heavy"])
+            let subscriber = try await cluster.subscriber(["heavy"])
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
             subscriber.kill(SIGSTOP)
-            let publisher = try cluster.start(
+            let publisher = try await cluster.start(
                 "publisher", ["publish", "--topic", "heavy", "--rate", "0", "--size", "16384"],
                 environment: ["HERALD_RETENTION_BYTES": "\(Self.retentionBytes)"])
             try await publisher.waitForLine(containing: "attached to leader", timeout: Self.startup)

@@ -233,13 +233,13 @@ struct OwnershipProcessTests {
         arguments: ["broker", "direct"])
     func takeover(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
-            let subscriber = try cluster.subscriber(["feed"])
+            let subscriber = try await cluster.subscriber(["feed"])
             try await subscriber.waitForLine(
                 containing: mode == "direct" ? "using leader for discovery" : "attached to leader", timeout: Self.startup)
             func publisher(_ name: String, strength: Int?) async throws -> (HeraldProcess, String) {
-                let process = try cluster.start(
+                let process = try await cluster.start(
                     name,
                     ["publish", "--topic", "feed", "--rate", "200", "--size", "16"]
                         + (strength.map { ["--strength", "\($0)"] } ?? []))

@@ -23,7 +23,7 @@ struct SecurityTests {
             directory = NSTemporaryDirectory() + "herald-keys-\(UUID().uuidString.prefix(8))"
             // keygen makes the directories it writes in.
             for name in ["broker", "clients/publisher", "clients/subscriber", "stranger"] {
-                let keygen = try HeraldProcess(
+                let keygen = try await HeraldProcess(
                     name: "keygen \(name)", arguments: ["keygen", "--output", directory + "/" + name], environment: [:])
                 #expect(try await keygen.waitForExit(timeout: .seconds(10)) == 0, "\(keygen.diagnostics())")
             }
@@ -55,17 +55,17 @@ struct SecurityTests {
         let keys = try await Keys()
         defer { keys.remove() }
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: keys.clients))
+            let broker = try await cluster.broker("b1", environment: keys.server("broker", authorizing: keys.clients))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
 
-            let subscriber = try cluster.subscriber(
+            let subscriber = try await cluster.subscriber(
                 ["secure"], name: "subscriber", environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
-            let inClear = try cluster.subscriber(["secure"], name: "in clear")
-            let misled = try cluster.subscriber(
+            let stranger = try await cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
+            let inClear = try await cluster.subscriber(["secure"], name: "in clear")
+            let misled = try await cluster.subscriber(
                 ["secure"], name: "misled", environment: keys.client("clients/subscriber", trusting: "stranger"))
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
-            let publisher = try cluster.publisher(
+            let publisher = try await cluster.publisher(
                 "secure", rate: 100, name: "publisher", environment: keys.client("clients/publisher"))
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a first message over CURVE")
@@ -133,14 +133,14 @@ struct SecurityTests {
                 toFile: brokerList + "/\(name.split(separator: "/").last!).pub", atomically: true, encoding: .utf8)
         }
         try await withCluster(mode: "direct") { cluster in
-            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: brokerList))
+            let broker = try await cluster.broker("b1", environment: keys.server("broker", authorizing: brokerList))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
-            let subscriber = try cluster.subscriber(
+            let subscriber = try await cluster.subscriber(
                 ["secure"], name: "subscriber", environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
+            let stranger = try await cluster.subscriber(["secure"], name: "stranger", environment: keys.client("stranger"))
             try await subscriber.waitForLine(containing: "using leader for discovery", timeout: Self.startup)
             try await stranger.waitForLine(containing: "using leader for discovery", timeout: Self.startup)
-            let publisher = try cluster.publisher(
+            let publisher = try await cluster.publisher(
                 "secure", rate: 100, name: "publisher",
                 environment: keys.client("clients/publisher").merging(["HERALD_AUTHORIZED_KEYS": keys.clients]) { $1 })
 
@@ -185,11 +185,11 @@ struct SecurityTests {
         try await withCluster(mode: "broker") { cluster in
             let credentials = ["HERALD_ZOOKEEPER_AUTH": "herald:s3cret"]
             // Started first without credentials, then with them: the open znodes are closed.
-            let open = try cluster.broker("open")
+            let open = try await cluster.broker("open")
             try await open.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
             open.kill(SIGTERM)
             #expect(try await open.waitForExit(timeout: .seconds(10)) == 0)
-            let broker = try cluster.broker("b1", environment: credentials)
+            let broker = try await cluster.broker("b1", environment: credentials)
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
 
             let layout = try ClusterLayout(cluster: cluster.name)
@@ -215,7 +215,7 @@ struct SecurityTests {
             for (label, extra) in [
                 ("no credentials", [String: String]()), ("wrong password", ["HERALD_ZOOKEEPER_AUTH": "herald:wrong"]),
             ] {
-                let intruder = try cluster.broker("intruder", environment: extra)
+                let intruder = try await cluster.broker("intruder", environment: extra)
                 let code = try await intruder.waitForExit(timeout: .seconds(15))
                 _ = try await intruder.waitFor("the end of the output", timeout: .seconds(5)) {
                     intruder.stdoutEnded ? true : nil
@@ -228,9 +228,9 @@ struct SecurityTests {
             #expect(broker.isRunning)
 
             // Clients only read: they need no credentials.
-            let subscriber = try cluster.subscriber(["acl"])
+            let subscriber = try await cluster.subscriber(["acl"])
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
-            let publisher = try cluster.publisher("acl", rate: 100)
+            let publisher = try await cluster.publisher("acl", rate: 100)
             try await subscriber.waitForMessage(timeout: Self.startup, "a message in a cluster with ACLs")
             publisher.kill(SIGINT)
             _ = try await publisher.waitForExit(timeout: .seconds(10))
@@ -253,16 +253,16 @@ struct SecurityTests {
         try "\(strangerKey) subscribe weather\n".write(
             toFile: list + "/stranger.pub", atomically: true, encoding: .utf8)
         try await withCluster(mode: "broker") { cluster in
-            let broker = try cluster.broker("b1", environment: keys.server("broker", authorizing: list))
+            let broker = try await cluster.broker("b1", environment: keys.server("broker", authorizing: list))
             try await broker.waitForLine(containing: "elected leader; serving", timeout: Self.startup)
-            let subscriber = try cluster.subscriber(
+            let subscriber = try await cluster.subscriber(
                 ["sensors/lab1", "weather"], name: "subscriber", environment: keys.client("clients/subscriber"))
-            let stranger = try cluster.subscriber(
+            let stranger = try await cluster.subscriber(
                 ["sensors/lab1"], name: "stranger", environment: keys.client("stranger"))
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
-            let allowed = try cluster.publisher(
+            let allowed = try await cluster.publisher(
                 "sensors/lab1", rate: 100, name: "publisher", environment: keys.client("clients/publisher"))
-            let forbidden = try cluster.publisher(
+            let forbidden = try await cluster.publisher(
                 "weather", rate: 100, name: "forbidden publisher", environment: keys.client("clients/publisher"))
 
             try await subscriber.waitForMessage(timeout: Self.startup, "a message on a granted topic")

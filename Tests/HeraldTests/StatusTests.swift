@@ -16,7 +16,7 @@ struct StatusTests {
             let environment = ["HERALD_SESSION_TIMEOUT": "\(Self.sessionTimeoutSeconds)"]
             var brokers: [String: HeraldProcess] = [:]
             for id in ["b1", "b2"] {
-                brokers[id] = try cluster.start("broker \(id)", ["broker", "--broker-id", id], environment: environment)
+                brokers[id] = try await cluster.start("broker \(id)", ["broker", "--broker-id", id], environment: environment)
             }
             let before = try await cluster.waitForStatus("a leader and a standby", timeout: Self.startup) {
                 $0.leader != nil && $0.candidates.count == 2 && $0.leaderAnswering == true
@@ -36,7 +36,7 @@ struct StatusTests {
             #expect(json.leaderSinceMs == electedAt)
             #expect(json.leaderStatus == nil)
 
-            let text = try HeraldProcess(name: "status text", arguments: ["status"], environment: cluster.environment)
+            let text = try await HeraldProcess(name: "status text", arguments: ["status"], environment: cluster.environment)
             #expect(try await text.waitForExit(timeout: .seconds(15)) == 0)
             try await Task.sleep(for: .milliseconds(50))
             let expected = "leader \(leader.broker) not answering; its session expires within \(Double(Self.sessionTimeoutSeconds)) s"

@@ -262,17 +262,17 @@ struct WildcardProcessTests {
     @Test("Pattern subscribers get every matching topic, those first published after they subscribed too, and nothing else", arguments: ["broker", "direct"])
     func patternSubscribers(mode: String) async throws {
         try await withCluster(mode: mode) { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             let attached = mode == "direct" ? "using leader for discovery" : "attached to leader"
-            let oneLevel = try cluster.subscriber(["sensors/+/temp"], name: "subscriber of sensors/+/temp")
-            let everything = try cluster.subscriber(["sensors/#", "weather"], name: "subscriber of sensors/# and weather")
+            let oneLevel = try await cluster.subscriber(["sensors/+/temp"], name: "subscriber of sensors/+/temp")
+            let everything = try await cluster.subscriber(["sensors/#", "weather"], name: "subscriber of sensors/# and weather")
             for subscriber in [oneLevel, everything] { try await subscriber.waitForLine(containing: attached, timeout: Self.startup) }
 
             let topics = ["sensors/lab1/temp", "sensors/lab2/temp", "sensors/lab1/humidity", "sensors", "weather", "other/temp"]
             var publishers: [HeraldProcess] = []
             for topic in topics {
-                let publisher = try cluster.start(
+                let publisher = try await cluster.start(
                     "publisher of \(topic)",
                     ["publish", "--topic", topic, "--rate", "200", "--count", "\(Self.perTopic)", "--size", "16"])
                 publishers.append(publisher)
@@ -289,7 +289,7 @@ struct WildcardProcessTests {
                 #expect(try await subscriber.waitForExit(timeout: .seconds(10)) == 0, "\(subscriber.diagnostics())")
                 let messages = subscriber.messages
                 let summary = try #require(
-                    subscriber.stderrLines.lazy.compactMap(SubscribeSummary.init(line:)).first, "\(subscriber.diagnostics())")
+                    subscriber.stderrLines.lazy.compactMap(SubscriptionSummary.init(line:)).first, "\(subscriber.diagnostics())")
                 #expect(Set(messages.map(\.topic)) == Set(wanted), "topics printed: \(Set(messages.map(\.topic)).sorted())")
                 #expect(sequenceProblems(in: messages).isEmpty, "\(sequenceProblems(in: messages))")
                 for topic in wanted {
@@ -313,15 +313,15 @@ struct WildcardProcessTests {
     @Test("History for a pattern is the history of each matching topic")
     func historyForAPattern() async throws {
         try await withCluster(mode: "broker") { cluster in
-            _ = try cluster.broker("b1")
+            _ = try await cluster.broker("b1")
             _ = try await cluster.waitForLeader(timeout: Self.startup)
             for topic in ["news/sport", "news/weather", "gossip"] {
-                let publisher = try cluster.start(
+                let publisher = try await cluster.start(
                     "publisher of \(topic)",
                     ["publish", "--topic", topic, "--rate", "1000", "--count", "30", "--size", "16", "--history", "10"])
                 #expect(try await publisher.waitForExit(timeout: Self.startup) == 0, "\(publisher.diagnostics())")
             }
-            let late = try cluster.start(
+            let late = try await cluster.start(
                 "late subscriber", ["subscribe", "--topic", "news/#", "--history", "5", "--count", "10", "--json"])
             #expect(try await late.waitForExit(timeout: Self.startup) == 0, "\(late.diagnostics())")
             let got = Dictionary(grouping: late.messages, by: \.topic).mapValues { $0.map(\.seq) }

@@ -336,3 +336,50 @@ public struct MessageLine: Sendable, Equatable {
         return nil
     }
 }
+
+/// The line `herald subscribe` writes to standard error when it stops:
+/// `herald subscribe: received N, lost L, duplicates D, reordered R (from P publishers)`.
+/// One type writes it and reads it back, for the benchmark, the tests and scripts.
+public struct SubscriptionSummary: Sendable, Equatable, CustomStringConvertible {
+    /// Messages printed, each once and in order.
+    public var received: Int
+    /// Messages the sequencer counted as lost; saturates at 2^64 - 1 when a sender forges sequence numbers.
+    public var lost: UInt64
+    /// Duplicates dropped.
+    public var duplicates: UInt64
+    /// Messages that arrived out of order and were put back in order.
+    public var reordered: UInt64
+    /// Publishers heard from.
+    public var publishers: Int
+
+    /// - Parameters: see the properties.
+    public init(received: Int, lost: UInt64, duplicates: UInt64, reordered: UInt64, publishers: Int) {
+        self.received = received
+        self.lost = lost
+        self.duplicates = duplicates
+        self.reordered = reordered
+        self.publishers = publishers
+    }
+
+    private static let prefix = "herald subscribe: received "
+
+    /// Parses the summary line, also inside a longer line; `nil` for any other line.
+    public init?(line: some StringProtocol) {
+        guard let start = line.firstRange(of: Self.prefix) else { return nil }
+        let numbers = line[start.upperBound...].split(whereSeparator: { !$0.isNumber }).compactMap { UInt64($0) }
+        guard numbers.count == 5 else { return nil }
+        received = Int(clamping: numbers[0])
+        lost = numbers[1]
+        duplicates = numbers[2]
+        reordered = numbers[3]
+        publishers = Int(clamping: numbers[4])
+    }
+
+    /// The line, with its newline.
+    public var line: String { "herald subscribe: \(description)\n" }
+
+    /// The counts, as the line shows them.
+    public var description: String {
+        "received \(received), lost \(lost), duplicates \(duplicates), reordered \(reordered) (from \(publishers) publishers)"
+    }
+}

@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 import Herald
 import LocalZooKeeper
@@ -7,25 +8,35 @@ import Testing
 
 /// A running `herald` child process whose standard output and error are captured line by line as they arrive.
 ///
-/// Both streams are read on their own threads into buffers guarded by a `Mutex`, so a test can wait for a line
-/// while the process keeps writing. Start processes through a ``HeraldCluster`` (``withCluster(mode:_:)``),
-/// which kills whatever is still running when the test ends, even when it fails.
+/// A ``ChildProcess`` reads both streams into buffers guarded by a `Mutex`, so a test can wait for a line while
+/// the process keeps writing. Start processes through a ``HeraldCluster`` (``withCluster(mode:_:)``), which kills
+/// whatever is still running when the test ends, even when it fails.
 final class HeraldProcess: Sendable {
     /// A short name for messages: `broker b1`, `subscriber`, ...
-    let name: String
+    var name: String { child.name }
     /// The arguments after `herald`.
-    let arguments: [String]
+    var arguments: [String] { child.arguments }
     /// The process ID.
-    var pid: Int32 { process.withLock { $0.processIdentifier } }
+    var pid: Int32 { child.processID }
 
-    private let process: Mutex<Process>
-    private let output = Mutex(Captured())
-    private let exit = Mutex<Int32?>(nil)
+    private let child: ChildProcess
+    private let output: CapturedOutput
 
-    private struct Captured {
-        var stdout: [String] = []
-        var stderr: [String] = []
-        var stdoutEnded = false
+    /// The lines of both streams so far.
+    private final class CapturedOutput: Sendable {
+        let lines = Mutex((stdout: [String](), stderr: [String]()))
+
+        func handler(_ stream: Stream) -> ChildProcess.Output {
+            .lines { bytes in
+                let line = String(decoding: bytes, as: UTF8.self)
+                self.lines.withLock {
+                    switch stream {
+                    case .stdout: $0.stdout.append(line)
+                    case .stderr: $0.stderr.append(line)
+                    }
+                }
+            }
+        }
     }
 
     /// Which of the two captured streams.
@@ -36,44 +47,25 @@ final class HeraldProcess: Sendable {
     ///   - name: a short name for messages.
     ///   - arguments: the subcommand and its options.
     ///   - environment: variables added to (or replacing) the inherited ones.
-    /// - Throws: ``HeraldBinaryMissing`` when the executable was not built; what `Process.run()` throws.
-    init(name: String, arguments: [String], environment: [String: String]) throws {
-        let process = Process()
-        process.executableURL = try heraldExecutable()
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        let stdout = Pipe()
-        let stderr = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
-        self.name = name
-        self.arguments = arguments
-        self.process = Mutex(process)
-        process.terminationHandler = { [weak self] finished in
-            let code =
-                finished.terminationReason == .uncaughtSignal
-                ? 128 + finished.terminationStatus : finished.terminationStatus
-            self?.exit.withLock { $0 = code }
-        }
-        try process.run()
-        // The parent's copies of the write ends must go, or the readers would never see end of file.
-        try? stdout.fileHandleForWriting.close()
-        try? stderr.fileHandleForWriting.close()
-        startReader(stdout.fileHandleForReading, into: .stdout)
-        startReader(stderr.fileHandleForReading, into: .stderr)
+    /// - Throws: ``HeraldBinaryMissing`` when the executable was not built; ``ChildProcessError``.
+    init(name: String, arguments: [String], environment: [String: String]) async throws {
+        let output = CapturedOutput()
+        child = try await ChildProcess.start(
+            name: name, executable: try heraldExecutable().path, arguments: arguments, environment: environment,
+            standardOutput: output.handler(.stdout), standardError: output.handler(.stderr))
+        self.output = output
     }
 
     // MARK: Output
 
     /// The standard output lines so far.
-    var stdoutLines: [String] { output.withLock { $0.stdout } }
+    var stdoutLines: [String] { output.lines.withLock { $0.stdout } }
 
     /// The standard error lines so far.
-    var stderrLines: [String] { output.withLock { $0.stderr } }
+    var stderrLines: [String] { output.lines.withLock { $0.stderr } }
 
-    /// Whether standard output reached its end: every line the process printed is in ``stdoutLines``.
-    var stdoutEnded: Bool { output.withLock { $0.stdoutEnded } }
+    /// Whether the output reached its end: every line the process printed is in ``stdoutLines``.
+    var stdoutEnded: Bool { child.outputEnded }
 
     /// The lines of `stream` so far.
     func lines(_ stream: Stream) -> [String] { stream == .stdout ? stdoutLines : stderrLines }
@@ -125,15 +117,14 @@ final class HeraldProcess: Sendable {
     // MARK: Life
 
     /// Whether the process is still running.
-    var isRunning: Bool { exit.withLock { $0 == nil } }
+    var isRunning: Bool { child.isRunning }
 
     /// The exit code once it ended: its status, or 128 + the signal that killed it.
-    var exitCode: Int32? { exit.withLock { $0 } }
+    var exitCode: Int32? { child.exitCode }
 
     /// Sends `signal` (SIGKILL, SIGTERM, ...) if the process still runs.
     func kill(_ signal: Int32) {
-        guard isRunning else { return }
-        _ = Glibc.kill(pid, signal)
+        child.signal(signal)
     }
 
     /// Waits until the process ends.
@@ -149,42 +140,6 @@ final class HeraldProcess: Sendable {
         let tail = stderrLines.suffix(count).map { "    \($0)" }.joined(separator: "\n")
         return
             "[\(name)] herald \(arguments.joined(separator: " ")) (pid \(pid), \(state)); last stderr lines:\n\(tail)"
-    }
-
-    // MARK: Reading
-
-    private func startReader(_ handle: FileHandle, into stream: Stream) {
-        let thread = Thread { [self] in
-            let descriptor = handle.fileDescriptor
-            var pending: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-            while true {
-                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-                if count < 0, errno == EINTR { continue }
-                if count <= 0 { break }
-                pending.append(contentsOf: chunk[..<count])
-                var lines: [String] = []
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    lines.append(String(decoding: pending[..<newline], as: UTF8.self))
-                    pending.removeSubrange(...newline)
-                }
-                if !lines.isEmpty { self.output.withLock { Self.append(lines, to: &$0, stream) } }
-            }
-            self.output.withLock {
-                if !pending.isEmpty { Self.append([String(decoding: pending, as: UTF8.self)], to: &$0, stream) }
-                if stream == .stdout { $0.stdoutEnded = true }
-            }
-            try? handle.close()
-        }
-        thread.name = "herald-test-\(stream)"
-        thread.start()
-    }
-
-    private static func append(_ lines: [String], to captured: inout Captured, _ stream: Stream) {
-        switch stream {
-        case .stdout: captured.stdout += lines
-        case .stderr: captured.stderr += lines
-        }
     }
 }
 
@@ -320,9 +275,10 @@ final class HeraldCluster: Sendable {
     }
 
     /// Starts `herald` with `arguments`; it is killed when the cluster's scope ends.
-    func start(_ name: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> HeraldProcess
+    func start(_ name: String, _ arguments: [String], environment extra: [String: String] = [:]) async throws
+        -> HeraldProcess
     {
-        let process = try HeraldProcess(
+        let process = try await HeraldProcess(
             name: name, arguments: arguments, environment: environment.merging(extra) { _, new in new })
         processes.withLock { $0.append(process) }
         return process
@@ -330,29 +286,29 @@ final class HeraldCluster: Sendable {
 
     /// Starts a broker with `--broker-id id` in `mode` (the cluster's mode by default), with `environment` added
     /// to the cluster's.
-    func broker(_ id: String, mode: String? = nil, environment: [String: String] = [:]) throws -> HeraldProcess {
-        try start("broker \(id)", ["broker", "--broker-id", id, "--mode", mode ?? self.mode], environment: environment)
+    func broker(_ id: String, mode: String? = nil, environment: [String: String] = [:]) async throws -> HeraldProcess {
+        try await start("broker \(id)", ["broker", "--broker-id", id, "--mode", mode ?? self.mode], environment: environment)
     }
 
     /// Starts a publisher on `topic` at `rate` messages per second, with `environment` added to the cluster's.
     func publisher(
         _ topic: String, rate: Int = 50, name: String = "publisher", environment: [String: String] = [:]
-    ) throws -> HeraldProcess {
-        try start(name, ["publish", "--topic", topic, "--rate", "\(rate)", "--size", "32"], environment: environment)
+    ) async throws -> HeraldProcess {
+        try await start(name, ["publish", "--topic", topic, "--rate", "\(rate)", "--size", "32"], environment: environment)
     }
 
     /// Starts `herald subscribe --json` for `topics`, with `environment` added to the cluster's.
     func subscriber(
         _ topics: [String], name: String = "subscriber", environment: [String: String] = [:]
-    ) throws -> HeraldProcess {
-        try start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: environment)
+    ) async throws -> HeraldProcess {
+        try await start(name, ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: environment)
     }
 
     /// Runs a short `herald` command, such as `topics`, to its end.
     /// - Returns: what it printed on standard output.
     /// - Throws: when it fails, with its diagnostics.
     func run(_ arguments: [String]) async throws -> [String] {
-        let process = try HeraldProcess(name: arguments.first ?? "herald", arguments: arguments, environment: environment)
+        let process = try await HeraldProcess(name: arguments.first ?? "herald", arguments: arguments, environment: environment)
         let code = try await process.waitForExit(timeout: .seconds(15))
         guard code == 0 else {
             throw HeraldProcessExited(waitingFor: "herald \(arguments.joined(separator: " "))", diagnostics: process.diagnostics())
@@ -365,7 +321,7 @@ final class HeraldCluster: Sendable {
     /// Runs `herald status --json` once, with `extraArguments`.
     /// - Returns: the status, or `nil` when the command failed or printed something else.
     func status(_ extraArguments: [String] = []) async throws -> StatusReport? {
-        let process = try HeraldProcess(
+        let process = try await HeraldProcess(
             name: "status", arguments: ["status", "--json"] + extraArguments, environment: environment)
         let code = try await process.waitForExit(timeout: .seconds(15))
         guard code == 0 else { return nil }
@@ -524,40 +480,12 @@ func heraldExecutable() throws -> URL {
 
 // MARK: - Subscriber summary and stream checks
 
-/// The line `herald subscribe` writes to stderr when it stops:
-/// `herald subscribe: received N, lost L, duplicates D, reordered R (from P publishers)`.
-struct SubscribeSummary: Sendable, Equatable, CustomStringConvertible {
-    var received: Int
-    /// Lost and duplicate counts saturate at 2^64 - 1 when a sender forges sequence numbers.
-    var lost: UInt64
-    var duplicates: UInt64
-    var reordered: UInt64
-    var publishers: Int
-
-    /// Parses the summary line; `nil` for any other line.
-    init?(line: String) {
-        let prefix = "herald subscribe: received "
-        guard let start = line.range(of: prefix) else { return nil }
-        let numbers = line[start.upperBound...].split(whereSeparator: { !$0.isNumber }).compactMap { UInt64($0) }
-        guard numbers.count == 5 else { return nil }
-        received = Int(clamping: numbers[0])
-        lost = numbers[1]
-        duplicates = numbers[2]
-        reordered = numbers[3]
-        publishers = Int(clamping: numbers[4])
-    }
-
-    var description: String {
-        "received \(received), lost \(lost), duplicates \(duplicates), reordered \(reordered) (from \(publishers) publishers)"
-    }
-}
-
 /// Stops `publishers` cleanly (SIGINT), waits `settle` for what is still on its way, stops `subscriber` cleanly
 /// and returns its summary line. Each process must exit with 0.
 func stopCleanly(
     publishers: [HeraldProcess], subscriber: HeraldProcess, settle: Duration = .seconds(1),
     sourceLocation: SourceLocation = #_sourceLocation
-) async throws -> SubscribeSummary {
+) async throws -> SubscriptionSummary {
     for publisher in publishers {
         publisher.kill(SIGINT)
         let code = try await publisher.waitForExit(timeout: .seconds(10))
@@ -574,7 +502,7 @@ func stopCleanly(
 
 extension HeraldProcess {
     /// The summary a `herald subscribe` process printed when it stopped, if it did.
-    var summary: SubscribeSummary? { stderrLines.lazy.compactMap(SubscribeSummary.init(line:)).last }
+    var summary: SubscriptionSummary? { stderrLines.lazy.compactMap(SubscriptionSummary.init(line:)).last }
 
     /// The `http://host:port` of the process's health server, from its "HTTP health server listening" log line.
     var httpAddress: String? {

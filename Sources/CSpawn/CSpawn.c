@@ -1,1 +1,0 @@
-// The C target needs one source file; everything is in the header.

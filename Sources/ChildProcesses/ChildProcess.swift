@@ -1,0 +1,299 @@
+import Subprocess
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// A child process whose standard output and standard error are read as they arrive, line by line.
+///
+/// The one way Herald starts and watches processes: `herald demo`, `herald bench` and the integration tests all
+/// use it. It runs on swift-subprocess, which launches with `posix_spawn`, reads the pipes on its own I/O thread
+/// and learns of the exit through a pidfd, so neither another child's reaping nor a busy pipe can hide it.
+public final class ChildProcess: Sendable {
+    /// What is done with one output stream.
+    public enum Output: Sendable {
+        /// Read and thrown away, so the child never blocks on a full pipe.
+        case discard
+        /// Each line, without its newline, handed to the closure on the reading task as soon as it is complete.
+        /// The closure must be quick: the child blocks once the pipe is full.
+        case lines(@Sendable (ArraySlice<UInt8>) -> Void)
+        /// Appended to the file at this path, created if need be: a server's log.
+        case file(String)
+    }
+
+    /// Where a stream's bytes go, once files are open.
+    private enum Sink: Sendable {
+        case discard
+        case lines(@Sendable (ArraySlice<UInt8>) -> Void)
+        case file(descriptor: Int32)
+    }
+
+    /// A short name for messages: `broker b1`, `subscriber`, ...
+    public let name: String
+    /// The arguments after the executable.
+    public let arguments: [String]
+
+    private let state = Mutex(State())
+
+    private struct State {
+        var processID: Int32 = 0
+        var exitCode: Int32?
+        var streamsEnded = 0
+        var signal: (@Sendable (Int32) -> Void)?
+    }
+
+    /// Starts `executable` with `arguments`, this process's environment with `environment` laid over it, and
+    /// standard input on `/dev/null`.
+    /// - Parameters:
+    ///   - name: a short name for messages.
+    ///   - executable: the path of the program.
+    ///   - arguments: its arguments.
+    ///   - environment: variables added to, or replacing, the inherited ones.
+    ///   - standardOutput: what to do with its standard output.
+    ///   - standardError: what to do with its standard error.
+    ///   - ownProcessGroup: whether the child leads a process group of its own, so that a Ctrl-C meant for this
+    ///     process's terminal does not reach it before this process has stopped it in order.
+    /// - Returns: once the child runs.
+    /// - Throws: ``ChildProcessError`` when it cannot be started, for example because the executable is missing.
+    public static func start(
+        name: String, executable: String, arguments: [String], environment: [String: String] = [:],
+        standardOutput: Output = .discard, standardError: Output = .discard, ownProcessGroup: Bool = false
+    ) async throws(ChildProcessError) -> ChildProcess {
+        let outputSink = try sink(for: standardOutput, executable: executable)
+        let errorSink: Sink
+        do {
+            errorSink = try sink(for: standardError, executable: executable)
+        } catch {
+            if case .file(let descriptor) = outputSink { close(descriptor) }
+            throw error
+        }
+        var options = PlatformOptions()
+        if ownProcessGroup { options.processGroupID = 0 }
+        let child = ChildProcess(name: name, arguments: arguments)
+        let started = AsyncStream<Result<Void, ChildProcessError>>.makeStream()
+        let overrides = Dictionary(
+            uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), Optional($0.value)) })
+        Task {
+            do {
+                let result = try await Subprocess.run(
+                    .path(.init(executable)), arguments: Arguments(arguments),
+                    environment: .inherit.updating(overrides), platformOptions: options, input: .none,
+                    output: .sequence, error: .sequence
+                ) { execution in
+                    child.began(execution.processIdentifier.value) { signal in
+                        try? execution.send(signal: Signal(rawValue: signal))
+                    }
+                    started.continuation.yield(.success(()))
+                    await withTaskGroup(of: Void.self) { group in
+                        group.addTask { await child.read(execution.standardOutput, into: outputSink) }
+                        group.addTask { await child.read(execution.standardError, into: errorSink) }
+                    }
+                }
+                child.ended(result.terminationStatus.exitCode)
+            } catch {
+                started.continuation.yield(.failure(ChildProcessError(executable: executable, reason: "\(error); check that it exists and is executable")))
+                child.ended(127)
+            }
+            for sink in [outputSink, errorSink] {
+                if case .file(let descriptor) = sink { close(descriptor) }
+            }
+            started.continuation.finish()
+        }
+        for await outcome in started.stream {
+            try outcome.get()
+            break
+        }
+        return child
+    }
+
+    private init(name: String, arguments: [String]) {
+        self.name = name
+        self.arguments = arguments
+    }
+
+    /// The process ID.
+    public var processID: Int32 { state.withLock { $0.processID } }
+
+    /// Whether the process still runs (or its output is still being read).
+    public var isRunning: Bool { state.withLock { $0.exitCode == nil } }
+
+    /// The exit code once it ended: its status, or 128 + the signal that killed it.
+    public var exitCode: Int32? { state.withLock { $0.exitCode } }
+
+    /// Whether both output streams reached their end: every line the process wrote was handed over.
+    public var outputEnded: Bool { state.withLock { $0.streamsEnded == 2 } }
+
+    /// Sends `signal` (SIGTERM, SIGKILL, ...) if the process still runs.
+    public func signal(_ signal: Int32) {
+        let send = state.withLock { $0.exitCode == nil ? $0.signal : nil }
+        send?(signal)
+    }
+
+    /// Waits until the process ended and its output was read.
+    /// - Returns: its exit code, or `nil` when `timeout` passed first.
+    @discardableResult
+    public func waitForExit(timeout: Duration) async -> Int32? {
+        // Polling keeps a timed-out wait from leaving a waiter behind; exits are rare and 10 ms is fine for them.
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let code = exitCode { return code }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return exitCode
+    }
+
+    /// SIGTERM, then SIGKILL if the process is still there after `grace`.
+    /// - Returns: its exit code, or `nil` if even SIGKILL did not end it within 5 s.
+    @discardableResult
+    public func stop(grace: Duration = .seconds(5)) async -> Int32? {
+        signal(SIGTERM)
+        if let code = await waitForExit(timeout: grace) { return code }
+        signal(SIGKILL)
+        return await waitForExit(timeout: .seconds(5))
+    }
+
+    /// Resident memory from `/proc/PID/status` (`VmRSS`), in kilobytes; `nil` once the process is gone.
+    public var residentKilobytes: Int? {
+        guard isRunning, let text = ProcFile.read("/proc/\(processID)/status") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        }
+        return nil
+    }
+
+    /// The path of the running executable, for starting more of itself: `herald demo` and `herald bench` run
+    /// `herald` children.
+    public static var currentExecutable: String {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = buffer.withUnsafeMutableBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { readlink("/proc/self/exe", $0.baseAddress!, $0.count - 1) }
+        }
+        return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : "/proc/self/exe"
+    }
+
+    // MARK: - Private
+
+    private func began(_ processID: Int32, signal: @escaping @Sendable (Int32) -> Void) {
+        state.withLock {
+            $0.processID = processID
+            $0.signal = signal
+        }
+    }
+
+    private func ended(_ code: Int32) {
+        state.withLock { state in
+            guard state.exitCode == nil else { return }
+            state.exitCode = code
+            state.signal = nil
+        }
+    }
+
+    /// Opens what an output needs.
+    private static func sink(for output: Output, executable: String) throws(ChildProcessError) -> Sink {
+        switch output {
+        case .discard:
+            return .discard
+        case .lines(let handle):
+            return .lines(handle)
+        case .file(let path):
+            let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else {
+                throw ChildProcessError(
+                    executable: executable, reason: "cannot open \(path): \(String(cString: strerror(errno)))")
+            }
+            return .file(descriptor: descriptor)
+        }
+    }
+
+    /// Reads one stream to its end, splitting lines across reads.
+    private func read(_ stream: SubprocessOutputSequence, into sink: Sink) async {
+        defer { state.withLock { $0.streamsEnded += 1 } }
+        var pending: [UInt8] = []
+        do {
+            for try await buffer in stream {
+                switch sink {
+                case .discard:
+                    continue
+                case .file(let descriptor):
+                    buffer.withUnsafeBytes { Self.write($0, to: descriptor) }
+                case .lines(let handle):
+                    buffer.withUnsafeBytes { pending.append(contentsOf: $0) }
+                    var start = 0
+                    while let newline = Self.newline(in: pending, from: start) {
+                        handle(pending[start..<newline])
+                        start = newline + 1
+                    }
+                    if start > 0 { pending.removeFirst(start) }
+                }
+            }
+        } catch {
+            // The pipe failed: what was read is all there is.
+        }
+        if case .lines(let handle) = sink, !pending.isEmpty { handle(pending[...]) }
+    }
+
+    /// Writes all of `bytes`; a full disk loses the rest of a log, not the child.
+    private static func write(_ bytes: UnsafeRawBufferPointer, to descriptor: Int32) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+            if written < 0, errno == EINTR { continue }
+            guard written > 0 else { return }
+            offset += written
+        }
+    }
+
+    /// The index of the next newline from `start`, found with memchr: a subscriber prints hundreds of megabytes a
+    /// second in the benchmark, and the reader must not be what slows it.
+    private static func newline(in bytes: [UInt8], from start: Int) -> Int? {
+        bytes.withUnsafeBytes { buffer in
+            guard start < buffer.count, let base = buffer.baseAddress,
+                let found = memchr(base + start, 10, buffer.count - start)
+            else { return nil }
+            return base.distance(to: UnsafeRawPointer(found))
+        }
+    }
+}
+
+/// A child process could not be started.
+public struct ChildProcessError: Error, CustomStringConvertible {
+    /// The program that was to run.
+    public var executable: String
+    /// Why not: what swift-subprocess reported, or the file that could not be opened.
+    public var reason: String
+
+    public var description: String {
+        "cannot start \(executable): \(reason)"
+    }
+}
+
+extension TerminationStatus {
+    /// The shell's convention: the exit status, or 128 + the signal.
+    fileprivate var exitCode: Int32 {
+        switch self {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
+    }
+}
+
+/// Reads small files under `/proc` without Foundation.
+enum ProcFile {
+    static func read(_ path: String) -> String? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
