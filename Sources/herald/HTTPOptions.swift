@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Herald
 import HeraldHTTP
 import Logging
@@ -8,40 +7,23 @@ import ServiceLifecycle
 /// Where a process serves `/healthz`, `/readyz` and `/metrics`, and where `herald health` probes them.
 struct HTTPOptions: ParsableArguments {
     // `.unconditional` lets `--http-port -1` through: otherwise the parser takes `-1` for a short flag.
-    @Option(
-        parsing: .unconditional,
-        help: """
-            HTTP port for /healthz, /readyz and /metrics; 0 picks a free one, off (or -1) turns the server off. \
-            (env: HERALD_HTTP_PORT; default: 8080)
-            """)
+    @Option(parsing: .unconditional, help: Settings.httpPort.help)
     var httpPort: String?
 
-    @Option(help: "Local address the HTTP server listens on. (env: HERALD_HTTP_HOST; default: 0.0.0.0)")
+    @Option(help: Settings.httpHost.help)
     var httpHost: String?
 
     /// One entry of a `ServiceGroup`'s service list.
     typealias ServiceEntry = ServiceGroupConfiguration.ServiceConfiguration
 
-    /// Words that turn the server off; `-1` too, for tools that can only pass numbers.
-    static let disabledWords: Set<String> = ["off", "none", "disabled", "false", "no", "-1"]
-
-    var resolvedHost: String {
-        Setting.string(httpHost, "HERALD_HTTP_HOST", default: HealthServer.Configuration.defaultHost)
-    }
+    func resolvedHost() throws -> String { try Settings.httpHost.value(httpHost) }
 
     /// The port to serve on, or `nil` when the server is turned off.
     func resolvedPort() throws -> Int? {
-        guard let text = Setting.value(httpPort, "HERALD_HTTP_PORT") else {
-            return HealthServer.Configuration.defaultPort
+        switch try Settings.httpPort.value(parsing: httpPort) {
+        case .port(let port): port
+        case .off: nil
         }
-        let source = httpPort == nil ? "HERALD_HTTP_PORT" : "--http-port"
-        let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-        if Self.disabledWords.contains(trimmed) { return nil }
-        guard let port = Int(trimmed), (0...65535).contains(port) else {
-            throw ValidationError(
-                "\(source) must be a port in 0...65535, or off to turn the HTTP server off; got '\(text)'")
-        }
-        return port
     }
 
     /// The HTTP server to run beside `health`, or none when turned off.
@@ -54,7 +36,7 @@ struct HTTPOptions: ParsableArguments {
             return []
         }
         let server = HealthServer(
-            configuration: .init(host: resolvedHost, port: port), health: health, metrics: HeraldMetrics.bootstrap(),
+            configuration: .init(host: try resolvedHost(), port: port), health: health, metrics: HeraldMetrics.bootstrap(),
             logger: logger)
         return [.init(service: server)]
     }

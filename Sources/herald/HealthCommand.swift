@@ -18,7 +18,7 @@ struct HealthCommand: AsyncParsableCommand {
     @Flag(help: "Probe liveness (/healthz: the process answers) instead of readiness (/readyz: it does its job).")
     var live = false
 
-    @Option(help: "Seconds to wait for the answer. (env: HERALD_HEALTH_TIMEOUT; default: 2)")
+    @Option(help: Settings.healthTimeout.help)
     var timeout: Double?
 
     func run() async throws {
@@ -30,14 +30,11 @@ struct HealthCommand: AsyncParsableCommand {
             throw ValidationError(
                 "HTTP port 0 means any free port; give health the port the process logged (--http-port)")
         }
-        let seconds = try Setting.double(timeout, "HERALD_HEALTH_TIMEOUT", default: 2)
-        guard seconds > 0, seconds <= 60 else {
-            throw ValidationError("timeout must be between 0 and 60 seconds, got \(seconds)")
-        }
+        let timeout = try Settings.healthTimeout.value(seconds: timeout)
         let path = live ? "/healthz" : "/readyz"
         let outcome = await HealthProbe.probe(
-            host: Self.probeHost(for: http.resolvedHost), port: port, path: path,
-            timeout: .milliseconds(Int(seconds * 1000)))
+            host: Self.probeHost(for: try http.resolvedHost()), port: port, path: path,
+            timeout: timeout)
         let state = live ? (outcome.isHealthy ? "alive" : "not alive") : (outcome.isHealthy ? "ready" : "not ready")
         print("\(state): \(outcome)")
         if !outcome.isHealthy { throw ExitCode(1) }

@@ -16,71 +16,59 @@ struct PublishCommand: AsyncParsableCommand {
     @OptionGroup var network: NetworkOptions
     @OptionGroup var http: HTTPOptions
 
-    @Option(help: "Topic to publish on. (env: HERALD_TOPIC)")
+    @Option(help: Settings.publishTopic.help)
     var topic: String?
 
-    @Option(help: "Messages per second; 0 sends as fast as possible. (env: HERALD_RATE; default: 10)")
+    @Option(help: Settings.rate.help)
     var rate: Double?
 
-    @Option(help: "Stop after this many messages. (env: HERALD_COUNT; default: no limit)")
+    @Option(help: Settings.count.help)
     var count: Int?
 
-    @Option(help: "Payload size in bytes. (env: HERALD_SIZE; default: 64)")
+    @Option(help: Settings.size.help)
     var size: Int?
 
-    @Option(help: "Largest payload accepted, in bytes. (env: HERALD_MAX_PAYLOAD; default: 1048576)")
+    @Option(help: Settings.maxPayload.help)
     var maxPayload: Int?
 
-    @Option(help: "Direct mode: port subscribers connect to; 0 picks a free one. (env: HERALD_PUBLISHER_PORT; default: 5557)")
+    @Option(help: Settings.publisherPort.help)
     var port: Int?
 
-    @Option(help: "Messages per topic brokers keep for late joiners (herald subscribe --history). (env: HERALD_HISTORY; default: 0)")
+    @Option(help: Settings.historyOffered.help)
     var history: Int?
 
-    @Option(help: "Ownership strength: subscribers deliver only the strongest live publisher of a topic among those with a strength; the next takes over within a second when it dies. (env: HERALD_STRENGTH; default: none, shared)")
+    @Option(help: Settings.strength.help)
     var strength: Int?
 
-    @Option(help: "Broker mode: bytes kept for replay after a leader failover, allocated up front; half may wait for credit. (env: HERALD_RETENTION_BYTES; default: 33554432)")
+    @Option(help: Settings.retentionBytes.help)
     var retentionBytes: Int?
 
-    @Option(help: "Broker mode: messages kept for replay after a leader failover. (env: HERALD_RETENTION_COUNT; default: 100000)")
+    @Option(help: Settings.retentionCount.help)
     var retentionCount: Int?
 
-    @Option(help: "Broker mode: seconds a message is kept for replay; an outage longer than this loses older messages, and subscribers count them. (env: HERALD_RETENTION_AGE; default: 10)")
+    @Option(help: Settings.retentionAge.help)
     var retentionAge: Double?
 
     func run() async throws {
-        guard let name = Setting.value(topic, "HERALD_TOPIC") else {
+        guard let name = try Settings.publishTopic.optionalValue(topic) else {
             throw ValidationError("a topic is required: --topic NAME or HERALD_TOPIC")
         }
         let topic = try parseTopics([name])[0]
-        let rate = try Setting.double(rate, "HERALD_RATE", default: 10)
-        guard rate >= 0 else { throw ValidationError("rate must not be negative, got \(rate)") }
-        let count = try Setting.integer(count, "HERALD_COUNT", default: nil, range: 1...Int.max)
-        let size = try Setting.integer(size, "HERALD_SIZE", default: 64, range: 0...Int(Int32.max)) ?? 64
+        let rate = try Settings.rate.value(rate)
+        let count = try Settings.count.optionalValue(count)
+        let size = try Settings.size.value(size)
         var configuration = PublisherConfiguration(
             zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
         configuration.security = try security.curveSecurity(server: false)
-        configuration.bindHost = network.resolvedBindHost
-        configuration.advertiseHost = network.resolvedAdvertiseHost
-        configuration.port = try Setting.port(port, "HERALD_PUBLISHER_PORT", default: PublisherConfiguration.defaultPort)
-        configuration.maximumPayloadSize =
-            try Setting.integer(maxPayload, "HERALD_MAX_PAYLOAD", default: configuration.maximumPayloadSize, range: 1...Int(Int32.max))
-            ?? configuration.maximumPayloadSize
-        configuration.historyOffered =
-            try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
-        configuration.strength = try Setting.integer(strength, "HERALD_STRENGTH", default: nil, range: 0...Int(Int32.max))
-        configuration.retentionCount =
-            try Setting.integer(retentionCount, "HERALD_RETENTION_COUNT", default: configuration.retentionCount, range: 0...10_000_000)
-            ?? configuration.retentionCount
-        configuration.retentionBytes =
-            try Setting.integer(retentionBytes, "HERALD_RETENTION_BYTES", default: configuration.retentionBytes, range: 65_536...(1 << 34))
-            ?? configuration.retentionBytes
-        let retentionAge = try Setting.double(retentionAge, "HERALD_RETENTION_AGE", default: configuration.retentionAge.seconds)
-        guard retentionAge >= 0, retentionAge <= 3600 else {
-            throw ValidationError("retention age must be between 0 and 3600 seconds, got \(retentionAge)")
-        }
-        configuration.retentionAge = .milliseconds(Int(retentionAge * 1000))
+        configuration.bindHost = try network.resolvedBindHost()
+        configuration.advertiseHost = try network.resolvedAdvertiseHost()
+        configuration.port = try Settings.publisherPort.value(port)
+        configuration.maximumPayloadSize = try Settings.maxPayload.value(maxPayload)
+        configuration.historyOffered = try Settings.historyOffered.value(history)
+        configuration.strength = try Settings.strength.optionalValue(strength)
+        configuration.retentionCount = try Settings.retentionCount.value(retentionCount)
+        configuration.retentionBytes = try Settings.retentionBytes.value(retentionBytes)
+        configuration.retentionAge = try Settings.retentionAge.value(seconds: retentionAge)
         guard size <= configuration.maximumPayloadSize else {
             throw ValidationError(
                 "size \(size) exceeds the maximum payload of \(configuration.maximumPayloadSize) bytes; lower --size or raise --max-payload")

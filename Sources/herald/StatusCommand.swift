@@ -13,21 +13,18 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the status as one JSON object.")
     var json = false
 
-    @Option(help: "Seconds to wait for the leader's own report; 0 asks only ZooKeeper. A crashed leader keeps its record until its session expires and answers nothing. (env: HERALD_LEADER_TIMEOUT; default: 1)")
+    @Option(help: Settings.leaderTimeout.help)
     var leaderTimeout: Double?
 
     func run() async throws {
         let logger = try cluster.makeLogger("herald.status")
-        let leaderTimeout = try Setting.double(leaderTimeout, "HERALD_LEADER_TIMEOUT", default: 1)
-        guard leaderTimeout.isFinite, (0...3600).contains(leaderTimeout) else {
-            throw ValidationError("--leader-timeout must be between 0 and 3600 seconds")
-        }
+        let leaderTimeout = try Settings.leaderTimeout.value(seconds: leaderTimeout)
         let curve = try security.curveSecurity(server: false, ownKeyIsBrokerKey: true)
         let status: ClusterStatus
         do {
             status = try await ClusterStatus.fetch(
                 zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout(),
-                leaderTimeout: leaderTimeout > 0 ? .milliseconds(Int(leaderTimeout * 1000)) : nil,
+                leaderTimeout: leaderTimeout > .zero ? leaderTimeout : nil,
                 security: curve, logger: logger)
         } catch {
             FileHandle.standardError.write(Data("herald status: cannot read the cluster: \(error)\n".utf8))

@@ -15,67 +15,51 @@ struct SubscribeCommand: AsyncParsableCommand {
     @OptionGroup var security: SecurityOptions
     @OptionGroup var http: HTTPOptions
 
-    @Option(help: "Topic to receive, or a pattern: '+' matches one level, a last '#' everything below (sensors/+/temp, sensors/#); repeat for several. (env: HERALD_TOPIC, comma-separated)")
+    @Option(help: Settings.subscribeTopics.help)
     var topic: [String] = []
 
-    @Option(help: "Stop after this many messages. (env: HERALD_COUNT; default: no limit)")
+    @Option(help: Settings.count.help)
     var count: Int?
 
-    @Option(help: "Broker mode: first receive up to the last N messages of each topic the broker kept. (env: HERALD_HISTORY; default: 0)")
+    @Option(help: Settings.history.help)
     var history: Int?
 
-    @Flag(help: "Print one JSON object per message per line (topic, publisher, seq, latency_us, payload). (env: HERALD_JSON=1)")
+    @Flag(help: Settings.json.help)
     var json = false
 
-    @Option(help: "How payloads are printed: auto (text when UTF-8, else base64), text, base64 or none. (env: HERALD_PAYLOAD; default: auto)")
+    @Option(help: Settings.payload.help)
     var payload: String?
 
-    @Option(help: "Broker mode: bytes the leader may send ahead of this subscriber's acknowledgements. (env: HERALD_WINDOW; default: 1048576)")
+    @Option(help: Settings.window.help)
     var window: Int?
 
-    @Option(help: "Bytes of received messages waiting to be printed at most; past it the leader, then publishers, slow down. (env: HERALD_BUFFER_BYTES; default: 16777216)")
+    @Option(help: Settings.bufferBytes.help)
     var bufferBytes: Int?
 
-    @Option(help: "Bytes of out-of-order messages held for reordering at most. (env: HERALD_REORDER_BYTES; default: 16777216)")
+    @Option(help: Settings.reorderBytes.help)
     var reorderBytes: Int?
 
-    @Option(help: "Largest message accepted from a leader or publisher, in bytes. (env: HERALD_MAX_MESSAGE_SIZE; default: 1052672)")
+    @Option(help: Settings.subscriberMaxMessageSize.help)
     var maxMessageSize: Int?
 
     func run() async throws {
-        let names =
-            topic.isEmpty
-            ? (Setting.value(nil, "HERALD_TOPIC")?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } ?? [])
-            : topic
+        let names = try Settings.subscribeTopics.optionalValue(topic.isEmpty ? nil : topic) ?? []
         guard !names.isEmpty else { throw ValidationError("at least one topic is required: --topic NAME or HERALD_TOPIC") }
         let filters = try parseFilters(names)
-        let count = try Setting.integer(count, "HERALD_COUNT", default: nil, range: 1...Int.max)
-        let json = json || ["1", "true", "yes"].contains(Setting.value(nil, "HERALD_JSON")?.lowercased() ?? "")
-        let payloadName = Setting.string(payload, "HERALD_PAYLOAD", default: "auto")
-        guard let payloadStyle = MessageLineEncoder.PayloadStyle(rawValue: payloadName) else {
-            throw ValidationError("unknown payload style '\(payloadName)'; use auto, text, base64 or none")
-        }
+        let count = try Settings.count.optionalValue(count)
+        let json = try Settings.json.value(json)
+        let payloadStyle = try Settings.payload.value(parsing: payload)
         let logger = try cluster.makeLogger("herald.subscriber")
         // Before the subscriber exists: swift-metrics binds each metric to the backend when the metric is made.
         HeraldMetrics.bootstrap()
         var configuration = SubscriberConfiguration(
             zookeeper: try cluster.zookeeperConfiguration(), layout: try cluster.layout())
         configuration.security = try security.curveSecurity(server: false)
-        configuration.history =
-            try Setting.integer(history, "HERALD_HISTORY", default: 0, range: 0...BrokerConfiguration.defaultHistoryLimit) ?? 0
-        configuration.window =
-            try Setting.integer(window, "HERALD_WINDOW", default: configuration.window, range: 65_536...(1 << 30))
-            ?? configuration.window
-        configuration.bufferBytes =
-            try Setting.integer(bufferBytes, "HERALD_BUFFER_BYTES", default: configuration.bufferBytes, range: 65_536...(1 << 34))
-            ?? configuration.bufferBytes
-        configuration.reorderBytes =
-            try Setting.integer(reorderBytes, "HERALD_REORDER_BYTES", default: configuration.reorderBytes, range: 0...(1 << 34))
-            ?? configuration.reorderBytes
-        configuration.maximumMessageSize =
-            try Setting.integer(
-                maxMessageSize, "HERALD_MAX_MESSAGE_SIZE", default: configuration.maximumMessageSize, range: 1024...(1 << 30))
-            ?? configuration.maximumMessageSize
+        configuration.history = try Settings.history.value(history)
+        configuration.window = try Settings.window.value(window)
+        configuration.bufferBytes = try Settings.bufferBytes.value(bufferBytes)
+        configuration.reorderBytes = try Settings.reorderBytes.value(reorderBytes)
+        configuration.maximumMessageSize = try Settings.subscriberMaxMessageSize.value(maxMessageSize)
         let subscriber = try Subscriber(configuration: configuration, filters: filters, logger: logger)
         let printer = MessagePrinter(
             subscriber: subscriber, count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))

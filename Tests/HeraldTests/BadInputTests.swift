@@ -162,6 +162,7 @@ struct BadInputTests {
     struct Refusal: Sendable, CustomTestStringConvertible {
         var label: String
         var arguments: [String]
+        var environment: [String: String] = [:]
         var message: String
         var testDescription: String { label }
     }
@@ -180,6 +181,24 @@ struct BadInputTests {
         Refusal(
             label: "subscriber topic with a control character", arguments: ["subscribe", "--topic", "a\u{1}b"],
             message: "control character U+1"),
+        // Settings from the environment are checked like flags: a typo stops the process instead of running
+        // with the default.
+        Refusal(
+            label: "a size with a unit in the environment", arguments: ["broker"],
+            environment: ["HERALD_LOG_BYTES": "64M"],
+            message: "HERALD_LOG_BYTES must be a whole number in 0...1099511627776, got '64M'"),
+        Refusal(
+            label: "a port out of range as a flag", arguments: ["broker", "--request-port", "70000"],
+            message: "--request-port must be a whole number in 0...65535, got 70000"),
+        Refusal(
+            label: "an unknown mode in the environment", arguments: ["broker"], environment: ["HERALD_MODE": "fast"],
+            message: "HERALD_MODE must be one of broker or direct, got 'fast'"),
+        Refusal(
+            label: "a switch that is neither on nor off", arguments: ["subscribe", "--topic", "t"],
+            environment: ["HERALD_JSON": "maybe"], message: "HERALD_JSON must be 1, true, yes, 0, false or no"),
+        Refusal(
+            label: "a session timeout out of range", arguments: ["subscribe", "--topic", "t", "--session-timeout", "0.5"],
+            message: "--session-timeout must be a number of seconds in 1...60"),
     ]
 
     @Test("Invalid options are refused with exit code 64 and a clear message, without a crash", arguments: refusals)
@@ -188,7 +207,9 @@ struct BadInputTests {
         // the test on the deadline instead of finding some real ZooKeeper.
         let process = try await HeraldProcess(
             name: refusal.label, arguments: refusal.arguments,
-            environment: ["HERALD_ZOOKEEPER": "127.0.0.1:1", "HERALD_HTTP_PORT": "off"])
+            environment: ["HERALD_ZOOKEEPER": "127.0.0.1:1", "HERALD_HTTP_PORT": "off"].merging(refusal.environment) {
+                _, new in new
+            })
         defer { process.kill(SIGKILL) }
         let code = try await process.waitForExit(timeout: .seconds(10))
         _ = try await process.waitFor("the end of the output", timeout: .seconds(5)) {
