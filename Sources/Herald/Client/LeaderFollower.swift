@@ -30,7 +30,7 @@ struct LeaderFollower: Sendable {
                         logger.info("leader found", metadata: ["leader": "\(record)"])
                         Counter(label: Instruments.leaderChanges).increment()
                     } else if hadLeader.withLock({ $0 }) {
-                        logger.warning("leader lost; waiting for the next one")
+                        logger.info("leader lost; waiting for the next one")
                     } else {
                         logger.info("no leader yet; waiting for a broker")
                     }
