@@ -449,15 +449,9 @@ private final class SubscriberLoop {
         switch record.mode {
         case .broker:
             do {
-                let socket = try ZMQSocket(context: context, type: .dealer)
-                try configure(socket, mode: .broker)
-                try socket.set(.linger(.zero))
-                if let security = configuration.security, let key = record.curveKey {
-                    try security.configureClient(socket, serverKey: key)
+                connection.dealer = try leaderSocket(to: record.subscriberEndpoint, of: connection) { socket in
+                    try configure(socket, mode: .broker)
                 }
-                try socket.connect(record.subscriberEndpoint)
-                connection.dealer = socket
-                if configuration.security != nil { connection.handshakes.watch(socket) }
             } catch {
                 logger.error("cannot connect to leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
@@ -480,16 +474,10 @@ private final class SubscriberLoop {
                     for filter in filters { try socket.set(.subscribe(filter.subscriptionPrefix)) }
                     directSocket = socket
                 }
-                let socket = try ZMQSocket(context: context, type: .dealer)
-                try socket.setHeartbeats(every: configuration.heartbeatInterval)
-                try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
-                try socket.set(.linger(.zero))
-                if let security = configuration.security, let key = record.curveKey {
-                    try security.configureClient(socket, serverKey: key)
+                connection.lookups = try leaderSocket(to: record.requestEndpoint, of: connection) { socket in
+                    try socket.setHeartbeats(every: configuration.heartbeatInterval)
+                    try socket.set(.maximumMessageSize(WireFormat.maximumControlBody + 2))
                 }
-                try socket.connect(record.requestEndpoint)
-                connection.lookups = socket
-                if configuration.security != nil { connection.handshakes.watch(socket) }
             } catch {
                 logger.error("cannot reach leader", metadata: ["leader": "\(record)", "error": "\(error)"])
                 return
@@ -504,6 +492,22 @@ private final class SubscriberLoop {
     /// Bytes a direct-mode publisher connection may have queued towards this subscriber: with the message size
     /// limit it sets libzmq's count limit, so a publisher cannot fill the subscriber's memory.
     static let directQueueBytes = 64 << 20
+
+    /// A DEALER to one of a leader's endpoints: set up by `prepare`, never lingering, under CURVE when the cluster
+    /// uses it (with the handshake watched), connected.
+    private func leaderSocket(
+        to endpoint: String, of connection: LeaderConnection, prepare: (ZMQSocket) throws -> Void
+    ) throws -> ZMQSocket {
+        let socket = try ZMQSocket(context: context, type: .dealer)
+        try prepare(socket)
+        try socket.set(.linger(.zero))
+        if let security = configuration.security, let key = connection.record.curveKey {
+            try security.configureClient(socket, serverKey: key)
+        }
+        try socket.connect(endpoint)
+        if configuration.security != nil { connection.handshakes.watch(socket) }
+        return socket
+    }
 
     private func configure(_ socket: ZMQSocket, mode: DisseminationMode) throws {
         try socket.setHeartbeats(every: configuration.heartbeatInterval)
