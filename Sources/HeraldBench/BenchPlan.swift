@@ -425,7 +425,10 @@ public struct BenchPlan: Service {
         }
         subscriber.signal(SIGCONT)
         await publisher.stop()
-        try await Task.sleep(for: .seconds(1))
+        // A subscriber paused past the stall timeout was detached: it learns so from the leader's answer to its next
+        // keep-alive (every second, and its connection is made again first), subscribes again and gets the log,
+        // which shows what it missed. One second raced that; three see it through.
+        try await Task.sleep(for: .seconds(3))
         await subscriber.stop()
         await broker.stop()
         let reading = OverloadReading(
