@@ -187,7 +187,9 @@ struct ElectionTests {
     @Test func waitingCandidateGetsAnErrorWhenItsSessionExpires() async throws {
         try await withServer { server in
             // The shortest timeout a 500 ms tick allows, so the expiry comes quickly.
-            try await withSessions(server, count: 2, sessionTimeout: .seconds(1)) { sessions in
+            // The leader's session outlasts the pauses (10 s, the most this server grants): were it to expire too,
+            // the waiting candidate could lead in a round where its own session came back, and never fail.
+            try await withSessions(server, sessionTimeouts: [.seconds(10), .seconds(1)]) { sessions in
                 let line = try await Candidate.line(on: sessions, layout: try ClusterLayout(cluster: "expired"))
                 let waiting = sessions[1]
                 // As in the ZooKeeper tests: after SIGCONT the server's expirer races the client's reconnection,
@@ -336,9 +338,18 @@ private func withSessions<T>(
     sessionTimeout: Duration = .seconds(4),
     _ body: ([ZooKeeperSession]) async throws -> T
 ) async throws -> T {
+    try await withSessions(server, sessionTimeouts: Array(repeating: sessionTimeout, count: count), body)
+}
+
+/// Runs `body` with one connected session per timeout, closing them all afterwards.
+private func withSessions<T>(
+    _ server: LocalZooKeeperServer,
+    sessionTimeouts: [Duration],
+    _ body: ([ZooKeeperSession]) async throws -> T
+) async throws -> T {
     var sessions: [ZooKeeperSession] = []
     do {
-        for _ in 0..<count {
+        for sessionTimeout in sessionTimeouts {
             let session = try ZooKeeperSession(
                 configuration: ZooKeeperConfiguration(
                     connectionString: server.connectionString, sessionTimeout: sessionTimeout),
