@@ -20,7 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        // No traits: its FullFoundation one would link Foundation, and its ICU data, into every Herald process.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         // No traits: the Foundation one would only add `Data` conveniences.
         .package(url: "https://github.com/apple/swift-subprocess.git", from: "1.0.2", traits: []),
@@ -36,15 +37,19 @@ let package = Package(
             providers: [.apt(["libzookeeper-mt-dev"])]
         ),
 
+        // Dedicated pthreads for socket owner loops and blocking C calls, without Foundation's `Thread`.
+        .target(name: "OSThreads"),
+
         // Thin safe Swift wrappers: the only modules that touch a C pointer or a C type.
         .target(
             name: "ZeroMQ",
-            dependencies: ["CZeroMQ", .product(name: "DequeModule", package: "swift-collections")]
+            dependencies: ["CZeroMQ", "OSThreads", .product(name: "DequeModule", package: "swift-collections")]
         ),
         .target(
             name: "ZooKeeper",
             dependencies: [
                 "CZooKeeper",
+                "OSThreads",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -65,6 +70,7 @@ let package = Package(
         .target(
             name: "Herald",
             dependencies: [
+                "OSThreads",
                 "ZeroMQ",
                 "ZooKeeper",
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -150,6 +156,10 @@ let package = Package(
         .testTarget(
             name: "ZeroMQTests",
             dependencies: ["ZeroMQ", "TestSupport"]
+        ),
+        .testTarget(
+            name: "OSThreadsTests",
+            dependencies: ["OSThreads"]
         ),
         .testTarget(
             name: "ChildProcessesTests",

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Herald
 import Histogram
 import LocalZooKeeper
@@ -7,6 +7,10 @@ import ServiceLifecycle
 import Synchronization
 import ZeroMQ
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// What one benchmark run measures; `herald bench` fills it from its options.
 public struct BenchSettings: Sendable {
@@ -103,7 +107,7 @@ public struct BenchPlan: Service {
     private func measure(zookeeper: String, processes: BenchProcessSet) async throws {
         let version = ZMQContext.version
         var results = BenchResults(
-            startedAt: ISO8601DateFormatter().string(from: Date()),
+            startedAt: Date.now.formatted(.iso8601),
             machine: .current(zeroMQ: "\(version.major).\(version.minor).\(version.patch)"),
             settings: [
                 "rates": rates.map { f($0, 0) }.joined(separator: ","), "sizes": sizes.map(String.init).joined(separator: ","),
@@ -558,7 +562,7 @@ public struct BenchPlan: Service {
     }
 
     private func progress(_ text: String) {
-        FileHandle.standardError.write(Data("[bench] \(text)\n".utf8))
+        DescriptorWriter(descriptor: STDERR_FILENO).write(Array("[bench] \(text)\n".utf8))
     }
 }
 

@@ -1,5 +1,9 @@
-import Foundation
+import FoundationEssentials
 import Histogram
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Percentiles of one latency distribution, in microseconds.
 public struct LatencySummary: Codable, Sendable {
@@ -127,7 +131,7 @@ struct MachineInfo: Codable, Sendable {
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         let model =
             cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }.map {
-                $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+                $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingWhitespace() } ?? ""
             } ?? "unknown"
         var system = utsname()
         uname(&system)
@@ -239,7 +243,7 @@ extension BenchResults {
 }
 
 /// A number for CSV and tables: short, no exponent.
-func f(_ value: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", value) }
+func f(_ value: Double, _ digits: Int = 2) -> String { value.decimal(digits) }
 
 // MARK: - Summary table
 

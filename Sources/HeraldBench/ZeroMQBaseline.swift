@@ -1,6 +1,10 @@
 import ChildProcesses
-import Foundation
+import FoundationEssentials
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Raw libzmq, called from C by `herald-zmq-baseline`, each peer in its own process: the floor Herald is
 /// measured against, in the same run and on the same machine.

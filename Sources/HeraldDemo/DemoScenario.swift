@@ -111,8 +111,8 @@ public struct DemoScenario: Service {
             try await processes.waitForMessage(after: ContinuousClock.now, timeout: .seconds(30))
             let receiving = ContinuousClock.now - killedAt
             let line =
-                "after \(name): \(next) took over in \(elected.secondsText) s; "
-                + "the subscriber received again after \(receiving.secondsText) s"
+                "after \(name): \(next) took over in \(elected.seconds.decimal(2)) s; "
+                + "the subscriber received again after \(receiving.seconds.decimal(2)) s"
             say(line)
             failovers.append(line)
             leader = next
@@ -214,15 +214,5 @@ final class DemoProcesses: Sendable {
                 offset += written
             }
         }
-    }
-}
-
-extension Duration {
-    /// Seconds with two decimals, as the demo prints them.
-    fileprivate var secondsText: String {
-        let (seconds, attoseconds) = components
-        let hundredths = (seconds * 100 + attoseconds / 10_000_000_000_000_000)
-        let fraction = hundredths % 100
-        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
     }
 }

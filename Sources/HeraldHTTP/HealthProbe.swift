@@ -1,3 +1,4 @@
+import Herald
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -115,7 +116,7 @@ public enum HealthProbe {
                 case .end:
                     guard let status else { break }
                     let text = String(decoding: body.readableBytesView.prefix(512), as: UTF8.self)
-                    return .answered(status: status, body: text.trimmingWhiteSpace())
+                    return .answered(status: status, body: text.trimmingWhitespace())
                 }
             }
             return .unreachable(reason: "the connection closed before a whole HTTP answer")
@@ -133,16 +134,5 @@ public enum HealthProbe {
         if let error = error as? ChannelError, case .connectTimeout = error { return "timed out connecting" }
         if error is HTTPParserError { return "not an HTTP answer (\(error))" }
         return "\(error)"
-    }
-}
-
-extension StringProtocol {
-    /// The text without leading and trailing spaces, tabs and line breaks (Foundation-free).
-    fileprivate func trimmingWhiteSpace() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
-            return ""
-        }
-        return String(self[first...last])
     }
 }

@@ -1,7 +1,11 @@
 import ChildProcesses
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A private ZooKeeper server from Debian's `zookeeper` package, for tests and `herald demo`.
 ///

@@ -1,6 +1,10 @@
 import DequeModule
-import Foundation
+import OSThreads
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A ZeroMQ socket for async code: a dedicated thread owns the socket, receives into ``messages`` and sends
 /// what ``send(_:)`` queues.
@@ -54,12 +58,15 @@ public final class AsyncZMQSocket: Sendable {
         )
         let handOff = SocketHandOff(socket)
         let shared = self.shared
-        let thread = Thread {
-            guard let socket = handOff.take() else { return }
-            shared.run(socket)
+        do {
+            try OSThread.start(name: name) {
+                guard let socket = handOff.take() else { return }
+                shared.run(socket)
+            }
+        } catch {
+            handOff.take()?.close()
+            throw error
         }
-        thread.name = name
-        thread.start()
     }
 
     deinit {
@@ -144,7 +151,7 @@ public final class AsyncZMQSocket: Sendable {
 /// Carries a configured socket to its owner thread.
 ///
 /// @unchecked Sendable: the socket is put in by `init` with no other reference kept, taken out exactly once
-/// by the new thread, and `Thread.start` is a full memory barrier, which is what libzmq asks for when a
+/// by the new thread, and `pthread_create` is a full memory barrier, which is what libzmq asks for when a
 /// socket migrates between threads.
 private final class SocketHandOff: @unchecked Sendable {
     private var socket: ZMQSocket?

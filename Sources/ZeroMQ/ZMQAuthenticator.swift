@@ -1,6 +1,11 @@
 internal import CZeroMQ
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Answers ZAP requests (ZeroMQ RFC 27) for the server sockets of one context: libzmq asks it, during each
 /// CURVE handshake, whether to admit the client's public key, and attaches the answer's user id to every
@@ -50,7 +55,7 @@ public final class ZMQAuthenticator: Sendable {
     ) async throws(ZMQError) -> ZMQAuthenticator {
         let authenticator = ZMQAuthenticator()
         let outcome: Result<Void, ZMQError> = await withCheckedContinuation { continuation in
-            let thread = Thread {
+            let serve: @Sendable () -> Void = {
                 let socket: ZMQSocket
                 do throws(ZMQError) {
                     socket = try ZMQSocket(context: context, type: .rep)
@@ -66,8 +71,12 @@ public final class ZMQAuthenticator: Sendable {
                 socket.close()
                 authenticator.finished.complete()
             }
-            thread.name = "herald-zap"
-            thread.start()
+            do throws(OSThreadError) {
+                try OSThread.start(name: "herald-zap", serve)
+            } catch {
+                authenticator.finished.complete()
+                continuation.resume(returning: .failure(ZMQError(code: error.code, operation: "start the ZAP thread")))
+            }
         }
         try outcome.get()
         return authenticator

@@ -1,6 +1,10 @@
 internal import CZooKeeper
-import Foundation
+import FoundationEssentials
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 // The C client's callbacks run on its completion thread: they only convert C data, resume a
 // continuation or update `SessionCore`, never block.

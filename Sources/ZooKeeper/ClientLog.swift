@@ -1,7 +1,12 @@
 internal import CZooKeeper
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 extension ZooKeeperSession {
     /// Routes the ZooKeeper C client's own log messages to `logger`, for the whole process.
@@ -50,10 +55,10 @@ enum ClientLog {
         var cLevel = "UNKNOWN"
         var text = Substring(line)
         for (marker, mapped) in levels {
-            guard let range = line.range(of: marker) else { continue }
+            guard let range = line.firstRange(of: marker) else { continue }
             level = mapped
             cLevel = String(marker.dropFirst(4).dropLast())
-            if let textStart = line[range.upperBound...].range(of: ": ") {
+            if let textStart = line[range.upperBound...].firstRange(of: ": ") {
                 text = line[textStart.upperBound...]
             }
             break
@@ -76,10 +81,17 @@ enum ClientLog {
             close(fds[1])
             return false
         }
+        let readEnd = fds[0]
+        do {
+            try OSThread.start(name: "zk-client-log") { drain(readEnd) }
+        } catch {
+            // Without a reader the pipe would fill and block the C client: it keeps writing to stderr.
+            fclose(stream)
+            close(readEnd)
+            return false
+        }
         setvbuf(stream, nil, _IOLBF, 0)
         zoo_set_log_stream(stream)
-        let readEnd = fds[0]
-        Thread.detachNewThread { drain(readEnd) }
         return true
     }()
 

@@ -1,7 +1,11 @@
 internal import CZooKeeper
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The state shared between a session and the C client's callbacks.
 ///

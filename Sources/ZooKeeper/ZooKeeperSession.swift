@@ -1,7 +1,12 @@
 internal import CZooKeeper
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One ZooKeeper session: one handle of the multi-threaded C client, connected to an ensemble.
 ///
@@ -92,7 +97,11 @@ public final class ZooKeeperSession: Sendable {
         if core.beginClose() {
             let core = self.core
             let handle = self.handle
-            Thread.detachNewThread { Self.closeHandle(handle, core: core) }
+            do {
+                try OSThread.start(name: "zk-close") { Self.closeHandle(handle, core: core) }
+            } catch {
+                Self.closeHandle(handle, core: core)
+            }
         }
     }
 
@@ -353,7 +362,13 @@ public final class ZooKeeperSession: Sendable {
         let core = self.core
         let handle = self.handle
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
+            do {
+                try OSThread.start(name: "zk-close") {
+                    Self.closeHandle(handle, core: core)
+                    continuation.resume()
+                }
+            } catch {
+                // No thread to spare: block this one, as the C client's close must run somewhere.
                 Self.closeHandle(handle, core: core)
                 continuation.resume()
             }

@@ -1,8 +1,12 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import HeraldBench
 import Logging
 import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -76,7 +80,7 @@ struct BenchCommand: AsyncParsableCommand {
         settings.rounds = rounds
         settings.failoverRate = failoverRate
         settings.sessionTimeout = sessionTimeout
-        settings.skip = Set(skip.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+        settings.skip = Set(skip.split(separator: ",").map { $0.trimmingWhitespace().lowercased() })
         let plan = BenchPlan(settings: settings, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
@@ -88,7 +92,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     static func numbers(_ text: String) throws -> [Double] {
         try text.split(separator: ",").map {
-            guard let value = Double($0.trimmingCharacters(in: .whitespaces)), value > 0 else {
+            guard let value = Double($0.trimmingWhitespace()), value > 0 else {
                 throw ValidationError("'\(text)' is not a comma-separated list of positive numbers")
             }
             return value

@@ -1,6 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import HeraldHTTP
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `herald health`: the container health check, since images carry no `curl`.
 struct HealthCommand: AsyncParsableCommand {

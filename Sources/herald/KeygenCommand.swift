@@ -1,6 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Herald
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `herald keygen`: a CURVE key pair for a broker or a client.
 struct KeygenCommand: ParsableCommand {

@@ -1,8 +1,12 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Herald
 import Logging
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Options every subcommand that talks to a cluster shares.
 struct ClusterOptions: ParsableArguments {
@@ -111,7 +115,7 @@ func reportingConfigurationErrors(_ body: () async throws -> Void) async throws 
     do {
         try await body()
     } catch let error as HeraldConfigurationError {
-        FileHandle.standardError.write(Data("herald: error: \(error.description)\n".utf8))
+        DescriptorWriter(descriptor: STDERR_FILENO).write(Array("herald: error: \(error.description)\n".utf8))
         throw ExitCode(2)
     }
 }

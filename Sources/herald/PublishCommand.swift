@@ -1,10 +1,14 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Herald
 import HeraldHTTP
 import Logging
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct PublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -136,7 +136,7 @@ enum Settings {
         "HERALD_TOPIC",
         "Topic to receive, or a pattern: '+' matches one level, a last '#' everything below (sensors/+/temp, sensors/#); repeat for several, or separate them with commas in the variable.",
         default: nil, expected: "topic names or patterns separated by commas",
-        parse: { text in text.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty } })
+        parse: { text in text.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty } })
     static let history = Setting.integer(
         "HERALD_HISTORY", "Broker mode: first receive up to the last N messages of each topic the broker kept.",
         default: 0, in: 0...BrokerConfiguration.defaultHistoryLimit)
@@ -177,7 +177,7 @@ enum HTTPPort: Sendable, Equatable, CustomStringConvertible {
 
     /// Parses `8080`, `0` or one of the words that turn the server off; `nil` for anything else.
     init?(text: String) {
-        let word = text.trimmingSpaces().lowercased()
+        let word = text.trimmingWhitespace().lowercased()
         if Self.disabledWords.contains(word) {
             self = .off
         } else if let port = Int(word), (0...65535).contains(port) {
@@ -192,16 +192,5 @@ enum HTTPPort: Sendable, Equatable, CustomStringConvertible {
         case .port(let port): "\(port)"
         case .off: "off"
         }
-    }
-}
-
-extension String {
-    /// Without leading and trailing spaces and tabs.
-    func trimmingSpaces() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
-            return ""
-        }
-        return String(self[first...last])
     }
 }

@@ -1,6 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Herald
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,7 +31,7 @@ struct StatusCommand: AsyncParsableCommand {
                 leaderTimeout: leaderTimeout > .zero ? leaderTimeout : nil,
                 security: curve, logger: logger)
         } catch {
-            FileHandle.standardError.write(Data("herald status: cannot read the cluster: \(error)\n".utf8))
+            DescriptorWriter(descriptor: STDERR_FILENO).write(Array("herald status: cannot read the cluster: \(error)\n".utf8))
             throw ExitCode(1)
         }
         if json {
@@ -65,7 +69,7 @@ struct StatusCommand: AsyncParsableCommand {
             print("\(indent)  subscribers: \(leader.subscriberEndpoint)")
             if let since = group.leaderSinceMilliseconds {
                 let ago = max(0, Date().timeIntervalSince1970 - Double(since) / 1000)
-                print(String(format: "\(indent)  elected:     %.1f s ago (by ZooKeeper's clock)", ago))
+                print("\(indent)  elected:     \(ago.decimal(1)) s ago (by ZooKeeper's clock)")
             }
             if let summary = group.leaderAnswerSummary { print("\(indent)  \(summary)") }
         } else {
@@ -74,7 +78,7 @@ struct StatusCommand: AsyncParsableCommand {
         let standbys = group.candidates.filter { $0 != group.leader?.broker }
         print("\(indent)standbys:   \(standbys.isEmpty ? "none" : standbys.joined(separator: ", "))")
         if let report = group.leaderStatus {
-            print(String(format: "\(indent)leading for: %.1f s", report.leaderForSeconds))
+            print("\(indent)leading for: \(report.leaderForSeconds.decimal(1)) s")
             let topics = Set(report.topics.keys).union(report.subscribedTopics).sorted()
             print("\(indent)topics:     \(topics.isEmpty ? "none" : "")")
             for topic in topics {

@@ -1,6 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Herald
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct TopicsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

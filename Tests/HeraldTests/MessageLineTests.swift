@@ -75,3 +75,31 @@ struct MessageLineTests {
         #expect(publisher.short == String(publisher.description.prefix(8)))
     }
 }
+
+@Suite("The subscriber's closing line and number formatting")
+struct SummaryAndFormattingTests {
+    @Test func theSummaryLineIsReadBackAsWritten() {
+        let summary = SubscriptionSummary(
+            received: 2026, lost: 869_558, duplicates: 3, reordered: 1, publishers: 2)
+        #expect(summary.line == "herald subscribe: received 2026, lost 869558, duplicates 3, reordered 1 (from 2 publishers)\n")
+        #expect(SubscriptionSummary(line: summary.line.dropLast()) == summary)
+        #expect(SubscriptionSummary(line: "2026-11-30T21:00:00+0000 " + summary.line) == summary, "found inside a longer line")
+        #expect(SubscriptionSummary(line: "herald subscribe: received 5, lost 0") == nil, "a cut line is not a summary")
+    }
+
+    @Test func decimalsAreRoundedToTheGivenPlaces() {
+        #expect(1.5.decimal(2) == "1.50")
+        #expect(0.04.decimal(1) == "0.0")
+        #expect(0.05.decimal(1) == "0.1")
+        #expect((-2.346).decimal(2) == "-2.35")
+        #expect((-0.001).decimal(1) == "0.0", "no negative zero")
+        #expect(1234567.0.decimal(0) == "1234567")
+        #expect(Double.nan.decimal(1) == "nan")
+    }
+
+    @Test func whitespaceIsTrimmedAtBothEndsOnly() {
+        #expect("  a b\t\n".trimmingWhitespace() == "a b")
+        #expect(" \t ".trimmingWhitespace() == "")
+        #expect("x".trimmingWhitespace() == "x")
+    }
+}

@@ -1,10 +1,14 @@
 import CoreMetrics
-import Foundation
+import FoundationEssentials
 import Logging
 import ServiceLifecycle
 import Synchronization
 import ZeroMQ
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A Herald broker: joins the cluster's leader election, waits as a warm standby, and serves as the leader
 /// when elected, for as long as it holds its ZooKeeper session.
@@ -106,7 +110,7 @@ public final class Broker: Service, Sendable {
                     let delay = backoff.nextDelay()
                     self.logger.warning(
                         "no ZooKeeper session (unreachable, lost or expired); retrying on a new one",
-                        metadata: ["error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay.seconds))"])
+                        metadata: ["error": "\(error)", "retry_in_s": "\(delay.seconds.decimal(1))"])
                     await session.close()
                     try? await Task.sleep(for: delay)
                     continue

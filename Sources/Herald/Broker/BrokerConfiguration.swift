@@ -1,5 +1,9 @@
-import Foundation
+import FoundationEssentials
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Everything a broker needs to know; the `herald broker` command fills it from flags and environment.
 public struct BrokerConfiguration: Sendable {
@@ -177,10 +181,21 @@ enum NetworkAddress {
     /// The first non-loopback IPv4 address, which is what containers and hosts on a LAN reach; loopback
     /// when there is none.
     static func defaultHost() -> String {
-        let addresses = Host.current().addresses.filter { address in
-            let parts = address.split(separator: ".")
-            return parts.count == 4 && parts.allSatisfy { UInt8($0) != nil } && parts[0] != "127"
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return "127.0.0.1" }
+        defer { freeifaddrs(list) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else {
+                continue
+            }
+            let ipv4 = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
+            // In network order: the first byte in memory is the first of the dotted form.
+            let bytes = withUnsafeBytes(of: ipv4) { Array($0) }
+            guard bytes[0] != 127 else { continue }
+            return bytes.map(String.init).joined(separator: ".")
         }
-        return addresses.first ?? "127.0.0.1"
+        return "127.0.0.1"
     }
 }

@@ -1,6 +1,10 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where the broker's decisions go: the engine sends them through its sockets, a fuzzer or a test records them.
 protocol BrokerOutput {

@@ -1,8 +1,13 @@
 import CoreMetrics
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Logging
 import Synchronization
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The leader broker's data plane: one thread that owns the request socket (a ROUTER, where publishers send
 /// and clients ask) and the subscriber socket (a ROUTER, where subscribers attach), and runs a
@@ -47,7 +52,7 @@ final class BrokerEngine: Sendable {
         context: ZMQContext, configuration: BrokerConfiguration, epoch: UInt64, logger: Logger
     ) async throws -> BrokerEngine {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<BrokerEngine, any Error>) in
-            let thread = Thread {
+            let serve: @Sendable () -> Void = {
                 let loop: EngineLoop
                 let engine: BrokerEngine
                 do {
@@ -61,8 +66,11 @@ final class BrokerEngine: Sendable {
                 loop.run(until: engine)
                 engine.markFinished()
             }
-            thread.name = "herald-broker"
-            thread.start()
+            do {
+                try OSThread.start(name: "herald-broker", serve)
+            } catch {
+                continuation.resume(throwing: error)
+            }
         }
     }
 

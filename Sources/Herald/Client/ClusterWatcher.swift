@@ -42,7 +42,7 @@ struct ClusterWatcher: Sendable {
                     "ZooKeeper unavailable; retrying",
                     metadata: [
                         "zookeeper": "\(zookeeper.connectionString)", "error": "\(error)",
-                        "retry_in_s": "\(String(format: "%.1f", delay.seconds))",
+                        "retry_in_s": "\(delay.seconds.decimal(1))",
                     ])
                 await session.close()
                 try? await Task.sleep(for: delay)

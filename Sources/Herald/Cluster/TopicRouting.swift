@@ -1,4 +1,8 @@
-import Foundation
+import FoundationEssentials
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The table of topics assigned to broker groups, kept in ZooKeeper as JSON at
 /// ``ClusterLayout/assignmentsPath`` and changed with `herald topics assign|unassign`.

@@ -1,5 +1,9 @@
-import Foundation
+import FoundationEssentials
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// What the leader broker writes to ZooKeeper at `/herald/<cluster>/leader`: where clients reach it.
 public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible {

@@ -1,5 +1,9 @@
-import Foundation
+import FoundationEssentials
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The 16-byte identity of a publisher process. A publisher that restarts gets a new one, which subscribers
 /// treat as a new sequence epoch rather than as a gap or duplicates.

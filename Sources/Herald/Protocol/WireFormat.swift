@@ -1,5 +1,9 @@
-import Foundation
+import FoundationEssentials
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Herald's wire format, version 2: every message is a single ZeroMQ frame that starts with the version and
 /// a kind byte.

@@ -1,10 +1,15 @@
 import CoreMetrics
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Logging
 import ServiceLifecycle
 import Synchronization
 import ZeroMQ
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Settings of a ``Publisher``.
 public struct PublisherConfiguration: Sendable {
@@ -234,12 +239,15 @@ public final class Publisher: Service, Sendable {
         if let security = configuration.security, security.authorizedKeys != nil {
             authenticator = try await security.startAuthenticator(context: context, logger: logger)
         }
-        let thread = Thread { [self] in
-            runSocketThread()
-            threadDone.complete()
+        do {
+            try OSThread.start(name: "herald-publisher") { [self] in
+                runSocketThread()
+                threadDone.complete()
+            }
+        } catch {
+            await authenticator?.stop()
+            throw error
         }
-        thread.name = "herald-publisher"
-        thread.start()
         var started: Logger.Metadata = ["publisher": "\(id)", "topics": "\(topics.map(\.name).sorted())"]
         if let strength = configuration.strength { started["strength"] = "\(strength)" }
         logger.info("publisher started", metadata: started)
@@ -266,9 +274,13 @@ public final class Publisher: Service, Sendable {
         // Bounded, so that a socket some future change forgets to close costs a log line, not a hung exit.
         let flushed = await firstResult(within: Self.flushLimit + .seconds(1)) { [context] in
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool?, Never>) in
-                Thread.detachNewThread {
-                    context.terminate()
-                    continuation.resume(returning: true)
+                do {
+                    try OSThread.start(name: "herald-flush") {
+                        context.terminate()
+                        continuation.resume(returning: true)
+                    }
+                } catch {
+                    continuation.resume(returning: nil)
                 }
             }
         }

@@ -1,10 +1,15 @@
 import CoreMetrics
-import Foundation
+import FoundationEssentials
+import OSThreads
 import Logging
 import ServiceLifecycle
 import Synchronization
 import ZeroMQ
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Settings of a ``Subscriber``.
 public struct SubscriberConfiguration: Sendable {
@@ -171,12 +176,10 @@ public final class Subscriber: Service, Sendable {
     public func run() async throws {
         let watcher = ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger)
         let done = Completion()
-        let thread = Thread { [self] in
+        try OSThread.start(name: "herald-subscriber") { [self] in
             SubscriberLoop(subscriber: self).run()
             done.complete()
         }
-        thread.name = "herald-subscriber"
-        thread.start()
         defer { queue.finish() }
         do {
             try await cancelWhenGracefulShutdown {

@@ -1,7 +1,11 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import ZeroMQ
 import ZooKeeper
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A snapshot of a cluster for `herald status`: who leads, who waits, and what the leader knows, for the
 /// default group at the top and for each named group in ``groups``.

@@ -1,7 +1,11 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
 import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// CurveZMQ for one Herald process: its own key pair, the broker key it trusts (clients) and the client keys
 /// it admits (servers: brokers, and direct-mode publishers).
@@ -137,11 +141,25 @@ public enum CredentialFile {
     /// The first line of a file, trimmed, reading at most `limit` bytes (a path to the wrong file, a log or a
     /// device, is not read whole); `nil` when it cannot be read.
     public static func firstLine(of path: String, limit: Int = 64 * 1024) -> String? {
-        guard let file = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? file.close() }
-        guard let data = try? file.read(upToCount: limit) else { return nil }
-        let line = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
-        return line.map { $0.trimmingCharacters(in: .whitespaces) }
+        guard let bytes = prefix(of: path, limit: limit) else { return nil }
+        let line = String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline).first
+        return line.map { $0.trimmingWhitespace() }
+    }
+
+    /// At most the first `limit` bytes of a file; `nil` when it cannot be opened.
+    static func prefix(of path: String, limit: Int) -> [UInt8]? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var bytes = [UInt8](repeating: 0, count: limit)
+        var count = 0
+        while count < limit {
+            let read = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + count, limit - count) }
+            if read < 0, errno == EINTR { continue }
+            guard read > 0 else { break }
+            count += read
+        }
+        return Array(bytes[..<count])
     }
 }
 
@@ -261,9 +279,9 @@ public final class AuthorizedKeys: Sendable {
 
     /// The files to read: the path itself, or the regular files of the directory.
     private static func files(at path: String) -> [String]? {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return nil }
-        guard isDirectory.boolValue else { return [path] }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        guard info.st_mode & S_IFMT == S_IFDIR else { return [path] }
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return nil }
         return names.filter { !$0.hasPrefix(".") && !$0.hasSuffix(".key") }.sorted().prefix(maximumFiles)
             .map { path + "/" + $0 }
@@ -286,10 +304,8 @@ public final class AuthorizedKeys: Sendable {
     private static func keys(in signature: [String: [Int]]) -> [String: KeyPermissions] {
         var keys: [String: KeyPermissions] = [:]
         for file in signature.keys {
-            guard let handle = FileHandle(forReadingAtPath: file) else { continue }
-            let data = (try? handle.read(upToCount: maximumFileBytes)) ?? nil
-            try? handle.close()
-            for line in String(decoding: data ?? Data(), as: UTF8.self).split(whereSeparator: \.isNewline) {
+            guard let bytes = CredentialFile.prefix(of: file, limit: maximumFileBytes) else { continue }
+            for line in String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline) {
                 parse(line, into: &keys)
             }
         }
@@ -340,12 +356,12 @@ public enum CurveKeyFiles {
         }
         let secretPath = output + ".key"
         let publicPath = output + ".pub"
-        let directory = (output as NSString).deletingLastPathComponent
+        let directory = output.lastIndex(of: "/").map { String(output[..<$0]) } ?? ""
         if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             } catch {
-                throw HeraldConfigurationError(.keyMaterial, "cannot create \(directory): \(error.localizedDescription)")
+                throw HeraldConfigurationError(.keyMaterial, "cannot create \(directory): \(error)")
             }
         }
         for path in [secretPath, publicPath] where !replacing && FileManager.default.fileExists(atPath: path) {
