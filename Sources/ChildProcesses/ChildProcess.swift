@@ -91,6 +91,9 @@ public final class ChildProcess: Sendable {
                         group.addTask { await child.read(execution.standardOutput, into: outputSink) }
                         group.addTask { await child.read(execution.standardError, into: errorSink) }
                     }
+                    // The execution, and the pidfd it signals through, must not outlive this closure: once
+                    // `run` closes the descriptor, its number may name another child's.
+                    child.stopSignalling()
                 }
                 child.ended(result.terminationStatus.exitCode)
             } catch {
@@ -127,9 +130,11 @@ public final class ChildProcess: Sendable {
     public var outputEnded: Bool { state.withLock { $0.streamsEnded == 2 } }
 
     /// Sends `signal` (SIGTERM, SIGKILL, ...) if the process still runs.
+    ///
+    /// Once both output streams have ended the process is taken to be exiting, and nothing is sent.
     public func signal(_ signal: Int32) {
-        let send = state.withLock { $0.exitCode == nil ? $0.signal : nil }
-        send?(signal)
+        // Sent under the lock, so that `stopSignalling()` cannot let the descriptor close in between.
+        state.withLock { $0.signal?(signal) }
     }
 
     /// Waits until the process ended and its output was read.
@@ -181,6 +186,10 @@ public final class ChildProcess: Sendable {
             $0.processID = processID
             $0.signal = signal
         }
+    }
+
+    private func stopSignalling() {
+        state.withLock { $0.signal = nil }
     }
 
     private func ended(_ code: Int32) {
