@@ -56,8 +56,11 @@ struct BenchCommand: AsyncParsableCommand {
     var skip: String = ""
 
     func validate() throws {
-        guard rounds >= 0, clients >= 1, duration > 0, window > 0, failoverRate > 0 else {
-            throw ValidationError("--rounds, --clients, --duration, --window and --failover-rate must be positive")
+        guard (0...1000).contains(rounds), (1...64).contains(clients), (0.1...3600).contains(duration),
+            (0.1...3600).contains(window), (1...1_000_000).contains(failoverRate)
+        else {
+            throw ValidationError(
+                "--rounds must be in 0...1000, --clients in 1...64, --duration and --window in 0.1...3600 s, --failover-rate in 1...1000000")
         }
         guard (1...10).contains(sessionTimeout) else { throw ValidationError("--session-timeout must be in 1...10 s") }
         _ = try Self.numbers(rates)
@@ -92,8 +95,8 @@ struct BenchCommand: AsyncParsableCommand {
 
     static func numbers(_ text: String) throws -> [Double] {
         try text.split(separator: ",").map {
-            guard let value = Double($0.trimmingWhitespace()), value > 0 else {
-                throw ValidationError("'\(text)' is not a comma-separated list of positive numbers")
+            guard let value = Double($0.trimmingWhitespace()), value > 0, value <= 10_000_000 else {
+                throw ValidationError("'\(text)' is not a comma-separated list of positive numbers up to 10,000,000")
             }
             return value
         }

@@ -34,7 +34,8 @@ struct DemoCommand: AsyncParsableCommand {
     func validate() throws {
         guard DisseminationMode(rawValue: mode) != nil else { throw ValidationError("unknown mode '\(mode)'; use broker or direct") }
         guard (2...9).contains(brokers) else { throw ValidationError("--brokers must be between 2 and 9") }
-        guard rate > 0 else { throw ValidationError("--rate must be positive") }
+        guard (0.001...1_000_000).contains(rate) else { throw ValidationError("--rate must be in 0.001...1000000") }
+        guard (1...60).contains(sessionTimeout) else { throw ValidationError("--session-timeout must be in 1...60 s") }
     }
 
     func run() async throws {

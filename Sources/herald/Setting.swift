@@ -128,19 +128,6 @@ extension Setting where Value == Int {
     }
 }
 
-extension Setting where Value == Double {
-    /// A number in `range`.
-    static func number(
-        _ variable: String, _ summary: String, flag: String? = nil, default fallback: Double,
-        in range: ClosedRange<Double>
-    ) -> Self {
-        Self(
-            variable, summary, flag: flag, default: fallback,
-            expected: "a number in \(range.lowerBound.formatted)...\(range.upperBound.formatted)",
-            parse: { Double($0) }, accepts: { range.contains($0) })
-    }
-}
-
 extension Setting where Value == Bool {
     /// A switch: `1`, `true` or `yes` turn it on, `0`, `false` or `no` off.
     static func flag(_ variable: String, _ summary: String, flag: String? = nil) -> Self {
@@ -170,13 +157,23 @@ extension Setting where Value == Duration {
         Self(
             variable, summary, flag: flag, default: fallback, defaultText: fallback.seconds.formatted,
             expected: "a number of seconds in \(range.lowerBound.formatted)...\(range.upperBound.formatted)",
-            parse: { Double($0).map { .milliseconds(Int(($0 * 1000).rounded())) } },
-            accepts: { range.contains($0.seconds) })
+            parse: { Double($0).flatMap(durationOf(seconds:)) }, accepts: { range.contains($0.seconds) })
     }
 
     /// The value of a `Double` flag in seconds, or the variable's, or the default.
     func value(seconds flagValue: Double?) throws -> Duration {
-        try value(flagValue.map { .milliseconds(Int(($0 * 1000).rounded())) })
+        guard let flagValue else { return try value(nil) }
+        guard let duration = Self.durationOf(seconds: flagValue) else {
+            throw ValidationError("\(flag) must be \(expected), got \(flagValue)")
+        }
+        return try value(duration)
+    }
+
+    /// Seconds as a duration; `nil` for NaN, the infinities and magnitudes that `Int` milliseconds cannot hold,
+    /// which would otherwise stop the process with a trap instead of a message.
+    private static func durationOf(seconds: Double) -> Duration? {
+        guard seconds.isFinite, seconds.magnitude <= 1e9 else { return nil }
+        return .milliseconds(Int((seconds * 1000).rounded()))
     }
 }
 

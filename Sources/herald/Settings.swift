@@ -100,8 +100,10 @@ enum Settings {
     // MARK: Publisher
 
     static let publishTopic = Setting.text("HERALD_TOPIC", "Topic to publish on.", default: nil)
-    static let rate = Setting.number(
-        "HERALD_RATE", "Messages per second; 0 sends as fast as possible.", default: 10, in: 0...1e9)
+    static let rate = Setting<Double>(
+        "HERALD_RATE", "Messages per second; 0 sends as fast as possible.", default: 10,
+        expected: "0 (as fast as possible) or a rate in 0.001...1000000000",
+        parse: { Double($0) }, accepts: { $0 == 0 || (0.001...1e9).contains($0) })
     static let count = Setting.integer(
         "HERALD_COUNT", "Stop after this many messages.", default: nil, defaultText: "no limit", in: 1...Int.max)
     static let size = Setting.integer("HERALD_SIZE", "Payload size in bytes.", default: 64, in: 0...Int(Int32.max))

@@ -199,6 +199,16 @@ struct BadInputTests {
         Refusal(
             label: "a session timeout out of range", arguments: ["subscribe", "--topic", "t", "--session-timeout", "0.5"],
             message: "--session-timeout must be a number of seconds in 1...60"),
+        // Seconds that no Int of milliseconds can hold: a message, not a trap.
+        Refusal(
+            label: "a session timeout beyond any clock", arguments: ["subscribe", "--topic", "t", "--session-timeout", "1e300"],
+            message: "--session-timeout must be a number of seconds in 1...60"),
+        Refusal(
+            label: "a rate too small for any clock", arguments: ["publish", "--topic", "t", "--rate", "1e-300"],
+            message: "--rate must be 0 (as fast as possible) or a rate in 0.001...1000000000"),
+        Refusal(
+            label: "a stall timeout that is not a number", arguments: ["broker"], environment: ["HERALD_STALL_TIMEOUT": "nan"],
+            message: "HERALD_STALL_TIMEOUT must be a number of seconds in 0.001...3600, got 'nan'"),
     ]
 
     @Test("Invalid options are refused with exit code 64 and a clear message, without a crash", arguments: refusals)
