@@ -54,7 +54,6 @@ final class BenchChild: Sendable {
     /// What the readers record, shared with their closures.
     private final class Recorder: Sendable {
         let lineCount = Atomic<Int>(0)
-        let firstLineAt = Atomic<UInt64>(0)
         let kept = Mutex<[BenchMessage]>([])
         let errorText = Mutex<[UInt8]>([])
     }
@@ -70,12 +69,8 @@ final class BenchChild: Sendable {
             let parse: Bool
             if case .messages = output { parse = true } else { parse = false }
             standardOutput = .lines { line in
-                let readAt = wallClockNanoseconds()
-                if recorder.lineCount.load(ordering: .relaxed) == 0 {
-                    recorder.firstLineAt.store(readAt, ordering: .relaxed)
-                }
                 recorder.lineCount.add(1, ordering: .relaxed)
-                if parse, let message = BenchMessage(line: line, readAt: readAt) {
+                if parse, let message = BenchMessage(line: line, readAt: wallClockNanoseconds()) {
                     recorder.kept.withLock { $0.append(message) }
                 }
             }
@@ -94,12 +89,8 @@ final class BenchChild: Sendable {
         self.recorder = recorder
     }
 
-    var name: String { process.name }
-    var isRunning: Bool { process.isRunning }
     /// Lines read from standard output so far.
     var lines: Int { recorder.lineCount.load(ordering: .relaxed) }
-    /// Wall-clock time of the first line, 0 before it.
-    var firstLineTime: UInt64 { recorder.firstLineAt.load(ordering: .relaxed) }
     /// Parsed messages so far (`.messages` output only).
     var messages: [BenchMessage] { recorder.kept.withLock { $0 } }
     /// Everything the child wrote to standard error (its last 512 KiB at least).

@@ -204,15 +204,6 @@ final class DemoProcesses: Sendable {
 
     /// One `write` per line, so lines from several children never interleave.
     static func write(_ text: String) {
-        var text = text
-        text.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(1, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0, errno == EINTR { continue }
-                guard written > 0 else { return }
-                offset += written
-            }
-        }
+        DescriptorWriter(descriptor: STDOUT_FILENO).write(Array(text.utf8))
     }
 }

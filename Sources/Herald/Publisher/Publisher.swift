@@ -245,6 +245,8 @@ public final class Publisher: Service, Sendable {
                 threadDone.complete()
             }
         } catch {
+            // As on every other way out: publish calls see a stopped publisher instead of waiting for a thread.
+            link.withLock { $0.stopping = true }
             await authenticator?.stop()
             throw error
         }

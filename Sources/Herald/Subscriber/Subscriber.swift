@@ -176,11 +176,12 @@ public final class Subscriber: Service, Sendable {
     public func run() async throws {
         let watcher = ClusterWatcher(zookeeper: configuration.zookeeper, layout: configuration.layout, logger: logger)
         let done = Completion()
+        // Before the thread starts: should it not, ``batches`` must still end.
+        defer { queue.finish() }
         try OSThread.start(name: "herald-subscriber") { [self] in
             SubscriberLoop(subscriber: self).run()
             done.complete()
         }
-        defer { queue.finish() }
         do {
             try await cancelWhenGracefulShutdown {
                 try await watcher.run { view in self.follow(view) }
