@@ -73,7 +73,7 @@ public struct ZMQFrame: ~Copyable {
     /// Lends the frame's bytes to `body`; they stay valid until `body` returns.
     /// - Parameter body: reads the bytes.
     /// - Returns: what `body` returns.
-    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+    public func withUnsafeBytes<R: ~Copyable, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
         // A copy of the 64-byte handle: reading through it is safe, since small contents are copied with it and
         // large ones are shared by pointer; the copy is never closed.
         var message = message

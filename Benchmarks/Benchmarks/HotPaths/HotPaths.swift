@@ -67,5 +67,23 @@ let benchmarks: @Sendable () -> Void = {
                 blackHole(forward.delivered)
             }
         }
+        // A full-speed publisher's batches (64 KiB at most): the broker's work per message when it keeps and
+        // forwards one frame per batch.
+        let perBatch = max(1, min(256, (64 << 10) / (size + 64)))
+        Benchmark("forward \(size) B in batches of \(perBatch) to 1 subscriber") { benchmark in
+            var forward = try ForwardLoop(payloadSize: size, subscribers: 1, messagesPerFrame: perBatch)
+            benchmark.startMeasurement()
+            forward.run(benchmark.scaledIterations.count)
+            benchmark.stopMeasurement()
+            blackHole(forward.delivered)
+        }
+        Benchmark("forward \(size) B in batches of \(perBatch) to 1 subscriber ×100k allocations", configuration: counting) {
+            benchmark in
+            var forward = try ForwardLoop(payloadSize: size, subscribers: 1, messagesPerFrame: perBatch)
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations { forward.run(messagesPerCount) }
+            benchmark.stopMeasurement()
+            blackHole(forward.delivered)
+        }
     }
 }

@@ -314,7 +314,8 @@ public final class Broker: Service, Sendable {
         let record = LeaderRecord(
             broker: configuration.brokerID, mode: configuration.mode,
             requestEndpoint: engine.endpoints.request, subscriberEndpoint: engine.endpoints.subscriber, epoch: epoch,
-            sessionTimeout: configuration.zookeeper.sessionTimeout, curveKey: configuration.security?.keyPair.publicKey)
+            sessionTimeout: configuration.zookeeper.sessionTimeout, curveKey: configuration.security?.keyPair.publicKey,
+            batchBytes: configuration.mode == .broker ? configuration.maximumMessageSize : nil)
         term.record = record
         do {
             try await announce(record, term)

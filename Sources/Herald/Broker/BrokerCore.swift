@@ -110,7 +110,7 @@ struct BrokerCore: ~Copyable {
         switch kind {
         case .failure(let failure):
             malformed(failure, from: client, frame: frame, output: &output)
-        case .success(.data):
+        case .success(.data), .success(.batch):
             guard configuration.mode == .broker else { return malformed(.unknownKind, from: client, frame: frame, output: &output) }
             handleData(from: client, &frame, now: now, output: &output)
         case .success(.register), .success(.unregister):
@@ -214,39 +214,39 @@ struct BrokerCore: ~Copyable {
         guard let connection = connections[client] else {
             return refuse(.notRegistered, "register before publishing", to: client, output: &output)
         }
-        let layout: DataLayout
-        switch frame.withUnsafeBytes({ DataLayout.decode($0) }) {
+        let run: DataRun
+        switch frame.withUnsafeBytes({ DataRun.decode($0) }) {
         case .failure(let failure): return malformed(failure, from: client, frame: frame, output: &output)
-        case .success(let decoded): layout = decoded
+        case .success(let decoded): run = decoded
         }
         let size = frame.count
         connection.lastHeard = now
         // A connection publishes only under the identities it registered, which CurveZMQ binds to its key.
-        guard connection.owns(layout.header.publisher) else {
+        guard connection.owns(run.publisher) else {
             return refuse(
-                .notOwner, "data under publisher \(layout.header.publisher.short), which this connection did not register",
+                .notOwner, "data under publisher \(run.publisher.short), which this connection did not register",
                 to: client, output: &output)
         }
         guard connection.publishGrant == nil
-            || frame.withUnsafeBytes({ connection.mayPublish(on: UnsafeRawBufferPointer(rebasing: $0[layout.topic])) })
+            || frame.withUnsafeBytes({ connection.mayPublish(on: UnsafeRawBufferPointer(rebasing: $0[run.topic])) })
         else {
             // At most a valid name's length: the refusal must fit a control message, whatever the frame held.
             let name = frame.withUnsafeBytes {
-                String(decoding: $0[layout.topic].prefix(Topic.maximumLength), as: UTF8.self)
+                String(decoding: $0[run.topic].prefix(Topic.maximumLength), as: UTF8.self)
             }
             return refuse(.forbidden, "this key may not publish on '\(name)'", to: client, output: &output)
         }
         guard connection.received + UInt64(size) <= connection.granted else {
             return refuse(.overCredit, "sent beyond the credit granted", to: client, output: &output)
         }
-        guard let topic = topic(named: layout.topic, in: frame, creating: true, client: client, output: &output) else {
+        guard let topic = topic(named: run.topic, in: frame, creating: true, client: client, output: &output) else {
             return
         }
         connection.received += UInt64(size)
         connection.notePublished(on: topic)
-        topic.received += 1
-        topic.totalReceived += 1
-        append(take(&frame), layout: layout, size: size, to: topic)
+        topic.received += UInt64(run.count)
+        topic.totalReceived += UInt64(run.count)
+        append(take(&frame), run: run, size: size, to: topic)
         for subscriber in topic.subscribers where subscriber.isCaughtUp(on: topic) {
             pump(subscriber, output: &output)
         }
@@ -558,14 +558,15 @@ struct BrokerCore: ~Copyable {
         subscriber.lastHeard = now
         subscriber.lastProgress = now
         subscriber.stalled = false
+        subscriber.takesBatches = request.batches ?? false
         let resume = Resume(request)
         var offered: [String: Int] = [:]
         var backlog: [String: Int] = [:]
         func follow(_ topic: TopicState) {
             let current = subscriber.cursor(on: topic)
             if current == nil { subscriptionCount += 1 }
-            let cursor = startingCursor(in: topic, request: request, resume: resume, current: current)
-            subscriber.follow(topic, from: cursor)
+            let (cursor, from) = startingCursor(in: topic, request: request, resume: resume, current: current)
+            subscriber.follow(topic, from: cursor, sequence: from)
             offered[topic.name] = topic.offered
             backlog[topic.name] = Int(topic.log.endIndex - cursor)
         }
@@ -639,39 +640,57 @@ struct BrokerCore: ~Copyable {
     }
 
     /// Where a subscription of `topic` starts in its log: live, some history back, or where a re-attaching
-    /// subscriber stopped.
+    /// subscriber stopped. A batch is a single entry of the log: `from` is the first sequence number of the
+    /// entry at `cursor` to send, so that a subscriber owed the end of a batch gets only that end.
     ///
     /// A subscriber that asks again on the same connection (`current`) has a gap to fill: its cursor moves back
     /// only to a message it is owed exactly, since anything later it has already been sent.
     private func startingCursor(
         in topic: TopicState, request: SubscribeRequest, resume: Resume, current: UInt64?
-    ) -> UInt64 {
+    ) -> (cursor: UInt64, from: UInt64) {
         let end = topic.log.endIndex
         if let current {
             let owed = resume.streams[topic.name] ?? [:]
             var index = topic.log.firstIndex
             while index < min(current, end) {
-                let wanted = topic.log.withElement(at: index) { entry in owed[entry.publisher] == entry.sequence }
-                if wanted == true { return index }
+                let from = topic.log.withElement(at: index) { entry -> UInt64? in
+                    guard let next = owed[entry.publisher], (entry.firstSequence...entry.lastSequence).contains(next)
+                    else { return nil }
+                    return next
+                }
+                if let from = from.flatMap({ $0 }) { return (index, from) }
                 index += 1
             }
-            return current
+            return (current, 0)
         }
         if request.resume != nil || request.since != nil {
             let owed = resume.streams[topic.name] ?? [:]
+            let since = request.since ?? .max
             var index = topic.log.firstIndex
             while index < end {
-                let wanted = topic.log.withElement(at: index) { entry in
-                    if let next = owed[entry.publisher] { return entry.sequence >= next }
-                    return entry.sentAt >= (request.since ?? .max)
+                let from = topic.log.withElement(at: index) { entry -> UInt64? in
+                    if let next = owed[entry.publisher] { return entry.lastSequence >= next ? next : nil }
+                    guard entry.lastSentAt >= since else { return nil }
+                    return entry.frame.withUnsafeBytes { DataRun.firstSequence(in: $0) { $0.sentAt >= since } } ?? 0
                 }
-                if wanted == true { return index }
+                if let from = from.flatMap({ $0 }) { return (index, from) }
                 index += 1
             }
-            return end
+            return (end, 0)
         }
-        let history = min(max(request.history ?? 0, 0), topic.offered, configuration.historyLimit, topic.log.count)
-        return end - UInt64(history)
+        // Counted in messages: a batch in the log holds several.
+        let history = min(max(request.history ?? 0, 0), topic.offered, configuration.historyLimit)
+        var start = end
+        var counted = 0
+        var from: UInt64 = 0
+        while counted < history, start > topic.log.firstIndex {
+            start -= 1
+            topic.log.withElement(at: start) { entry in
+                counted += entry.count
+                from = entry.firstSequence + UInt64(max(counted - history, 0))
+            }
+        }
+        return (start, from)
     }
 
     private mutating func acknowledge(
@@ -712,6 +731,7 @@ struct BrokerCore: ~Copyable {
                 counters.skipped += topic.log.firstIndex - cursor
                 cursor = topic.log.firstIndex
                 subscriber.follows[position].cursor = cursor
+                subscriber.follows[position].from = 0
             }
             // A fresh leader does not know every contender yet: a contested topic waits, rather than reach a
             // subscriber with no view of its owner.
@@ -720,13 +740,30 @@ struct BrokerCore: ~Copyable {
                 continue
             }
             idle = 0
-            guard var frame = topic.log.updateElement(at: cursor, { try? $0.frame.share() }) else { break }
+            let from = subscriber.follows[position].from
+            guard
+                var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
+                    guard from > entry.firstSequence else { return try? entry.frame.share() }
+                    // Only the end of a batch is owed: a new frame, on this rare path (history, recovery).
+                    return entry.frame.withUnsafeBytes { bytes in DataRun.suffix(of: bytes, from: from) }
+                })
+            else { break }
             let size = frame.count
+            let isBatch = frame.withUnsafeBytes { $0[1] == WireFormat.Kind.batch.rawValue }
+            let messages = topic.log.withElement(at: cursor) { $0.lastSequence - max(from, $0.firstSequence) + 1 } ?? 1
+            if isBatch, !subscriber.takesBatches {
+                refuseSubscriber(
+                    .versionMismatch, "this leader forwards messages in batches, which this subscriber cannot read; upgrade it",
+                    subscriber.id, output: &output)
+                removeSubscriber(subscriber.id, reason: "cannot read batches")
+                return
+            }
             switch output.deliver(to: subscriber.id, &frame) {
             case .sent:
                 subscriber.follows[position].cursor = cursor + 1
+                subscriber.follows[position].from = 0
                 subscriber.sent += UInt64(size)
-                topic.delivered += 1
+                topic.delivered += messages
             case .wouldBlock:
                 blockedSubscribers.insert(subscriber.id)
                 return
@@ -838,12 +875,12 @@ struct BrokerCore: ~Copyable {
         return state
     }
 
-    private mutating func append(_ frame: consuming ZMQFrame, layout: DataLayout, size: Int, to topic: TopicState) {
+    private mutating func append(_ frame: consuming ZMQFrame, run: DataRun, size: Int, to topic: TopicState) {
         let cost = size + LogEntry.overhead
         topic.log.append(
             LogEntry(
-                frame: frame, publisher: layout.header.publisher, sequence: layout.header.sequence,
-                sentAt: layout.header.sentAt, offset: topic.appendedBytes, cost: cost))
+                frame: frame, publisher: run.publisher, firstSequence: run.firstSequence,
+                lastSequence: run.lastSequence, lastSentAt: run.lastSentAt, offset: topic.appendedBytes, cost: cost))
         topic.appendedBytes += UInt64(size)
         topic.bytes += cost
         logBytes += cost
@@ -865,7 +902,7 @@ struct BrokerCore: ~Copyable {
         guard let entry = topic.log.removeFirst() else { return }
         topic.bytes -= entry.cost
         logBytes -= entry.cost
-        counters.evicted += 1
+        counters.evicted += UInt64(entry.count)
     }
 
     // MARK: Replies, refusals and counts
@@ -1029,13 +1066,18 @@ struct LogEntry: ~Copyable {
     /// header around the content.
     static let overhead = MemoryLayout<LogEntry>.stride + 64
 
+    /// A data frame, or a batch of one publisher's consecutive messages.
     var frame: ZMQFrame
     let publisher: PublisherID
-    let sequence: UInt64
-    let sentAt: UInt64
+    let firstSequence: UInt64
+    let lastSequence: UInt64
+    let lastSentAt: UInt64
     /// Data bytes appended to the topic before this message: how far behind a cursor here is.
     let offset: UInt64
     let cost: Int
+
+    var count: Int { Int(lastSequence - firstSequence) + 1 }
+    var isBatch: Bool { frame.withUnsafeBytes { $0[1] == WireFormat.Kind.batch.rawValue } }
 }
 
 /// A topic the leader knows: its log and the subscribers that follow it.
@@ -1129,6 +1171,9 @@ final class SubscriberState {
     struct Follow {
         let topic: TopicState
         var cursor: UInt64
+        /// The first sequence number to send of the entry at the cursor: a batch may be owed only from its
+        /// middle. 0 sends it whole.
+        var from: UInt64 = 0
     }
 
     let id: RoutingID
@@ -1145,6 +1190,8 @@ final class SubscriberState {
     var stalled = false
     /// An ownership report could not be sent: it goes before any more data.
     var ownersOutdated = false
+    /// Whether it reads batch frames; one that does not is refused rather than sent frames it counts as garbage.
+    var takesBatches = false
 
     init(id: RoutingID, now: ContinuousClock.Instant) {
         self.id = id
@@ -1154,11 +1201,12 @@ final class SubscriberState {
 
     var inFlight: UInt64 { sent - acknowledged }
 
-    func follow(_ topic: TopicState, from cursor: UInt64) {
+    func follow(_ topic: TopicState, from cursor: UInt64, sequence: UInt64 = 0) {
         if let index = follows.firstIndex(where: { $0.topic === topic }) {
             follows[index].cursor = cursor
+            follows[index].from = sequence
         } else {
-            follows.append(Follow(topic: topic, cursor: cursor))
+            follows.append(Follow(topic: topic, cursor: cursor, from: sequence))
             topic.subscribers.append(self)
         }
     }

@@ -74,9 +74,13 @@ extension EncodeLoop {
     private let subscribers: [RoutingID]
     private var now: ContinuousClock.Instant
     private var iteration: Int
+    private let messagesPerFrame: Int
+    /// Messages of a frame not forwarded yet by ``run(_:)``, which counts in messages.
+    private var carried = 0
 
-    /// Sets up a broker with one publisher and `subscribers` subscribers, and fills its log.
-    public init(payloadSize: Int, subscribers: Int = 1) throws {
+    /// Sets up a broker with one publisher and `subscribers` subscribers, and fills its log; with
+    /// `messagesPerFrame` above 1 the publisher sends batches of that many messages.
+    public init(payloadSize: Int, subscribers: Int = 1, messagesPerFrame: Int = 1) throws {
         var configuration = BrokerConfiguration(
             zookeeper: .init(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "bench"))
         configuration.logBytes = 8 << 20
@@ -90,12 +94,17 @@ extension EncodeLoop {
         let subscriberIDs = (0..<subscribers).map { RoutingID.loop(UInt8(2 + $0)) }
         var subscriptions: [[UInt8]] = []
         for _ in subscriberIDs {
-            subscriptions.append(ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil)))
+            subscriptions.append(
+                ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil, batches: true)))
         }
         var encoded: [[UInt8]] = []
         for _ in 0..<Self.distinctFrames {
-            encode.run(1)
-            encoded.append(encode.frame)
+            var messages: [[UInt8]] = []
+            for _ in 0..<messagesPerFrame {
+                encode.run(1)
+                messages.append(encode.frame)
+            }
+            encoded.append(messagesPerFrame == 1 ? messages[0] : DataRun.batch(of: messages))
         }
         var core = BrokerCore(configuration: configuration, epoch: 1, now: now, logger: silentLogger)
         var output = CountingOutput()
@@ -116,17 +125,23 @@ extension EncodeLoop {
         self.now = now
         self.publisher = RoutingID.loop(1)
         self.iteration = 0
+        self.messagesPerFrame = messagesPerFrame
         run(100_000)
     }
 
-    /// Forwards `iterations` frames, acknowledging for the subscribers as they would.
+    /// Forwards `iterations` messages' worth of frames, acknowledging for the subscribers as they would.
     public mutating func run(_ iterations: Int) {
-        for _ in 0..<iterations {
+        carried += iterations
+        let frameCount = carried / messagesPerFrame
+        carried %= messagesPerFrame
+        // Acknowledged every 256 messages or every frame, well within the subscribers' window.
+        let acknowledgeEvery = max(1, 256 / messagesPerFrame)
+        for _ in 0..<frameCount {
             guard var frame = frames.updateElement(at: UInt64(iteration % Self.distinctFrames), { try? $0.share() })
             else { break }
             core.handleRequest(from: publisher, &frame, now: now, output: &output)
             iteration += 1
-            if iteration % 256 == 0 {
+            if iteration % acknowledgeEvery == 0 {
                 for subscriber in subscribers {
                     guard var consumed = ControlFrame.countFrame(.consumed, output.deliveredBytes) else { continue }
                     core.handleSubscriberMessage(from: subscriber, &consumed, now: now, output: &output)

@@ -113,18 +113,26 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                 toSubscriberSocket = true
             case 2, 3:
                 let topic = input.byte() % 8 < 7 ? Array(topics[Int(input.byte()) % topics.count].utf8) : input.text(limit: 300)
-                let header = MessageHeader(
-                    publisher: publishers[Int(input.byte()) % publishers.count], sequence: input.sequence(),
-                    sentAt: input.byte() % 2 == 0 ? input.uint64() : 1_000)
-                let payload = input.bytes(input.count(below: 3000))
-                bytes = [WireFormat.version, WireFormat.Kind.data.rawValue] + topic + [0]
-                var frame = [UInt8](repeating: 0, count: WireFormat.headerSize)
-                frame.withUnsafeMutableBytes { destination in
-                    [UInt8]().withUnsafeBytes { empty in
-                        DataLayout.encode(into: destination, key: empty, header: header, payload: empty)
+                let publisher = publishers[Int(input.byte()) % publishers.count]
+                let sequence = input.sequence()
+                // Now and then a batch: consecutive numbers, or (rarely) whatever the input says.
+                let count = input.byte() % 4 == 0 ? 1 + Int(input.byte() % 5) : 1
+                var frames: [[UInt8]] = []
+                for offset in 0..<count {
+                    let header = MessageHeader(
+                        publisher: publisher,
+                        sequence: input.byte() % 16 == 0 ? input.sequence() : sequence &+ UInt64(offset),
+                        sentAt: input.byte() % 2 == 0 ? input.uint64() : 1_000)
+                    let payload = input.bytes(input.count(below: 3000 / count))
+                    var frame = [UInt8](repeating: 0, count: WireFormat.headerSize)
+                    frame.withUnsafeMutableBytes { destination in
+                        [UInt8]().withUnsafeBytes { empty in
+                            DataLayout.encode(into: destination, key: empty, header: header, payload: empty)
+                        }
                     }
+                    frames.append([WireFormat.version, WireFormat.Kind.data.rawValue] + topic + [0] + frame + payload)
                 }
-                bytes += frame + payload
+                bytes = count == 1 ? frames[0] : DataRun.batch(of: frames)
             case 4:
                 let registration = PublisherRegistration(
                     publisher: publishers[Int(input.byte()) % publishers.count], endpoint: "tcp://x:1",
@@ -143,7 +151,8 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                     topics: (0..<Int(input.byte() % 7)).map { _ in filters[Int(input.byte()) % filters.count] },
                     window: Int(truncatingIfNeeded: input.uint64()),
                     history: input.byte() % 2 == 0 ? nil : Int(truncatingIfNeeded: input.uint64()),
-                    resume: input.byte() % 2 == 0 ? nil : resume, since: input.byte() % 2 == 0 ? nil : input.uint64())
+                    resume: input.byte() % 2 == 0 ? nil : resume, since: input.byte() % 2 == 0 ? nil : input.uint64(),
+                    batches: input.byte() % 4 == 0 ? nil : true)
                 bytes = ControlFrame.encode(.subscribe, request)
                 toSubscriberSocket = true
             case 6:
@@ -185,8 +194,12 @@ private struct FuzzOutput: BrokerOutput {
     }
 
     mutating func deliver(to subscriber: RoutingID, _ frame: inout ZMQFrame) -> DeliveryOutcome {
-        let valid = frame.withUnsafeBytes { (try? WireFormat.kind(of: $0).get()) != nil }
-        require(valid, "a delivery that is not a valid frame")
+        let kind = frame.withUnsafeBytes { try? WireFormat.kind(of: $0).get() }
+        require(kind != nil, "a delivery that is not a valid frame")
+        if kind == .batch {
+            let run = frame.withUnsafeBytes { try? DataRun.decode($0).get() }
+            require(run != nil, "a batch forwarded that is not one topic and publisher numbered in order")
+        }
         if nextOutcome == .sent { frame.clear() }
         return nextOutcome
     }
@@ -232,7 +245,7 @@ private struct FuzzOutput: BrokerOutput {
                             Array(bytes[layout.payload]), sequence: layout.header.sequence,
                             of: Sequencer.StreamKey(publisher: layout.header.publisher, topic: topic))
                     }
-                    _ = core.acceptData(bytes, receivedAt: 0, now: now, into: &sink)
+                    _ = core.acceptFrame(bytes, receivedAt: 0, now: now, into: &sink)
                 }
                 sink.forget(except: core.sequencer)
             default:
@@ -252,7 +265,7 @@ private struct FuzzOutput: BrokerOutput {
                 let owedFromFirst = input.byte() % 4 == 0
                 sink.forget(except: core.sequencer)
                 _ = frame.withUnsafeBytes {
-                    core.acceptData($0, receivedAt: 0, now: now, lostBeforeFirst: { _ in owedFromFirst }, into: &sink)
+                    core.acceptFrame($0, receivedAt: 0, now: now, lostBeforeFirst: { _ in owedFromFirst }, into: &sink)
                 }
             }
             require(core.sequencer.heldByteCount <= heldLimit, "holds \(core.sequencer.heldByteCount) bytes")

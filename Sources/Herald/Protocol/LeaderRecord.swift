@@ -28,6 +28,9 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     /// The brokers' CURVE public key (Z85) when the cluster runs with CurveZMQ; clients connect only to a leader
     /// whose key is the one they trust.
     public var curveKey: String?
+    /// The largest batch frame (``WireFormat/Kind/batch``) the leader takes from a publisher, in bytes; absent
+    /// in records of builds that take one message per frame, to which publishers then send no batches.
+    public var batchBytes: Int?
 
     /// Creates a record.
     /// - Parameters:
@@ -38,9 +41,10 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
     ///   - epoch: the leader's term.
     ///   - sessionTimeout: the leader's ZooKeeper session timeout.
     ///   - curveKey: the brokers' CURVE public key, if the cluster uses CurveZMQ.
+    ///   - batchBytes: the largest batch frame the leader takes.
     public init(
         broker: String, mode: DisseminationMode, requestEndpoint: String, subscriberEndpoint: String, epoch: UInt64,
-        sessionTimeout: Duration? = nil, curveKey: String? = nil
+        sessionTimeout: Duration? = nil, curveKey: String? = nil, batchBytes: Int? = nil
     ) {
         self.broker = broker
         self.mode = mode
@@ -50,13 +54,14 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         self.protocolVersion = Int(WireFormat.version)
         self.sessionTimeoutMilliseconds = sessionTimeout.flatMap { Int(exactly: ($0.seconds * 1000).rounded()) }
         self.curveKey = curveKey
+        self.batchBytes = batchBytes
     }
 
     private enum CodingKeys: String, CodingKey {
         case broker, mode, requestEndpoint, subscriberEndpoint, epoch
         case protocolVersion = "protocol"
         case sessionTimeoutMilliseconds = "sessionTimeoutMs"
-        case curveKey
+        case curveKey, batchBytes
     }
 
     /// Decodes a record, reading one written by version 1 (no epoch, no protocol) as epoch 0 and protocol 1,
@@ -73,6 +78,9 @@ public struct LeaderRecord: Codable, Sendable, Hashable, CustomStringConvertible
         sessionTimeoutMilliseconds = (try? container.decodeIfPresent(Int.self, forKey: .sessionTimeoutMilliseconds))
             .flatMap { $0 }.flatMap { (1...86_400_000).contains($0) ? $0 : nil }
         curveKey = try container.decodeIfPresent(String.self, forKey: .curveKey)
+        // A size no frame can have is read as absent: the publisher then sends one message per frame.
+        batchBytes = (try? container.decodeIfPresent(Int.self, forKey: .batchBytes)).flatMap { $0 }
+            .flatMap { (1...(1 << 30)).contains($0) ? $0 : nil }
         if let curveKey, !ZMQCurveKeyPair.isValidKey(curveKey) {
             throw DecodingError.dataCorruptedError(
                 forKey: .curveKey, in: container, debugDescription: "not a Z85 CURVE public key")

@@ -216,6 +216,9 @@ struct SubscribeRequest: Codable, Sendable, Equatable {
     /// When the subscriber first subscribed, in nanoseconds since the Unix epoch: kept messages of publishers
     /// not in ``resume`` are sent if they were sent after it. Absent on a first attachment, which starts live.
     var since: UInt64?
+    /// Whether the subscriber takes batch frames (``WireFormat/Kind/batch``); a leader refuses to send batches to
+    /// one that does not say so, rather than have it count them as malformed.
+    var batches: Bool?
 
     /// The request as a control frame that a leader accepts. Publishers can be invented by anyone who can
     /// publish, and each one a subscriber knows adds a resume entry: a request over the leader's limit on

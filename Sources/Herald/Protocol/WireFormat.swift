@@ -27,6 +27,11 @@ import ZeroMQ
 /// without looking further than the header. Control messages are `version, kind, body`, where the body is JSON
 /// (``ControlMessage``) or, for the two flow-control kinds, one big-endian 64-bit count.
 ///
+/// A batch carries several data frames of one topic and one publisher, numbered one after the other, in one
+/// frame: `version, kind (12)`, then for each message its data frame's length (32 bits, big-endian) and the
+/// data frame itself (``DataRun``). A publisher sends one when messages wait for the connection, so that under
+/// load libzmq, the kernel and the broker pay their per-frame costs once per batch, not once per message.
+///
 /// Version 1 sent several frames per message and began requests with a one-byte frame; a version 2 process
 /// that meets one says that the versions differ instead of counting garbage.
 enum WireFormat {
@@ -69,6 +74,10 @@ enum WireFormat {
         /// Leader to subscriber (broker mode), JSON ``OwnershipReport``: who owns the exclusive topics it
         /// follows; sent when it subscribes and when an owner changes.
         case owners = 11
+        /// Several data frames of one topic and publisher (``DataRun``): from a publisher to a leader that
+        /// takes batches (``LeaderRecord/batchBytes``), and from the leader to subscribers that do
+        /// (``SubscribeRequest/batches``).
+        case batch = 12
     }
 
     /// Why a frame could not be decoded; counted by reason on brokers and clients.
@@ -79,6 +88,8 @@ enum WireFormat {
         case unknownKind = "unknown_kind"
         /// A data frame whose topic is not a valid name or not ended.
         case badTopic = "bad_topic"
+        /// A batch whose messages are not of one topic and one publisher, numbered one after the other.
+        case badBatch = "bad_batch"
         /// Sequence number 0: numbering starts at 1.
         case badSequence = "bad_sequence"
         /// A JSON body that does not parse, has the wrong shape, or is larger than allowed.
@@ -177,6 +188,152 @@ struct DataLayout: Sendable, Equatable {
         put(header.sequence)
         put(header.sentAt)
         put(payload)
+    }
+}
+
+/// The messages of one data or batch frame: one topic, one publisher and consecutive sequence numbers, so that
+/// a broker keeps and forwards the frame as a unit and a subscriber's recovery can name any message in it.
+struct DataRun: Sendable, Equatable {
+    /// The topic name's bytes in the frame, without the ending zero (in a batch, those of its first message).
+    var topic: Range<Int>
+    var publisher: PublisherID
+    var firstSequence: UInt64
+    var lastSequence: UInt64
+    /// The send time of the last message.
+    var lastSentAt: UInt64
+    /// How many messages the frame holds.
+    var count: Int { Int(lastSequence - firstSequence) + 1 }
+
+    /// The largest number of messages a publisher puts in one batch; a receiver accepts any number that fits.
+    static let batchLimit = 1024
+    /// Bytes a batch adds to its messages' data frames: version and kind, then each message's length.
+    static func batchSize(ofFrames frames: Int, totalBytes: Int) -> Int { 2 + frames * 4 + totalBytes }
+
+    /// Decodes a data frame (a run of one) or a batch, checking that a batch's messages share one topic and one
+    /// publisher and are numbered one after the other.
+    static func decode(_ frame: UnsafeRawBufferPointer) -> Result<DataRun, WireFormat.DecodeFailure> {
+        switch WireFormat.kind(of: frame) {
+        case .failure(let failure): return .failure(failure)
+        case .success(.data):
+            return DataLayout.decode(frame).map { layout in
+                DataRun(
+                    topic: layout.topic, publisher: layout.header.publisher, firstSequence: layout.header.sequence,
+                    lastSequence: layout.header.sequence, lastSentAt: layout.header.sentAt)
+            }
+        case .success(.batch): break
+        case .success: return .failure(.unknownKind)
+        }
+        var run: DataRun?
+        var firstKey = 0..<0
+        let failure = forEachMessage(inBatch: frame) { offset, message, layout in
+            guard var current = run else {
+                firstKey = (offset + layout.topicKey.lowerBound)..<(offset + layout.topicKey.upperBound)
+                run = DataRun(
+                    topic: (offset + layout.topic.lowerBound)..<(offset + layout.topic.upperBound),
+                    publisher: layout.header.publisher, firstSequence: layout.header.sequence,
+                    lastSequence: layout.header.sequence, lastSentAt: layout.header.sentAt)
+                return true
+            }
+            guard layout.header.publisher == current.publisher, current.lastSequence < .max,
+                layout.header.sequence == current.lastSequence + 1,
+                message[layout.topicKey].elementsEqual(frame[firstKey])
+            else { return false }
+            current.lastSequence = layout.header.sequence
+            current.lastSentAt = layout.header.sentAt
+            run = current
+            return true
+        }
+        if let failure { return .failure(failure) }
+        guard let run else { return .failure(.truncated) }
+        return .success(run)
+    }
+
+    /// Calls `body` with each data frame of a batch (its offset in the batch, its bytes and its layout) until
+    /// `body` returns false, which makes the batch ``WireFormat/DecodeFailure/badBatch``.
+    /// - Returns: why the batch is malformed, or `nil`.
+    static func forEachMessage(
+        inBatch frame: UnsafeRawBufferPointer,
+        _ body: (_ offset: Int, _ message: UnsafeRawBufferPointer, _ layout: DataLayout) -> Bool
+    ) -> WireFormat.DecodeFailure? {
+        var offset = 2
+        guard frame.count > offset else { return .truncated }
+        while offset < frame.count {
+            guard frame.count - offset >= 4 else { return .truncated }
+            let length = Int(UInt32(bigEndian: frame.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+            offset += 4
+            guard length <= frame.count - offset else { return .truncated }
+            let message = UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + length)])
+            switch DataLayout.decode(message) {
+            case .failure(let failure): return failure
+            case .success(let layout): if !body(offset, message, layout) { return .badBatch }
+            }
+            offset += length
+        }
+        return nil
+    }
+
+    /// Writes a batch of `count` data frames of one topic and publisher, in order, each asked of `nextFrame`, into
+    /// `destination`, which must be exactly ``batchSize(ofFrames:totalBytes:)`` bytes long.
+    static func encodeBatch(
+        into destination: UnsafeMutableRawBufferPointer, count: Int, _ nextFrame: () -> UnsafeRawBufferPointer
+    ) {
+        destination[0] = WireFormat.version
+        destination[1] = WireFormat.Kind.batch.rawValue
+        var offset = 2
+        for _ in 0..<count {
+            let frame = nextFrame()
+            destination.storeBytes(of: UInt32(frame.count).bigEndian, toByteOffset: offset, as: UInt32.self)
+            offset += 4
+            if let base = frame.baseAddress, !frame.isEmpty {
+                (destination.baseAddress! + offset).copyMemory(from: base, byteCount: frame.count)
+            }
+            offset += frame.count
+        }
+    }
+
+    /// The sequence number of the first message of a valid data or batch frame that `isWanted`, if any.
+    static func firstSequence(in frame: UnsafeRawBufferPointer, where isWanted: (MessageHeader) -> Bool) -> UInt64? {
+        guard frame.count >= 2, frame[1] == WireFormat.Kind.batch.rawValue else {
+            return (try? DataLayout.decode(frame).get()).flatMap { isWanted($0.header) ? $0.header.sequence : nil }
+        }
+        var found: UInt64?
+        _ = forEachMessage(inBatch: frame) { _, _, layout in
+            if isWanted(layout.header) { found = layout.header.sequence }
+            return found == nil
+        }
+        return found
+    }
+
+    /// The messages of a valid batch from number `sequence` on, as a new frame: a batch again, or a data frame
+    /// when one message is left. `nil` when none is left or libzmq cannot allocate the frame.
+    static func suffix(of batch: UnsafeRawBufferPointer, from sequence: UInt64) -> ZMQFrame? {
+        var start: Int?
+        var count = 0
+        _ = forEachMessage(inBatch: batch) { offset, _, layout in
+            if layout.header.sequence >= sequence {
+                if start == nil { start = offset - 4 }
+                count += 1
+            }
+            return true
+        }
+        guard let start else { return nil }
+        // The messages are numbered one after the other, so those kept are the batch's last bytes.
+        if count == 1 { return try? ZMQFrame(copying: UnsafeRawBufferPointer(rebasing: batch[(start + 4)...])) }
+        return try? ZMQFrame(count: 2 + batch.count - start) { destination in
+            destination[0] = WireFormat.version
+            destination[1] = WireFormat.Kind.batch.rawValue
+            UnsafeMutableRawBufferPointer(rebasing: destination[2...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: batch[start...]))
+        }
+    }
+
+    /// A batch of `frames` as bytes, for the fuzzers and tests.
+    static func batch(of frames: [[UInt8]]) -> [UInt8] {
+        var bytes: [UInt8] = [WireFormat.version, WireFormat.Kind.batch.rawValue]
+        for frame in frames {
+            withUnsafeBytes(of: UInt32(frame.count).bigEndian) { bytes.append(contentsOf: $0) }
+            bytes += frame
+        }
+        return bytes
     }
 }
 

@@ -478,7 +478,6 @@ private struct Link: ~Copyable {
         var stream = streams.removeValue(forKey: topic) ?? (0, topic.key, 0)
         defer { streams[topic] = stream }
         let first = stream.sequence + 1
-        var wakeThread = false
         while next < payloads.endIndex, hasRoom {
             let payload = payloads[next]
             next += 1
@@ -488,11 +487,11 @@ private struct Link: ~Copyable {
                 publisher: publisher, sequence: stream.sequence, sentAt: WallClock.nanosecondsSinceEpoch())
             if mode == .direct {
                 sendDirect(key: stream.key, header: header, payload: payload)
-            } else if appendAndSend(key: stream.key, header: header, payload: payload) {
-                wakeThread = true
+            } else {
+                append(key: stream.key, header: header, payload: payload)
             }
         }
-        return .published(first...stream.sequence, wakeThread: wakeThread)
+        return .published(first...stream.sequence, wakeThread: mode == .broker && sendWaiting())
     }
 
     /// Moves the counts of published messages to the metrics, off the callers' path.
@@ -522,16 +521,14 @@ private struct Link: ~Copyable {
         try? socket.send(&frame, dontWait: true)
     }
 
-    /// Broker mode: keeps the message for replay and sends it now when nothing waits before it and the
-    /// connection is free. - Returns: whether the socket thread must take over.
-    private mutating func appendAndSend(key: [UInt8], header: MessageHeader, payload: [UInt8]) -> Bool {
+    /// Broker mode: keeps the message for replay, to be sent by ``sendWaiting()``.
+    private mutating func append(key: [UInt8], header: MessageHeader, payload: [UInt8]) {
         let size = DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count)
         let now = WallClock.monotonicNanoseconds()
         trimRetention(now: now)
         let unsentBefore = unsent
-        let attached = self.attached
         var droppedUnsent: UInt64 = 0
-        let position = retention.append(
+        _ = retention.append(
             size: size, now: now,
             dropping: { dropped in
                 // Only while detached can a message leave unsent: attached, callers wait before that.
@@ -546,24 +543,16 @@ private struct Link: ~Copyable {
             })
         expired += droppedUnsent
         skipDropped()
-        guard attached, !ownedByThread, let dealer else { return false }
-        guard unsent == position, let (bytes, next) = retention.frame(at: position) else {
-            ownedByThread = true
-            return true
-        }
-        if sent + UInt64(size) > granted { readIncoming() }
-        guard sent + UInt64(size) <= granted else {
-            ownedByThread = true
-            return true
-        }
-        do {
-            try dealer.send(bytes: bytes, dontWait: true)
-            sent += UInt64(size)
-            unsent = next
-            unsentNumber += 1
-            return false
-        } catch {
-            blockedOnWrite = true
+    }
+
+    /// Broker mode, on the caller's thread: sends what callers appended while the connection is free, a batch
+    /// frame for several messages (one call's worth), a plain frame for one. - Returns: whether the socket thread
+    /// must take over, because credit ran out or libzmq's queue is full.
+    private mutating func sendWaiting() -> Bool {
+        guard attached, !ownedByThread, dealer != nil else { return false }
+        switch flush() {
+        case .done: return false
+        case .blocked, .needsCredit:
             ownedByThread = true
             return true
         }
@@ -644,9 +633,15 @@ private struct Link: ~Copyable {
 
     private enum FlushOutcome { case done, blocked, needsCredit }
 
-    /// Sends waiting messages while credit lasts and libzmq takes them, a batch at a time.
+    /// The largest batch frame a publisher makes: large enough that libzmq's and the broker's per-frame costs
+    /// vanish for small messages, small enough to stay in the caches and not to hold a subscriber's window long.
+    static let batchBytes = 64 << 10
+
+    /// Sends waiting messages while credit lasts and libzmq takes them. Messages that wait together for a
+    /// leader that takes batches go in batch frames of one topic each, up to ``batchBytes``.
     private mutating func flush() -> FlushOutcome {
-        guard let dealer, leader != nil else { return .done }
+        guard let dealer, let leader else { return .done }
+        let batchLimit = min(leader.batchBytes ?? 0, Self.batchBytes)
         blockedOnWrite = false
         skipDropped()
         for _ in 0..<4096 {
@@ -655,18 +650,53 @@ private struct Link: ~Copyable {
                 readIncoming()
                 if sent + UInt64(bytes.count) > granted { return .needsCredit }
             }
+            let (count, end, size) = batch(startingWith: bytes, next: next, limit: min(batchLimit, Int(granted - sent)))
             do {
-                try dealer.send(bytes: bytes, dontWait: true)
+                if count == 1 {
+                    try dealer.send(bytes: bytes, dontWait: true)
+                } else {
+                    var position = unsent
+                    var frame = try ZMQFrame(count: size) { destination in
+                        DataRun.encodeBatch(into: destination, count: count) {
+                            let (bytes, next) = retention.frame(at: position)!
+                            position = next
+                            return bytes
+                        }
+                    }
+                    try dealer.send(&frame, dontWait: true)
+                }
             } catch {
                 blockedOnWrite = true
                 return .blocked
             }
-            sent += UInt64(bytes.count)
-            unsent = next
-            unsentNumber += 1
+            sent += UInt64(size)
+            unsent = end
+            unsentNumber += UInt64(count)
         }
         // A full batch: let callers in, then go on.
         return .blocked
+    }
+
+    /// How many waiting messages, from the one in `first`, go in one frame: those that follow it on the same
+    /// topic while the batch stays within `limit` bytes. - Returns: the count, the position after the last one,
+    /// and the frame's size (the message's own when the count is 1).
+    private func batch(
+        startingWith first: UnsafeRawBufferPointer, next: RetentionBuffer.Position, limit: Int
+    ) -> (count: Int, end: RetentionBuffer.Position, size: Int) {
+        var count = 1
+        var end = next
+        var total = first.count
+        guard limit > 0, let keyEnd = first[2...].firstIndex(of: 0) else { return (1, next, total) }
+        let key = UnsafeRawBufferPointer(rebasing: first[...keyEnd])
+        while count < DataRun.batchLimit, let (bytes, after) = retention.frame(at: end),
+            DataRun.batchSize(ofFrames: count + 1, totalBytes: total + bytes.count) <= limit,
+            bytes.count > key.count, bytes[key.indices].elementsEqual(key)
+        {
+            count += 1
+            total += bytes.count
+            end = after
+        }
+        return count == 1 ? (1, next, total) : (count, end, DataRun.batchSize(ofFrames: count, totalBytes: total))
     }
 
     /// Reads what the leader sent: credit, and refusals.

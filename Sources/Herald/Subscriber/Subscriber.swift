@@ -550,7 +550,7 @@ private final class SubscriberLoop {
         let request = SubscribeRequest(
             topics: names, window: configuration.window,
             history: first && configuration.history > 0 ? configuration.history : nil,
-            resume: resume, since: first ? nil : subscribedSince)
+            resume: resume, since: first ? nil : subscribedSince, batches: true)
         request.encodedWithinLimit().withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
 
@@ -580,14 +580,14 @@ private final class SubscriberLoop {
     private func handle(now: ContinuousClock.Instant, receivedAt: UInt64, on connection: LeaderConnection?) {
         let size = frame.count
         switch frame.withUnsafeBytes({ WireFormat.kind(of: $0) }) {
-        case .success(.data):
+        case .success(.data), .success(.batch):
             connection?.consumed += UInt64(size)
             let direct = connection == nil
             let since = subscribedSince ?? .max
             let starts = publisherStarts
             var sink = BatchSink(loop: self)
             let outcome = frame.withUnsafeBytes { bytes in
-                core.acceptData(
+                core.acceptFrame(
                     bytes, receivedAt: receivedAt, now: now,
                     lostBeforeFirst: { direct && (starts[$0].map { $0 > since } ?? false) }, into: &sink)
             }

@@ -51,6 +51,25 @@ struct SubscriberCore {
         self.init(filters: topics.map(TopicFilter.init), sequencer: sequencer)
     }
 
+    /// Takes one data or batch frame. A batch is checked whole before any of it is delivered, so that it is taken
+    /// or dropped as one frame; its messages share a topic and a publisher, so the first one's outcome is theirs.
+    @discardableResult
+    mutating func acceptFrame(
+        _ frame: UnsafeRawBufferPointer, receivedAt: UInt64, now: ContinuousClock.Instant,
+        lostBeforeFirst: (PublisherID) -> Bool = { _ in false }, into sink: inout some Sequencer.Sink
+    ) -> Outcome {
+        guard frame.count >= 2, frame[1] == WireFormat.Kind.batch.rawValue else {
+            return acceptData(frame, receivedAt: receivedAt, now: now, lostBeforeFirst: lostBeforeFirst, into: &sink)
+        }
+        guard case .success = DataRun.decode(frame) else { return .malformed }
+        var outcome = Outcome.accepted
+        _ = DataRun.forEachMessage(inBatch: frame) { _, message, _ in
+            outcome = acceptData(message, receivedAt: receivedAt, now: now, lostBeforeFirst: lostBeforeFirst, into: &sink)
+            return outcome == .accepted
+        }
+        return outcome
+    }
+
     /// Takes one data frame.
     /// - Parameters:
     ///   - frame: the frame's bytes.

@@ -1,0 +1,214 @@
+import Foundation
+import Testing
+import ZeroMQ
+
+@testable import Herald
+
+@Suite("Batches: several messages of one topic and publisher in one frame")
+struct BatchTests {
+    let publisher = PublisherID()
+    let client = CoreHarness.id(1)
+    let subscriber = CoreHarness.id(2)
+
+    func frame(_ sequence: UInt64, topic: Topic = "t", from publisher: PublisherID? = nil, sentAt: UInt64 = 0) -> [UInt8] {
+        dataFrame(
+            topic: topic, header: MessageHeader(publisher: publisher ?? self.publisher, sequence: sequence, sentAt: sentAt),
+            payload: Array("message \(sequence)".utf8))
+    }
+
+    func batch(_ sequences: ClosedRange<UInt64>) -> [UInt8] { DataRun.batch(of: sequences.map { frame($0, sentAt: $0 * 10) }) }
+
+    // MARK: Wire format
+
+    @Test func aBatchDecodesToItsTopicPublisherAndNumbers() throws {
+        let bytes = batch(4...9)
+        let run = try bytes.withUnsafeBytes { try DataRun.decode($0).get() }
+        #expect(run.publisher == publisher)
+        #expect(run.firstSequence == 4 && run.lastSequence == 9 && run.count == 6)
+        #expect(run.lastSentAt == 90)
+        #expect(String(decoding: bytes[run.topic], as: UTF8.self) == "t")
+        let single = try frame(3).withUnsafeBytes { try DataRun.decode($0).get() }
+        #expect(single.firstSequence == 3 && single.lastSequence == 3 && single.count == 1)
+    }
+
+    @Test func thePublishersEncoderWritesTheSameBatch() {
+        let frames = (1...3).map { frame(UInt64($0)) }
+        let flat = frames.flatMap { $0 }
+        var bytes = [UInt8](repeating: 0xEE, count: DataRun.batchSize(ofFrames: 3, totalBytes: flat.count))
+        flat.withUnsafeBytes { flat in
+            var offset = 0
+            var next = 0
+            bytes.withUnsafeMutableBytes { destination in
+                DataRun.encodeBatch(into: destination, count: 3) {
+                    defer { offset += frames[next].count; next += 1 }
+                    return UnsafeRawBufferPointer(rebasing: flat[offset..<(offset + frames[next].count)])
+                }
+            }
+        }
+        #expect(bytes == DataRun.batch(of: frames))
+    }
+
+    @Test func aBatchThatMixesTopicsPublishersOrNumbersIsRefusedWhole() {
+        let cases: [(String, [UInt8], WireFormat.DecodeFailure)] = [
+            ("two topics", DataRun.batch(of: [frame(1), frame(2, topic: "u")]), .badBatch),
+            ("two publishers", DataRun.batch(of: [frame(1), frame(2, from: PublisherID())]), .badBatch),
+            ("a gap", DataRun.batch(of: [frame(1), frame(3)]), .badBatch),
+            ("numbers going back", DataRun.batch(of: [frame(2), frame(1)]), .badBatch),
+            ("the same number twice", DataRun.batch(of: [frame(2), frame(2)]), .badBatch),
+            ("no messages", [WireFormat.version, WireFormat.Kind.batch.rawValue], .truncated),
+            ("a length past the end", Array(DataRun.batch(of: [frame(1)]).dropLast()), .truncated),
+            ("a partial length", DataRun.batch(of: [frame(1)]) + [0, 0], .truncated),
+            ("a message that is no data frame", DataRun.batch(of: [frame(1), [WireFormat.version, 2, 0]]), .unknownKind),
+            ("sequence zero", DataRun.batch(of: [frame(0)]), .badSequence),
+        ]
+        for (name, bytes, failure) in cases {
+            let result = bytes.withUnsafeBytes { DataRun.decode($0) }
+            #expect(result == .failure(failure), "\(name)")
+        }
+    }
+
+    @Test func aLeaderRecordAdvertisesItsBatchSizeAndAnImpossibleOneReadsAsAbsent() throws {
+        let record = LeaderRecord(
+            broker: "b", mode: .broker, requestEndpoint: "tcp://h:1", subscriberEndpoint: "tcp://h:2", epoch: 1,
+            batchBytes: 65_536)
+        #expect(LeaderRecord(decoding: record.encoded())?.batchBytes == 65_536)
+        for hostile in ["-1", "0", "9223372036854775807", "\"big\""] {
+            let json = #"{"broker":"b","mode":"broker","requestEndpoint":"tcp://h:1","subscriberEndpoint":"tcp://h:2","epoch":1,"protocol":2,"batchBytes":\#(hostile)}"#
+            let decoded = try #require(LeaderRecord(decoding: Array(json.utf8)), "\(hostile)")
+            #expect(decoded.batchBytes == nil, "\(hostile)")
+        }
+    }
+
+    // MARK: Broker
+
+    /// What reached the subscriber that carries messages (not the subscription's reply).
+    func messages(in output: RecordingOutput) -> [[UInt8]] {
+        output.deliveries.map(\.bytes).filter { $0.count > 1 && [WireFormat.Kind.data.rawValue, WireFormat.Kind.batch.rawValue].contains($0[1]) }
+    }
+
+    func subscription(history: Int? = nil, batches: Bool? = true) -> SubscribeRequest {
+        SubscribeRequest(topics: ["t"], window: 1 << 20, history: history, resume: nil, since: nil, batches: batches)
+    }
+
+    @Test func theBrokerForwardsABatchUnchangedAndCountsItsMessages() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        let bytes = batch(1...5)
+        harness.request(bytes, from: client)
+        #expect(harness.output.deliveries.last?.bytes == bytes, "forwarded byte for byte")
+        let counts = harness.core.takeCounters()
+        #expect(counts.perTopic.map(\.received) == [5])
+        #expect(counts.perTopic.map(\.delivered) == [5])
+        #expect(harness.output.refusals(to: client).isEmpty)
+    }
+
+    @Test func theBrokerRefusesAMalformedBatchAndKeepsNothingOfIt() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        harness.request(DataRun.batch(of: [frame(1), frame(3)]), from: client)
+        #expect(messages(in: harness.output).isEmpty)
+        #expect(harness.core.takeCounters().malformed == [.badBatch: 1])
+    }
+
+    @Test func aBatchFromAnIdentityTheConnectionDidNotRegisterIsRefused() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        let stranger = PublisherID()
+        harness.request(DataRun.batch(of: [frame(1, from: stranger), frame(2, from: stranger)]), from: client)
+        #expect(harness.output.refusals(to: client) == [.notOwner])
+        #expect(messages(in: harness.output).isEmpty)
+    }
+
+    @Test func aSubscriberOwedAMessageInsideABatchGetsItFromThereOn() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        harness.request(batch(1...4), from: client)
+        harness.request(batch(5...8), from: client)
+        harness.subscribe(
+            SubscribeRequest(
+                topics: ["t"], window: 1 << 20, history: nil, resume: ["t": [publisher.description: 6]], since: 0,
+                batches: true),
+            from: subscriber)
+        #expect(messages(in: harness.output) == [batch(6...8)], "the rest of the batch holding 6, and nothing before it")
+        let other = CoreHarness.id(3)
+        harness.subscribe(
+            SubscribeRequest(
+                topics: ["t"], window: 1 << 20, history: nil, resume: ["t": [publisher.description: 8]], since: 0,
+                batches: true),
+            from: other)
+        let last = harness.output.deliveries.filter { $0.subscriber == other }.map(\.bytes).last
+        #expect(last == frame(8, sentAt: 80), "one message left of a batch goes as a plain data frame")
+    }
+
+    @Test func aSubscriberThatJoinedAtSomeTimeGetsTheMessagesOfABatchSentSinceThen() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        harness.request(batch(1...4), from: client)
+        harness.request(batch(5...8), from: client)
+        harness.subscribe(
+            SubscribeRequest(topics: ["t"], window: 1 << 20, history: nil, resume: [:], since: 65, batches: true),
+            from: subscriber)
+        #expect(messages(in: harness.output) == [batch(7...8)], "sent at 70 and 80")
+    }
+
+    @Test func historyIsCountedInMessagesNotInBatches() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, history: 100, from: client)
+        harness.request(batch(1...4), from: client)
+        harness.request(batch(5...8), from: client)
+        harness.request(batch(9...12), from: client)
+        harness.subscribe(subscription(history: 6), from: subscriber)
+        #expect(messages(in: harness.output) == [batch(7...8), batch(9...12)], "the last 6 messages")
+        let counts = harness.core.takeCounters()
+        #expect(counts.perTopic.map(\.delivered) == [6])
+    }
+
+    @Test func aSubscriberThatCannotReadBatchesIsToldToUpgradeInsteadOfSentThem() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(batches: nil), from: subscriber)
+        harness.register(publisher, from: client)
+        harness.request(frame(1), from: client)
+        #expect(harness.output.sequences(to: subscriber) == [1], "single frames still reach it")
+        harness.request(batch(2...3), from: client)
+        let refusals = harness.output.deliveries.filter { $0.subscriber == subscriber }.compactMap { delivery in
+            delivery.bytes.withUnsafeBytes { try? ControlFrame.decode(Refusal.self, from: $0).get() }
+        }
+        #expect(refusals.map(\.reason) == [.versionMismatch])
+        #expect(refusals.first?.detail.contains("upgrade") == true)
+        #expect(messages(in: harness.output).count == 1, "no batch was sent to it")
+    }
+
+    // MARK: Subscriber
+
+    struct Collect: Sequencer.Sink {
+        var delivered: [(sequence: UInt64, payload: String)] = []
+        mutating func deliver(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
+            delivered.append((header.sequence, String(decoding: payload, as: UTF8.self)))
+        }
+    }
+
+    @Test func aSubscriberDeliversEachMessageOfABatchInOrderAndDropsDuplicates() {
+        var core = SubscriberCore(topics: ["t"], sequencer: Sequencer())
+        var sink = Collect()
+        let now = ContinuousClock.now
+        #expect(batch(1...3).withUnsafeBytes { core.acceptFrame($0, receivedAt: 0, now: now, into: &sink) } == .accepted)
+        // A replay after a failover overlaps what arrived.
+        #expect(batch(2...5).withUnsafeBytes { core.acceptFrame($0, receivedAt: 0, now: now, into: &sink) } == .accepted)
+        #expect(sink.delivered.map(\.sequence) == [1, 2, 3, 4, 5])
+        #expect(sink.delivered.last?.payload == "message 5")
+        #expect(core.sequencer.statistics.duplicates == 2)
+    }
+
+    @Test func aSubscriberDeliversNothingOfAMalformedBatch() {
+        var core = SubscriberCore(topics: ["t"], sequencer: Sequencer())
+        var sink = Collect()
+        let bytes = DataRun.batch(of: [frame(1), frame(2), frame(4)])
+        #expect(bytes.withUnsafeBytes { core.acceptFrame($0, receivedAt: 0, now: .now, into: &sink) } == .malformed)
+        #expect(sink.delivered.isEmpty)
+        let other = DataRun.batch(of: [frame(1, topic: "u"), frame(2, topic: "u")])
+        #expect(other.withUnsafeBytes { core.acceptFrame($0, receivedAt: 0, now: .now, into: &sink) } == .notSubscribed)
+    }
+}
