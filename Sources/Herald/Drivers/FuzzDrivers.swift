@@ -251,17 +251,24 @@ private struct FuzzOutput: BrokerOutput {
             default:
                 let names: [Topic] = ["a", "b", "zz", "p/x", "p/y", "p/x/z", "p"]
                 let topic = names[Int(input.byte()) % names.count]
-                let header = MessageHeader(
-                    publisher: publishers[Int(input.byte()) % publishers.count], sequence: input.sequence(),
-                    sentAt: input.uint64())
-                let payload = OrderCheckingSink.payload(for: header.sequence, count: input.count(below: 600))
-                let key = topic.key
-                var frame = [UInt8](repeating: 0, count: DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count))
-                frame.withUnsafeMutableBytes { destination in
-                    key.withUnsafeBytes { key in
-                        payload.withUnsafeBytes { DataLayout.encode(into: destination, key: key, header: header, payload: $0) }
+                let publisher = publishers[Int(input.byte()) % publishers.count]
+                let first = input.sequence()
+                // Now and then a batch of consecutive messages, as a publisher under load sends them.
+                let count = input.byte() % 4 == 0 ? 1 + Int(input.byte() % 5) : 1
+                var frames: [[UInt8]] = []
+                for offset in 0..<count {
+                    let header = MessageHeader(publisher: publisher, sequence: first &+ UInt64(offset), sentAt: input.uint64())
+                    let payload = OrderCheckingSink.payload(for: header.sequence, count: input.count(below: 600 / count))
+                    let key = topic.key
+                    var frame = [UInt8](repeating: 0, count: DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count))
+                    frame.withUnsafeMutableBytes { destination in
+                        key.withUnsafeBytes { key in
+                            payload.withUnsafeBytes { DataLayout.encode(into: destination, key: key, header: header, payload: $0) }
+                        }
                     }
+                    frames.append(frame)
                 }
+                let frame = count == 1 ? frames[0] : DataRun.batch(of: frames)
                 let owedFromFirst = input.byte() % 4 == 0
                 sink.forget(except: core.sequencer)
                 _ = frame.withUnsafeBytes {
