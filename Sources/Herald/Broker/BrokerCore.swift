@@ -743,14 +743,14 @@ struct BrokerCore: ~Copyable {
             let from = subscriber.follows[position].from
             guard
                 var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
-                    guard from > entry.firstSequence else { return try? entry.frame.share() }
+                    guard from > entry.firstSequence, from <= entry.lastSequence else { return try? entry.frame.share() }
                     // Only the end of a batch is owed: a new frame, on this rare path (history, recovery).
                     return entry.frame.withUnsafeBytes { bytes in DataRun.suffix(of: bytes, from: from) }
                 })
             else { break }
             let size = frame.count
             let isBatch = frame.withUnsafeBytes { $0[1] == WireFormat.Kind.batch.rawValue }
-            let messages = topic.log.withElement(at: cursor) { $0.lastSequence - max(from, $0.firstSequence) + 1 } ?? 1
+            let messages = topic.log.withElement(at: cursor) { $0.lastSequence - min(max(from, $0.firstSequence), $0.lastSequence) + 1 } ?? 1
             if isBatch, !subscriber.takesBatches {
                 refuseSubscriber(
                     .versionMismatch, "this leader forwards messages in batches, which this subscriber cannot read; upgrade it",
@@ -1076,8 +1076,8 @@ struct LogEntry: ~Copyable {
     let offset: UInt64
     let cost: Int
 
+    /// How many messages it holds: more than one for a batch.
     var count: Int { Int(lastSequence - firstSequence) + 1 }
-    var isBatch: Bool { frame.withUnsafeBytes { $0[1] == WireFormat.Kind.batch.rawValue } }
 }
 
 /// A topic the leader knows: its log and the subscribers that follow it.

@@ -650,7 +650,7 @@ private struct Link: ~Copyable {
                 readIncoming()
                 if sent + UInt64(bytes.count) > granted { return .needsCredit }
             }
-            let (count, end, size) = batch(startingWith: bytes, next: next, limit: min(batchLimit, Int(granted - sent)))
+            let (count, end, size) = batch(startingWith: bytes, next: next, limit: min(batchLimit, Int(clamping: granted - sent)))
             do {
                 if count == 1 {
                     try dealer.send(bytes: bytes, dontWait: true)
