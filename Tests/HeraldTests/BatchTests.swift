@@ -212,3 +212,65 @@ struct BatchTests {
         #expect(other.withUnsafeBytes { core.acceptFrame($0, receivedAt: 0, now: .now, into: &sink) } == .notSubscribed)
     }
 }
+
+@Suite("Batches: a real publisher against a leader it cannot trust", .serialized)
+struct PublisherBatchTests {
+    /// A leader of our own: a ROUTER named in a forged leader record, which grants credit as `credit` says and
+    /// collects every data and batch frame a real `herald publish` sends it.
+    @Test(
+        "A full-speed publisher sends batches to a leader that takes them, none to one that does not, and survives a grant of 2^64-1",
+        arguments: [65_536, nil] as [Int?])
+    func aPublisherBatchesOnlyForALeaderThatSaysSo(batchBytes: Int?) async throws {
+        try await withCluster(mode: "broker") { cluster in
+            let (layout, writer) = try await LeadershipTests.outsideSession(on: cluster)
+            defer { Task { await writer.close() } }
+            let context = try ZMQContext()
+            let router = try ZMQSocket(context: context, type: .router)
+            defer { router.close() }
+            try router.set(.linger(.zero))
+            let endpoint = try router.bind("tcp://127.0.0.1:0")
+            let record = LeaderRecord(
+                broker: "forged", mode: .broker, requestEndpoint: endpoint, subscriberEndpoint: "tcp://127.0.0.1:1",
+                epoch: 1, batchBytes: batchBytes)
+            try await writer.create(layout.leaderPath, data: record.encoded(), mode: .ephemeral)
+            let count = 20_000
+            let publisher = try await cluster.start(
+                "publisher", ["publish", "--topic", "forged", "--rate", "0", "--count", "\(count)", "--size", "64"])
+
+            var sequences: [UInt64] = []
+            var batches = 0
+            var granted = false
+            let deadline = ContinuousClock.now + .seconds(20)
+            while sequences.count < count, ContinuousClock.now < deadline {
+                guard let message = try? router.receive(dontWait: true) else {
+                    try await Task.sleep(for: .milliseconds(5))
+                    continue
+                }
+                guard message.frames.count == 2 else { continue }
+                let (peer, body) = (message.frames[0], message.frames[1])
+                switch body.withUnsafeBytes({ try? WireFormat.kind(of: $0).get() }) {
+                case .register where !granted:
+                    // More credit than any counter can hold: the publisher must neither trap nor wrap.
+                    try router.send(ZMQMessage(peer, ControlFrame.count(.credit, .max)))
+                    granted = true
+                case .data:
+                    sequences.append(try body.withUnsafeBytes { try DataLayout.decode($0).get().header.sequence })
+                case .batch:
+                    batches += 1
+                    let run = try body.withUnsafeBytes { try DataRun.decode($0).get() }
+                    sequences += Array(run.firstSequence...run.lastSequence)
+                default:
+                    continue
+                }
+            }
+            let everyMessageOnceInOrder = sequences.elementsEqual(1...UInt64(count))
+            #expect(everyMessageOnceInOrder, "got \(sequences.count) of \(count), ending \(sequences.suffix(3))")
+            if batchBytes == nil {
+                #expect(batches == 0, "a leader that does not advertise batches gets none")
+            } else {
+                #expect(batches > 0, "messages published together travel in batches")
+            }
+            #expect(try await publisher.waitForExit(timeout: .seconds(15)) == 0, "\(publisher.diagnostics(lines: 20))")
+        }
+    }
+}
