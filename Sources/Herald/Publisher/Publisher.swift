@@ -117,6 +117,8 @@ public enum PublishError: Error, Sendable, Equatable, CustomStringConvertible {
 /// when the connection is free: no task, thread hop or wake-up per message. When the connection is busy (the
 /// leader's credit is used up, or libzmq's queue is full) the publisher's socket thread takes over and sends
 /// what waits as credit arrives; callers only append meanwhile, and wait once half the buffer waits unsent.
+/// Messages that wait together (one ``publish(contentsOf:on:)`` call, or what queued meanwhile) go as batch
+/// frames of one topic each, to a leader that advertises that it takes them (``LeaderRecord/batchBytes``).
 ///
 /// ## Delivery across failovers (broker mode)
 /// Every message is numbered per topic and kept in the retention buffer, bounded in bytes
@@ -190,7 +192,9 @@ public final class Publisher: Service, Sendable {
         try await publish(contentsOf: CollectionOfOne(payload), on: topic).upperBound
     }
 
-    /// Publishes several messages on one topic, in order, for the cost of one lock and, usually, no wait.
+    /// Publishes several messages on one topic, in order, for the cost of one lock and, usually, no wait. In
+    /// broker mode they travel to the leader in batch frames (up to 64 KiB each), so libzmq, the network and the
+    /// broker handle one frame for many messages: the fastest way to publish many small messages.
     /// - Parameters:
     ///   - payloads: the message bodies, each at most ``PublisherConfiguration/maximumPayloadSize`` bytes.
     ///   - topic: the topic.
