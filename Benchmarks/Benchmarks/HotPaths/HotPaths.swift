@@ -50,40 +50,27 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations { sequence.run(messagesPerCount) }
             blackHole(sequence.delivered)
         }
-        for subscribers in [1, 4] {
-            Benchmark("forward \(size) B to \(subscribers) subscribers") { benchmark in
-                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers)
+        // One message per frame to 1 and 4 subscribers, and a full-speed publisher's batches (64 KiB at most) to
+        // 1: the broker's work per message when it keeps and forwards one frame per batch.
+        let perBatch = max(1, min(256, (64 << 10) / (size + 64)))
+        for (subscribers, perFrame) in [(1, 1), (4, 1), (1, perBatch)] {
+            let name = perFrame == 1
+                ? "forward \(size) B to \(subscribers) subscribers"
+                : "forward \(size) B in batches of \(perFrame) to \(subscribers) subscriber"
+            Benchmark(name) { benchmark in
+                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame)
                 benchmark.startMeasurement()
                 forward.run(benchmark.scaledIterations.count)
                 benchmark.stopMeasurement()
                 blackHole(forward.delivered)
             }
-            Benchmark("forward \(size) B to \(subscribers) subscribers ×100k allocations", configuration: counting) {
-                benchmark in
-                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers)
+            Benchmark("\(name) ×100k allocations", configuration: counting) { benchmark in
+                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame)
                 benchmark.startMeasurement()
                 for _ in benchmark.scaledIterations { forward.run(messagesPerCount) }
                 benchmark.stopMeasurement()
                 blackHole(forward.delivered)
             }
-        }
-        // A full-speed publisher's batches (64 KiB at most): the broker's work per message when it keeps and
-        // forwards one frame per batch.
-        let perBatch = max(1, min(256, (64 << 10) / (size + 64)))
-        Benchmark("forward \(size) B in batches of \(perBatch) to 1 subscriber") { benchmark in
-            var forward = try ForwardLoop(payloadSize: size, subscribers: 1, messagesPerFrame: perBatch)
-            benchmark.startMeasurement()
-            forward.run(benchmark.scaledIterations.count)
-            benchmark.stopMeasurement()
-            blackHole(forward.delivered)
-        }
-        Benchmark("forward \(size) B in batches of \(perBatch) to 1 subscriber ×100k allocations", configuration: counting) {
-            benchmark in
-            var forward = try ForwardLoop(payloadSize: size, subscribers: 1, messagesPerFrame: perBatch)
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations { forward.run(messagesPerCount) }
-            benchmark.stopMeasurement()
-            blackHole(forward.delivered)
         }
     }
 }
