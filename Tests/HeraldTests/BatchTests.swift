@@ -86,6 +86,11 @@ struct BatchTests {
         output.deliveries.map(\.bytes).filter { $0.count > 1 && [WireFormat.Kind.data.rawValue, WireFormat.Kind.batch.rawValue].contains($0[1]) }
     }
 
+    /// A subscription again after a failover, owed this test's publisher's messages from `next` on.
+    func resuming(at next: UInt64) -> SubscribeRequest {
+        SubscribeRequest(topics: ["t"], window: 1 << 20, resume: ["t": [publisher.description: next]], since: 0, batches: true)
+    }
+
     func subscription(history: Int? = nil, batches: Bool? = true) -> SubscribeRequest {
         SubscribeRequest(topics: ["t"], window: 1 << 20, history: history, resume: nil, since: nil, batches: batches)
     }
@@ -127,18 +132,10 @@ struct BatchTests {
         harness.register(publisher, from: client)
         harness.request(batch(1...4), from: client)
         harness.request(batch(5...8), from: client)
-        harness.subscribe(
-            SubscribeRequest(
-                topics: ["t"], window: 1 << 20, history: nil, resume: ["t": [publisher.description: 6]], since: 0,
-                batches: true),
-            from: subscriber)
+        harness.subscribe(resuming(at: 6), from: subscriber)
         #expect(messages(in: harness.output) == [batch(6...8)], "the rest of the batch holding 6, and nothing before it")
         let other = CoreHarness.id(3)
-        harness.subscribe(
-            SubscribeRequest(
-                topics: ["t"], window: 1 << 20, history: nil, resume: ["t": [publisher.description: 8]], since: 0,
-                batches: true),
-            from: other)
+        harness.subscribe(resuming(at: 8), from: other)
         let last = harness.output.deliveries.filter { $0.subscriber == other }.map(\.bytes).last
         #expect(last == frame(8, sentAt: 80), "one message left of a batch goes as a plain data frame")
     }
@@ -149,8 +146,7 @@ struct BatchTests {
         harness.request(batch(1...4), from: client)
         harness.request(batch(5...8), from: client)
         harness.subscribe(
-            SubscribeRequest(topics: ["t"], window: 1 << 20, history: nil, resume: [:], since: 65, batches: true),
-            from: subscriber)
+            SubscribeRequest(topics: ["t"], window: 1 << 20, resume: [:], since: 65, batches: true), from: subscriber)
         #expect(messages(in: harness.output) == [batch(7...8)], "sent at 70 and 80")
     }
 
