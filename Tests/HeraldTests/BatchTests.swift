@@ -88,11 +88,11 @@ struct BatchTests {
 
     /// A subscription again after a failover, owed this test's publisher's messages from `next` on.
     func resuming(at next: UInt64) -> SubscribeRequest {
-        SubscribeRequest(topics: ["t"], window: 1 << 20, resume: ["t": [publisher.description: next]], since: 0, batches: true)
+        SubscribeRequest(topics: ["t"], window: 1 << 20, resume: ["t": [publisher.description: next]], since: 0, batchBytes: 1 << 20)
     }
 
-    func subscription(history: Int? = nil, batches: Bool? = true) -> SubscribeRequest {
-        SubscribeRequest(topics: ["t"], window: 1 << 20, history: history, resume: nil, since: nil, batches: batches)
+    func subscription(history: Int? = nil, batchBytes: Int? = 1 << 20) -> SubscribeRequest {
+        SubscribeRequest(topics: ["t"], window: 1 << 20, history: history, resume: nil, since: nil, batchBytes: batchBytes)
     }
 
     @Test func theBrokerForwardsABatchUnchangedAndCountsItsMessages() throws {
@@ -146,7 +146,7 @@ struct BatchTests {
         harness.request(batch(1...4), from: client)
         harness.request(batch(5...8), from: client)
         harness.subscribe(
-            SubscribeRequest(topics: ["t"], window: 1 << 20, resume: [:], since: 65, batches: true), from: subscriber)
+            SubscribeRequest(topics: ["t"], window: 1 << 20, resume: [:], since: 65, batchBytes: 1 << 20), from: subscriber)
         #expect(messages(in: harness.output) == [batch(7...8)], "sent at 70 and 80")
     }
 
@@ -162,19 +162,24 @@ struct BatchTests {
         #expect(counts.perTopic.map(\.delivered) == [6])
     }
 
-    @Test func aSubscriberThatCannotReadBatchesIsToldToUpgradeInsteadOfSentThem() throws {
+    @Test(
+        "A subscriber that takes no batch this large (an older one, or a small message limit) gets one message per frame",
+        arguments: [nil, 100] as [Int?])
+    func aBatchTooLargeForASubscriberGoesOneMessagePerFrame(limit: Int?) throws {
         var harness = try CoreHarness()
-        harness.subscribe(subscription(batches: nil), from: subscriber)
+        harness.subscribe(subscription(batchBytes: limit), from: subscriber)
         harness.register(publisher, from: client)
         harness.request(frame(1), from: client)
-        #expect(harness.output.sequences(to: subscriber) == [1], "single frames still reach it")
-        harness.request(batch(2...3), from: client)
-        let refusals = harness.output.deliveries.filter { $0.subscriber == subscriber }.compactMap { delivery in
-            delivery.bytes.withUnsafeBytes { try? ControlFrame.decode(Refusal.self, from: $0).get() }
-        }
-        #expect(refusals.map(\.reason) == [.versionMismatch])
-        #expect(refusals.first?.detail.contains("upgrade") == true)
-        #expect(messages(in: harness.output).count == 1, "no batch was sent to it")
+        harness.request(batch(2...4), from: client)
+        harness.request(frame(5), from: client)
+        #expect(messages(in: harness.output) == (1...5).map { frame($0, sentAt: $0 == 1 || $0 == 5 ? 0 : $0 * 10) })
+        let refused = harness.output.deliveries.filter { $0.subscriber == subscriber && $0.bytes[1] == WireFormat.Kind.refused.rawValue }
+        #expect(refused.isEmpty, "served, not refused")
+        #expect(harness.core.takeCounters().perTopic.map(\.delivered) == [5])
+        // A subscriber whose limit fits the batch, on the same topic, gets it whole.
+        let other = CoreHarness.id(3)
+        harness.subscribe(resuming(at: 2), from: other)
+        #expect(harness.output.deliveries.filter { $0.subscriber == other }.map(\.bytes).contains(batch(2...4)))
     }
 
     // MARK: Subscriber

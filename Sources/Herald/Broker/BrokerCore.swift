@@ -558,12 +558,12 @@ struct BrokerCore: ~Copyable {
         subscriber.lastHeard = now
         subscriber.lastProgress = now
         subscriber.stalled = false
-        subscriber.takesBatches = request.batches ?? false
+        subscriber.batchBytes = max(request.batchBytes ?? 0, 0)
         let resume = Resume(request)
         var offered: [String: Int] = [:]
         var backlog: [String: Int] = [:]
         func follow(_ topic: TopicState) {
-            let current = subscriber.cursor(on: topic)
+            let current = subscriber.follows.first { $0.topic === topic }.map { ($0.cursor, $0.from) }
             if current == nil { subscriptionCount += 1 }
             let (cursor, from) = startingCursor(in: topic, request: request, resume: resume, current: current)
             subscriber.follow(topic, from: cursor, sequence: from)
@@ -646,10 +646,10 @@ struct BrokerCore: ~Copyable {
     /// A subscriber that asks again on the same connection (`current`) has a gap to fill: its cursor moves back
     /// only to a message it is owed exactly, since anything later it has already been sent.
     private func startingCursor(
-        in topic: TopicState, request: SubscribeRequest, resume: Resume, current: UInt64?
+        in topic: TopicState, request: SubscribeRequest, resume: Resume, current: (cursor: UInt64, from: UInt64)?
     ) -> (cursor: UInt64, from: UInt64) {
         let end = topic.log.endIndex
-        if let current {
+        if let (current, pending) = current {
             let owed = resume.streams[topic.name] ?? [:]
             var index = topic.log.firstIndex
             while index < min(current, end) {
@@ -661,7 +661,7 @@ struct BrokerCore: ~Copyable {
                 if let from = from.flatMap({ $0 }) { return (index, from) }
                 index += 1
             }
-            return (current, 0)
+            return (current, pending)
         }
         if request.resume != nil || request.since != nil {
             let owed = resume.streams[topic.name] ?? [:]
@@ -741,29 +741,38 @@ struct BrokerCore: ~Copyable {
             }
             idle = 0
             let from = subscriber.follows[position].from
-            guard
+            // What goes out of the entry at the cursor: all of it (a shared copy), the end of a batch owed only
+            // from its middle, or, to a subscriber that takes no batch this large, one message at a time. The
+            // last two make a new frame, on rare paths (history, recovery, older or small-limit subscribers).
+            let plan = topic.log.withElement(at: cursor) { entry -> (first: UInt64, last: UInt64, whole: Bool) in
+                let first = min(max(from, entry.firstSequence), entry.lastSequence)
+                let whole = entry.count == 1 || entry.frame.count <= subscriber.batchBytes
+                return (first, whole ? entry.lastSequence : first, whole)
+            }
+            guard let plan,
                 var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
-                    guard from > entry.firstSequence, from <= entry.lastSequence else { return try? entry.frame.share() }
-                    // Only the end of a batch is owed: a new frame, on this rare path (history, recovery).
-                    return entry.frame.withUnsafeBytes { bytes in DataRun.suffix(of: bytes, from: from) }
+                    if entry.count == 1 || (plan.whole && plan.first == entry.firstSequence) {
+                        return try? entry.frame.share()
+                    }
+                    return entry.frame.withUnsafeBytes { bytes in
+                        plan.whole
+                            ? DataRun.suffix(of: bytes, from: plan.first)
+                            : DataRun.message(inBatch: bytes, at: Int(plan.first - entry.firstSequence))
+                    }
                 })
             else { break }
             let size = frame.count
-            let isBatch = frame.withUnsafeBytes { $0[1] == WireFormat.Kind.batch.rawValue }
-            let messages = topic.log.withElement(at: cursor) { $0.lastSequence - min(max(from, $0.firstSequence), $0.lastSequence) + 1 } ?? 1
-            if isBatch, !subscriber.takesBatches {
-                refuseSubscriber(
-                    .versionMismatch, "this leader forwards messages in batches, which this subscriber cannot read; upgrade it",
-                    subscriber.id, output: &output)
-                removeSubscriber(subscriber.id, reason: "cannot read batches")
-                return
-            }
+            let entryLast = topic.log.withElement(at: cursor) { $0.lastSequence } ?? plan.last
             switch output.deliver(to: subscriber.id, &frame) {
             case .sent:
-                subscriber.follows[position].cursor = cursor + 1
-                subscriber.follows[position].from = 0
+                if plan.last < entryLast {
+                    subscriber.follows[position].from = plan.last + 1
+                } else {
+                    subscriber.follows[position].cursor = cursor + 1
+                    subscriber.follows[position].from = 0
+                }
                 subscriber.sent += UInt64(size)
-                topic.delivered += messages
+                topic.delivered += plan.last - plan.first + 1
             case .wouldBlock:
                 blockedSubscribers.insert(subscriber.id)
                 return
@@ -1050,7 +1059,7 @@ struct BrokerCounts: Sendable {
     var malformed: [WireFormat.DecodeFailure: UInt64] = [:]
     var refused: [Refusal.Reason: UInt64] = [:]
     var evicted: UInt64 = 0
-    /// Messages subscribers never got because they left the log first.
+    /// Log entries (messages, or batches of them) subscribers never got because they left the log first.
     var skipped: UInt64 = 0
     var stalls: UInt64 = 0
     var creditWaits: UInt64 = 0
@@ -1190,8 +1199,8 @@ final class SubscriberState {
     var stalled = false
     /// An ownership report could not be sent: it goes before any more data.
     var ownersOutdated = false
-    /// Whether it reads batch frames; one that does not is refused rather than sent frames it counts as garbage.
-    var takesBatches = false
+    /// The largest batch frame it takes (0: none, an older subscriber); a larger batch goes one message per frame.
+    var batchBytes = 0
 
     init(id: RoutingID, now: ContinuousClock.Instant) {
         self.id = id

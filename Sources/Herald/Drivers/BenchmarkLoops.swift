@@ -95,7 +95,7 @@ extension EncodeLoop {
         var subscriptions: [[UInt8]] = []
         for _ in subscriberIDs {
             subscriptions.append(
-                ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil, batches: true)))
+                ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil, batchBytes: 1 << 20)))
         }
         var encoded: [[UInt8]] = []
         for _ in 0..<Self.distinctFrames {

@@ -152,7 +152,7 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                     window: Int(truncatingIfNeeded: input.uint64()),
                     history: input.byte() % 2 == 0 ? nil : Int(truncatingIfNeeded: input.uint64()),
                     resume: input.byte() % 2 == 0 ? nil : resume, since: input.byte() % 2 == 0 ? nil : input.uint64(),
-                    batches: input.byte() % 4 == 0 ? nil : true)
+                    batchBytes: input.byte() % 4 == 0 ? nil : Int(input.byte()) * 64)
                 bytes = ControlFrame.encode(.subscribe, request)
                 toSubscriberSocket = true
             case 6:

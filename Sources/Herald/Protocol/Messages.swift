@@ -216,9 +216,10 @@ struct SubscribeRequest: Codable, Sendable, Equatable {
     /// When the subscriber first subscribed, in nanoseconds since the Unix epoch: kept messages of publishers
     /// not in ``resume`` are sent if they were sent after it. Absent on a first attachment, which starts live.
     var since: UInt64?
-    /// Whether the subscriber takes batch frames (``WireFormat/Kind/batch``); a leader refuses to send batches to
-    /// one that does not say so, rather than have it count them as malformed.
-    var batches: Bool?
+    /// The largest batch frame (``WireFormat/Kind/batch``) the subscriber takes, its socket's message size limit;
+    /// absent from older subscribers. A leader sends a larger batch, or any batch to an older subscriber, one
+    /// message per frame.
+    var batchBytes: Int?
 
     /// The request as a control frame that a leader accepts. Publishers can be invented by anyone who can
     /// publish, and each one a subscriber knows adds a resume entry: a request over the leader's limit on
@@ -245,7 +246,7 @@ struct SubscribeRequest: Codable, Sendable, Equatable {
 struct SubscribeReply: Codable, Sendable, Equatable {
     /// Per topic: the most history any of its publishers offers.
     var offered: [String: Int]
-    /// Per topic: how many kept messages are on their way before live ones.
+    /// Per topic: how many kept log entries (messages, or batches of them) are on their way before live ones.
     var backlog: [String: Int]
     /// The window the leader uses: the subscriber's, capped by the leader's limit.
     var window: Int

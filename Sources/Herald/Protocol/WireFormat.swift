@@ -75,8 +75,8 @@ enum WireFormat {
         /// follows; sent when it subscribes and when an owner changes.
         case owners = 11
         /// Several data frames of one topic and publisher (``DataRun``): from a publisher to a leader that
-        /// takes batches (``LeaderRecord/batchBytes``), and from the leader to subscribers that do
-        /// (``SubscribeRequest/batches``).
+        /// takes batches (``LeaderRecord/batchBytes``), and from the leader to subscribers that take one that
+        /// large (``SubscribeRequest/batchBytes``).
         case batch = 12
     }
 
@@ -324,6 +324,24 @@ struct DataRun: Sendable, Equatable {
             destination[1] = WireFormat.Kind.batch.rawValue
             UnsafeMutableRawBufferPointer(rebasing: destination[2...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: batch[start...]))
         }
+    }
+
+    /// The message at `index` (from 0) of a valid batch, as a new data frame: for a subscriber that takes no batch
+    /// this large. Finding it reads only the messages' lengths before it.
+    static func message(inBatch batch: UnsafeRawBufferPointer, at index: Int) -> ZMQFrame? {
+        var offset = 2
+        var remaining = index
+        while batch.count - offset >= 4 {
+            let length = Int(UInt32(bigEndian: batch.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+            offset += 4
+            guard length <= batch.count - offset else { return nil }
+            if remaining == 0 {
+                return try? ZMQFrame(copying: UnsafeRawBufferPointer(rebasing: batch[offset..<(offset + length)]))
+            }
+            remaining -= 1
+            offset += length
+        }
+        return nil
     }
 
     /// A batch of `frames` as bytes, for the fuzzers and tests.

@@ -422,6 +422,8 @@ private struct Link: ~Copyable {
     var directSocket: ZMQSocket?
     var directEndpoint: String?
     var ownedByThread = false
+    /// The largest batch frame for the current leader: 0 when it takes none.
+    var batchLimit = 0
     /// Whether the last send found libzmq's queue full.
     var blockedOnWrite = false
     var retention: RetentionBuffer
@@ -644,8 +646,7 @@ private struct Link: ~Copyable {
     /// Sends waiting messages while credit lasts and libzmq takes them. Messages that wait together for a
     /// leader that takes batches go in batch frames of one topic each, up to ``batchBytes``.
     private mutating func flush() -> FlushOutcome {
-        guard let dealer, let leader else { return .done }
-        let batchLimit = min(leader.batchBytes ?? 0, Self.batchBytes)
+        guard let dealer, attached else { return .done }
         blockedOnWrite = false
         skipDropped()
         for _ in 0..<4096 {
@@ -791,6 +792,7 @@ private struct Link: ~Copyable {
         }
         mode = record.mode
         leader = record
+        batchLimit = min(record.batchBytes ?? 0, Self.batchBytes)
         sent = 0
         granted = 0
         nextRegistration = .now

@@ -550,7 +550,7 @@ private final class SubscriberLoop {
         let request = SubscribeRequest(
             topics: names, window: configuration.window,
             history: first && configuration.history > 0 ? configuration.history : nil,
-            resume: resume, since: first ? nil : subscribedSince, batches: true)
+            resume: resume, since: first ? nil : subscribedSince, batchBytes: configuration.maximumMessageSize)
         request.encodedWithinLimit().withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
 
