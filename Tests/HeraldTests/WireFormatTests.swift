@@ -6,16 +6,7 @@ import Testing
 
 /// A data frame for `topic`, as a publisher encodes it.
 func dataFrame(topic: Topic, header: MessageHeader, payload: [UInt8]) -> [UInt8] {
-    let key = topic.key
-    var frame = [UInt8](repeating: 0, count: DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count))
-    frame.withUnsafeMutableBytes { destination in
-        key.withUnsafeBytes { key in
-            payload.withUnsafeBytes { payload in
-                DataLayout.encode(into: destination, key: key, header: header, payload: payload)
-            }
-        }
-    }
-    return frame
+    DataLayout.frame(key: topic.key, header: header, payload: payload)
 }
 
 @Suite("Wire format and input validation")

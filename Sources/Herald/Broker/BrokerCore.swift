@@ -744,10 +744,12 @@ struct BrokerCore: ~Copyable {
             // What goes out of the entry at the cursor: all of it (a shared copy), the end of a batch owed only
             // from its middle, or, to a subscriber that takes no batch this large, one message at a time. The
             // last two make a new frame, on rare paths (history, recovery, older or small-limit subscribers).
-            let plan = topic.log.withElement(at: cursor) { entry -> (first: UInt64, last: UInt64, whole: Bool) in
+            let plan = topic.log.withElement(at: cursor) {
+                entry -> (first: UInt64, last: UInt64, whole: Bool, endsEntry: Bool) in
                 let first = min(max(from, entry.firstSequence), entry.lastSequence)
                 let whole = entry.count == 1 || entry.frame.count <= subscriber.batchBytes
-                return (first, whole ? entry.lastSequence : first, whole)
+                let last = whole ? entry.lastSequence : first
+                return (first, last, whole, last == entry.lastSequence)
             }
             guard let plan,
                 var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
@@ -762,10 +764,9 @@ struct BrokerCore: ~Copyable {
                 })
             else { break }
             let size = frame.count
-            let entryLast = topic.log.withElement(at: cursor) { $0.lastSequence } ?? plan.last
             switch output.deliver(to: subscriber.id, &frame) {
             case .sent:
-                if plan.last < entryLast {
+                if !plan.endsEntry {
                     subscriber.follows[position].from = plan.last + 1
                 } else {
                     subscriber.follows[position].cursor = cursor + 1

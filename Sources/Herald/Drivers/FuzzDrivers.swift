@@ -124,13 +124,8 @@ private func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosu
                         sequence: input.byte() % 16 == 0 ? input.sequence() : sequence &+ UInt64(offset),
                         sentAt: input.byte() % 2 == 0 ? input.uint64() : 1_000)
                     let payload = input.bytes(input.count(below: 3000 / count))
-                    var frame = [UInt8](repeating: 0, count: WireFormat.headerSize)
-                    frame.withUnsafeMutableBytes { destination in
-                        [UInt8]().withUnsafeBytes { empty in
-                            DataLayout.encode(into: destination, key: empty, header: header, payload: empty)
-                        }
-                    }
-                    frames.append([WireFormat.version, WireFormat.Kind.data.rawValue] + topic + [0] + frame + payload)
+                    let key = [WireFormat.version, WireFormat.Kind.data.rawValue] + topic + [0]
+                    frames.append(DataLayout.frame(key: key, header: header, payload: payload))
                 }
                 bytes = count == 1 ? frames[0] : DataRun.batch(of: frames)
             case 4:
@@ -259,14 +254,7 @@ private struct FuzzOutput: BrokerOutput {
                 for offset in 0..<count {
                     let header = MessageHeader(publisher: publisher, sequence: first &+ UInt64(offset), sentAt: input.uint64())
                     let payload = OrderCheckingSink.payload(for: header.sequence, count: input.count(below: 600 / count))
-                    let key = topic.key
-                    var frame = [UInt8](repeating: 0, count: DataLayout.frameSize(keyCount: key.count, payloadCount: payload.count))
-                    frame.withUnsafeMutableBytes { destination in
-                        key.withUnsafeBytes { key in
-                            payload.withUnsafeBytes { DataLayout.encode(into: destination, key: key, header: header, payload: $0) }
-                        }
-                    }
-                    frames.append(frame)
+                    frames.append(DataLayout.frame(key: topic.key, header: header, payload: payload))
                 }
                 let frame = count == 1 ? frames[0] : DataRun.batch(of: frames)
                 let owedFromFirst = input.byte() % 4 == 0

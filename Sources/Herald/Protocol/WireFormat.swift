@@ -163,6 +163,17 @@ struct DataLayout: Sendable, Equatable {
                 payload: (headerStart + WireFormat.headerSize)..<frame.count))
     }
 
+    /// A data frame as bytes, for the fuzzers and tests; `key` need not be a valid topic's.
+    static func frame(key: [UInt8], header: MessageHeader, payload: [UInt8]) -> [UInt8] {
+        var frame = [UInt8](repeating: 0, count: frameSize(keyCount: key.count, payloadCount: payload.count))
+        frame.withUnsafeMutableBytes { destination in
+            key.withUnsafeBytes { key in
+                payload.withUnsafeBytes { encode(into: destination, key: key, header: header, payload: $0) }
+            }
+        }
+        return frame
+    }
+
     /// The size of a data frame for a topic key of `keyCount` bytes and a payload of `payloadCount` bytes.
     static func frameSize(keyCount: Int, payloadCount: Int) -> Int { keyCount + WireFormat.headerSize + payloadCount }
 
@@ -255,6 +266,24 @@ struct DataRun: Sendable, Equatable {
         inBatch frame: UnsafeRawBufferPointer,
         _ body: (_ offset: Int, _ message: UnsafeRawBufferPointer, _ layout: DataLayout) -> Bool
     ) -> WireFormat.DecodeFailure? {
+        var failure: WireFormat.DecodeFailure?
+        let walked = forEachFrame(inBatch: frame) { offset, message in
+            switch DataLayout.decode(message) {
+            case .failure(let decoding): failure = decoding
+            case .success(let layout): if !body(offset, message, layout) { failure = .badBatch }
+            }
+            return failure == nil
+        }
+        return failure ?? walked
+    }
+
+    /// Calls `body` with each length-prefixed frame of a batch (its offset in the batch and its bytes), reading
+    /// only the lengths, until `body` returns false.
+    /// - Returns: ``WireFormat/DecodeFailure/truncated`` when the batch holds no frame or its lengths run past its
+    ///   end, otherwise `nil`.
+    private static func forEachFrame(
+        inBatch frame: UnsafeRawBufferPointer, _ body: (_ offset: Int, _ message: UnsafeRawBufferPointer) -> Bool
+    ) -> WireFormat.DecodeFailure? {
         var offset = 2
         guard frame.count > offset else { return .truncated }
         while offset < frame.count {
@@ -262,11 +291,7 @@ struct DataRun: Sendable, Equatable {
             let length = Int(UInt32(bigEndian: frame.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
             offset += 4
             guard length <= frame.count - offset else { return .truncated }
-            let message = UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + length)])
-            switch DataLayout.decode(message) {
-            case .failure(let failure): return failure
-            case .success(let layout): if !body(offset, message, layout) { return .badBatch }
-            }
+            if !body(offset, UnsafeRawBufferPointer(rebasing: frame[offset..<(offset + length)])) { return nil }
             offset += length
         }
         return nil
@@ -329,19 +354,17 @@ struct DataRun: Sendable, Equatable {
     /// The message at `index` (from 0) of a valid batch, as a new data frame: for a subscriber that takes no batch
     /// this large. Finding it reads only the messages' lengths before it.
     static func message(inBatch batch: UnsafeRawBufferPointer, at index: Int) -> ZMQFrame? {
-        var offset = 2
         var remaining = index
-        while batch.count - offset >= 4 {
-            let length = Int(UInt32(bigEndian: batch.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-            offset += 4
-            guard length <= batch.count - offset else { return nil }
-            if remaining == 0 {
-                return try? ZMQFrame(copying: UnsafeRawBufferPointer(rebasing: batch[offset..<(offset + length)]))
+        var found: ZMQFrame?
+        _ = forEachFrame(inBatch: batch) { _, message in
+            guard remaining == 0 else {
+                remaining -= 1
+                return true
             }
-            remaining -= 1
-            offset += length
+            found = try? ZMQFrame(copying: message)
+            return false
         }
-        return nil
+        return found
     }
 
     /// A batch of `frames` as bytes, for the fuzzers and tests.
