@@ -128,6 +128,9 @@ struct PublishLoop: Service {
         // once `publish` returns they are ours again and changing them allocates nothing.
         let batchLimit = rate > 0 ? 1 : Self.batchCount(forPayloadSize: size)
         var buffers = [[UInt8]](repeating: [UInt8](repeating: UInt8(ascii: "."), count: size), count: batchLimit)
+        // How much of each buffer the last reading wrote: the rest is dots already and is not written again,
+        // which for large payloads costs more than the whole publish.
+        var written = [Int](repeating: 0, count: batchLimit)
         var next = clock.now
         var readings = UInt64.random(in: .min ... .max)
         while count.map({ sent < $0 }) ?? true {
@@ -138,7 +141,10 @@ struct PublishLoop: Service {
                 // up on more than a second's worth of messages.
                 next = max(next + .seconds(1 / rate), clock.now - .seconds(1))
             }
-            for index in 0..<batch { fill(&buffers[index], number: sent + index + 1, readings: &readings) }
+            for index in 0..<batch {
+                written[index] = fill(
+                    &buffers[index], number: sent + index + 1, readings: &readings, previous: written[index])
+            }
             let sequences = try await publisher.publish(contentsOf: buffers[0..<batch], on: topic)
             sent += batch
             total.store(sent, ordering: .relaxed)
@@ -154,8 +160,10 @@ struct PublishLoop: Service {
         max(1, min(256, (256 * 1024) / max(size, 1)))
     }
 
-    /// Writes a readable reading, `<topic> #<number> reading=<value>`, into `buffer`, padded with dots to its size.
-    private func fill(_ buffer: inout [UInt8], number: Int, readings: inout UInt64) {
+    /// Writes a readable reading, `<topic> #<number> reading=<value>`, into `buffer`, which is dots after the
+    /// `previous` bytes the last reading wrote, and pads with dots what this shorter one leaves of those.
+    /// - Returns: the bytes written before the padding.
+    private func fill(_ buffer: inout [UInt8], number: Int, readings: inout UInt64, previous: Int) -> Int {
         buffer.withUnsafeMutableBytes { bytes in
             var offset = 0
             func put(_ byte: UInt8) {
@@ -181,7 +189,9 @@ struct PublishLoop: Service {
             // A cheap generator: the system's draws a random number from the kernel on every call.
             readings = readings &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             put(Int((readings >> 33) % 61) - 20)
-            while offset < bytes.count { put(UInt8(ascii: ".")) }
+            let end = min(offset, bytes.count)
+            while offset < previous { put(UInt8(ascii: ".")) }
+            return end
         }
     }
 }
