@@ -267,6 +267,39 @@ struct BrokerCoreTests {
         #expect(delivered.count < 20, "only what the log still holds")
     }
 
+    @Test func overTheBoundOfAllLogsAnIdleTopicsHistoryGoesBeforeWhatASubscriberWasNotSent() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 80 * 1024
+            $0.logBytes = 96 * 1024
+        }
+        let reader = CoreHarness.id(3)
+        let other = PublisherID()
+        let otherClient = CoreHarness.id(4)
+        let payload = [UInt8](repeating: 1, count: 1000)
+        // An idle topic whose subscriber has everything: 50 KB of history.
+        harness.register(other, topics: ["idle"], from: otherClient)
+        harness.subscribe(subscription(topics: ["idle"]), from: reader)
+        for sequence in 1...50 as ClosedRange<UInt64> {
+            harness.publish(other, sequence, topic: "idle", payload: payload, from: otherClient)
+        }
+        #expect(harness.output.sequences(to: reader).count == 50)
+        // A busy topic whose subscriber is momentarily full: 55 KB it was not sent yet, within the topic's own
+        // bound but over the bound of all logs.
+        harness.register(publisher, topics: ["busy"], from: client)
+        harness.subscribe(subscription(topics: ["busy"]), from: subscriber)
+        harness.output.outcomes[subscriber] = .wouldBlock
+        for sequence in 1...55 as ClosedRange<UInt64> {
+            harness.publish(publisher, sequence, topic: "busy", payload: payload, from: client)
+        }
+        let counts = harness.core.takeCounters()
+        #expect(counts.logBytes <= 96 * 1024, "the bound of all logs holds")
+        #expect(counts.evicted > 0)
+        // Room again: the busy topic's subscriber gets every message; the idle topic paid for it.
+        harness.output.outcomes[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        #expect(harness.output.sequences(to: subscriber) == Array(1...55))
+    }
+
     @Test func limitsOnTopicsPublishersAndSubscribersAreRefusedWithReasons() throws {
         var harness = try CoreHarness {
             $0.maximumTopics = 2

@@ -895,17 +895,31 @@ struct BrokerCore: ~Copyable {
         topic.bytes += cost
         logBytes += cost
         while topic.bytes > configuration.topicLogBytes, topic.log.count > 1 { evictOldest(of: topic) }
-        var attempts = 0
-        while logBytes > configuration.logBytes, attempts < topics.count {
-            let candidate = topics[evictionCursor % topics.count]
-            evictionCursor = (evictionCursor + 1) % topics.count
-            if candidate.log.count > (candidate === topic ? 1 : 0) {
-                evictOldest(of: candidate)
-                attempts = 0
-            } else {
-                attempts += 1
+        // Over the bound of all logs together, topics give up their oldest entries in turn: first only entries
+        // every live subscriber of theirs was sent, so that an idle topic's history goes before what a busy
+        // topic's subscriber has yet to read; only when there are none of those does a subscriber lose a message
+        // it was not sent (and counts it).
+        for pass in 0..<2 {
+            let sentOnly = pass == 0
+            var attempts = 0
+            while logBytes > configuration.logBytes, attempts < topics.count {
+                let candidate = topics[evictionCursor % topics.count]
+                evictionCursor = (evictionCursor + 1) % topics.count
+                if candidate.log.count > (candidate === topic ? 1 : 0), !sentOnly || Self.wasSent(oldestOf: candidate) {
+                    evictOldest(of: candidate)
+                    attempts = 0
+                } else {
+                    attempts += 1
+                }
             }
         }
+    }
+
+    /// Whether every live subscriber of `topic` was sent the oldest entry of its log. A stalled subscriber holds
+    /// nothing back, as it holds no publisher back.
+    private static func wasSent(oldestOf topic: TopicState) -> Bool {
+        let oldest = topic.log.firstIndex
+        return !topic.subscribers.contains { !$0.stalled && ($0.cursor(on: topic) ?? .max) <= oldest }
     }
 
     private mutating func evictOldest(of topic: TopicState) {
