@@ -495,6 +495,15 @@ public struct BenchPlan: Service {
                     name: "16 KiB at 10,000 msg/s, broker mode, p99", target: "<= 5 ms",
                     measured: "\(f(large.latency.p99 / 1000, 2)) ms", pass: large.latency.p99 <= 5000))
         }
+        let brokerPoints = results.latency.filter { $0.mode == "broker" }
+        if !brokerPoints.isEmpty {
+            // Direct mode may lose what a slow subscriber's queue cannot hold; broker mode must lose nothing.
+            let missing = brokerPoints.reduce(0) { $0 + $1.missing }
+            checks.append(
+                TargetCheck(
+                    name: "messages missing in the \(brokerPoints.count) broker-mode latency runs", target: "0",
+                    measured: "\(missing)", pass: missing == 0))
+        }
         let single = results.throughput.filter { $0.size == 64 && $0.publishers == 1 }.first
         if let single {
             checks.append(
