@@ -897,15 +897,18 @@ struct BrokerCore: ~Copyable {
         while topic.bytes > configuration.topicLogBytes, topic.log.count > 1 { evictOldest(of: topic) }
         // Over the bound of all logs together, topics give up their oldest entries in turn: first only entries
         // every live subscriber of theirs was sent, so that an idle topic's history goes before what a busy
-        // topic's subscriber has yet to read; only when there are none of those does a subscriber lose a message
-        // it was not sent (and counts it).
+        // topic's subscriber has yet to read; only when there are none of those (or finding one would cost more
+        // than `probes` allows) does a subscriber lose a message it was not sent, and count it.
+        var probes = Self.evictionProbes
         for pass in 0..<2 {
             let sentOnly = pass == 0
             var attempts = 0
-            while logBytes > configuration.logBytes, attempts < topics.count {
+            while logBytes > configuration.logBytes, attempts < topics.count, !sentOnly || probes > 0 {
                 let candidate = topics[evictionCursor % topics.count]
                 evictionCursor = (evictionCursor + 1) % topics.count
-                if candidate.log.count > (candidate === topic ? 1 : 0), !sentOnly || Self.wasSent(oldestOf: candidate) {
+                if candidate.log.count > (candidate === topic ? 1 : 0),
+                    !sentOnly || Self.wasSent(oldestOf: candidate, probes: &probes)
+                {
                     evictOldest(of: candidate)
                     attempts = 0
                 } else {
@@ -915,11 +918,21 @@ struct BrokerCore: ~Copyable {
         }
     }
 
-    /// Whether every live subscriber of `topic` was sent the oldest entry of its log. A stalled subscriber holds
-    /// nothing back, as it holds no publisher back.
-    private static func wasSent(oldestOf topic: TopicState) -> Bool {
+    /// Topics and subscriptions one append may look at for an entry that costs no subscriber a message: a bound on
+    /// the work, whatever the number of topics and subscribers, when none of them has such an entry.
+    static let evictionProbes = 64
+
+    /// Whether every live subscriber of `topic` was sent the oldest entry of its log, looking at no more than
+    /// `probes` more topics and subscriptions (answering no past them). A stalled subscriber holds nothing back,
+    /// as it holds no publisher back.
+    private static func wasSent(oldestOf topic: TopicState, probes: inout Int) -> Bool {
+        probes -= 1
         let oldest = topic.log.firstIndex
-        return !topic.subscribers.contains { !$0.stalled && ($0.cursor(on: topic) ?? .max) <= oldest }
+        for subscriber in topic.subscribers where !subscriber.stalled {
+            probes -= 1
+            if probes < 0 || (subscriber.cursor(on: topic) ?? .max) <= oldest { return false }
+        }
+        return probes >= 0
     }
 
     private mutating func evictOldest(of topic: TopicState) {
