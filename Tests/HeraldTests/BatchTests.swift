@@ -140,6 +140,21 @@ struct BatchTests {
         #expect(last == frame(8, sentAt: 80), "one message left of a batch goes as a plain data frame")
     }
 
+    @Test func aSubscriberAskingAgainBeforeItWasSentKeepsItsStartInsideABatch() throws {
+        var harness = try CoreHarness()
+        harness.register(publisher, from: client)
+        harness.request(batch(1...4), from: client)
+        harness.request(batch(5...8), from: client)
+        // Owed 6, inside the second batch, while its queue is full: nothing is sent yet.
+        harness.output.outcomes[subscriber] = .wouldBlock
+        harness.subscribe(resuming(at: 6), from: subscriber)
+        // It asks again on the same connection before anything left; it is still owed from 6, not from 5.
+        harness.subscribe(subscription(), from: subscriber)
+        harness.output.outcomes[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        #expect(messages(in: harness.output) == [batch(6...8)])
+    }
+
     @Test func aSubscriberThatJoinedAtSomeTimeGetsTheMessagesOfABatchSentSinceThen() throws {
         var harness = try CoreHarness()
         harness.register(publisher, from: client)
