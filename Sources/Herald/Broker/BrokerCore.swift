@@ -563,7 +563,7 @@ struct BrokerCore: ~Copyable {
         var offered: [String: Int] = [:]
         var backlog: [String: Int] = [:]
         func follow(_ topic: TopicState) {
-            let current = subscriber.follows.first { $0.topic === topic }.map { ($0.cursor, $0.from) }
+            let current = subscriber.following(topic)
             if current == nil { subscriptionCount += 1 }
             let (cursor, from) = startingCursor(in: topic, request: request, resume: resume, current: current)
             subscriber.follow(topic, from: cursor, sequence: from)
@@ -644,15 +644,16 @@ struct BrokerCore: ~Copyable {
     /// entry at `cursor` to send, so that a subscriber owed the end of a batch gets only that end.
     ///
     /// A subscriber that asks again on the same connection (`current`) has a gap to fill: its cursor moves back
-    /// only to a message it is owed exactly, since anything later it has already been sent.
+    /// only to a message it is owed exactly, since anything later it has already been sent; otherwise it goes on
+    /// where it was, a pending start inside a batch included.
     private func startingCursor(
-        in topic: TopicState, request: SubscribeRequest, resume: Resume, current: (cursor: UInt64, from: UInt64)?
+        in topic: TopicState, request: SubscribeRequest, resume: Resume, current: SubscriberState.Follow?
     ) -> (cursor: UInt64, from: UInt64) {
         let end = topic.log.endIndex
-        if let (current, pending) = current {
+        if let current {
             let owed = resume.streams[topic.name] ?? [:]
             var index = topic.log.firstIndex
-            while index < min(current, end) {
+            while index < min(current.cursor, end) {
                 let from = topic.log.withElement(at: index) { entry -> UInt64? in
                     guard let next = owed[entry.publisher], (entry.firstSequence...entry.lastSequence).contains(next)
                     else { return nil }
@@ -661,7 +662,7 @@ struct BrokerCore: ~Copyable {
                 if let from = from.flatMap({ $0 }) { return (index, from) }
                 index += 1
             }
-            return (current, pending)
+            return (current.cursor, current.from)
         }
         if request.resume != nil || request.since != nil {
             let owed = resume.streams[topic.name] ?? [:]
@@ -753,7 +754,7 @@ struct BrokerCore: ~Copyable {
             }
             guard let plan,
                 var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
-                    if entry.count == 1 || (plan.whole && plan.first == entry.firstSequence) {
+                    if plan.whole && plan.first == entry.firstSequence {
                         return try? entry.frame.share()
                     }
                     return entry.frame.withUnsafeBytes { bytes in
@@ -1248,7 +1249,10 @@ final class SubscriberState {
         }
     }
 
-    func cursor(on topic: TopicState) -> UInt64? { follows.first { $0.topic === topic }?.cursor }
+    /// Where it is in `topic`'s log, if it follows it.
+    func following(_ topic: TopicState) -> Follow? { follows.first { $0.topic === topic } }
+
+    func cursor(on topic: TopicState) -> UInt64? { following(topic)?.cursor }
 
     /// The topics it follows and its patterns, for matching names against both.
     var concerned: TopicFilterSet { TopicFilterSet(names: follows.map(\.topic.name), patterns: patterns) }
