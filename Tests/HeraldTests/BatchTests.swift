@@ -178,8 +178,8 @@ struct BatchTests {
     }
 
     @Test(
-        "A subscriber that takes no batch this large (an older one, or a small message limit) gets one message per frame",
-        arguments: [nil, 100] as [Int?])
+        "A subscriber that takes no batch (an older one), or none holding two of these messages, gets one message per frame",
+        arguments: [nil, 40] as [Int?])
     func aBatchTooLargeForASubscriberGoesOneMessagePerFrame(limit: Int?) throws {
         var harness = try CoreHarness()
         harness.subscribe(subscription(batchBytes: limit), from: subscriber)
@@ -195,6 +195,53 @@ struct BatchTests {
         let other = CoreHarness.id(3)
         harness.subscribe(resuming(at: 2), from: other)
         #expect(harness.output.deliveries.filter { $0.subscriber == other }.map(\.bytes).contains(batch(2...4)))
+    }
+
+    @Test func aSubscriberWithASmallLimitGetsALargeBatchInSlicesThatFitIt() throws {
+        var harness = try CoreHarness()
+        let limit = batch(1...3).count
+        harness.subscribe(subscription(batchBytes: limit), from: subscriber)
+        harness.register(publisher, from: client)
+        // Room for two frames only: the rest goes when the subscriber's queue has room again, from where it stopped.
+        harness.output.room[subscriber] = 2
+        harness.request(batch(1...10), from: client)
+        #expect(messages(in: harness.output) == [batch(1...3), batch(4...6)])
+        harness.output.room[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        let sent = messages(in: harness.output)
+        #expect(sent == [batch(1...3), batch(4...6), batch(7...9), frame(10, sentAt: 100)])
+        #expect(sent.allSatisfy { $0.count <= limit })
+        #expect(harness.core.takeCounters().perTopic.map(\.delivered) == [10])
+    }
+
+    @Test func aSliceOfABatchIsRightWhateverOffsetItIsGiven() {
+        let bytes = batch(1...9)
+        let size = frame(1).count
+        bytes.withUnsafeBytes { batch in
+            // Read slice by slice with the offsets each returns, it is the batch again.
+            var next: UInt64 = 1
+            var offset = 0
+            var slices: [[UInt8]] = []
+            while next <= 9 {
+                guard let slice = DataRun.slice(of: batch, from: next, offset: offset, limit: 2 + 2 * (4 + size)) else {
+                    Issue.record("no slice from \(next)")
+                    return
+                }
+                slices.append(slice.frame.bytes)
+                next = slice.last + 1
+                offset = slice.nextOffset
+            }
+            let pairs: [[UInt8]] = [self.batch(1...2), self.batch(3...4), self.batch(5...6), self.batch(7...8)]
+            #expect(slices == pairs + [frame(9, sentAt: 90)], "the last message alone goes as a data frame")
+            // Offsets that are not where the message starts: another message's, inside one, past the end.
+            let ninth = DataRun.slice(of: batch, from: 9, limit: 0)?.frame.bytes
+            #expect(ninth == frame(9, sentAt: 90))
+            for offset in [2, 2 + 4 + size, 3, 17, batch.count - 3, batch.count, -5, .max] {
+                #expect(DataRun.slice(of: batch, from: 9, offset: offset, limit: 0)?.frame.bytes == ninth, "\(offset)")
+            }
+            #expect(DataRun.slice(of: batch, from: 10, limit: 0)?.last == nil)
+            #expect(DataRun.slice(of: batch, from: 0, limit: 0)?.last == nil)
+        }
     }
 
     // MARK: Subscriber

@@ -11,6 +11,8 @@ struct RecordingOutput: BrokerOutput {
     var deliveries: [(subscriber: RoutingID, bytes: [UInt8])] = []
     /// What a delivery to each subscriber returns (sent when absent).
     var outcomes: [RoutingID: DeliveryOutcome] = [:]
+    /// Deliveries to each subscriber that succeed before its queue is full (unlimited when absent).
+    var room: [RoutingID: Int] = [:]
 
     mutating func reply(to client: RoutingID, _ frame: inout ZMQFrame) {
         replies.append((client, frame.bytes))
@@ -18,7 +20,10 @@ struct RecordingOutput: BrokerOutput {
     }
 
     mutating func deliver(to subscriber: RoutingID, _ frame: inout ZMQFrame) -> DeliveryOutcome {
-        let outcome = outcomes[subscriber] ?? .sent
+        var outcome = outcomes[subscriber] ?? .sent
+        if outcome == .sent, let left = room[subscriber] {
+            if left == 0 { outcome = .wouldBlock } else { room[subscriber] = left - 1 }
+        }
         if outcome == .sent {
             deliveries.append((subscriber, frame.bytes))
             frame.clear()

@@ -52,20 +52,27 @@ let benchmarks: @Sendable () -> Void = {
         }
         // One message per frame to 1 and 4 subscribers, and a full-speed publisher's batches (64 KiB at most) to
         // 1: the broker's work per message when it keeps and forwards one frame per batch.
+        // The last: batches to a subscriber that takes none (an older one), which gets each message in a frame of
+        // its own, made anew: one allocation per message, by design, and no more work per message for a large batch
+        // than for a small one.
         let perBatch = max(1, min(256, (64 << 10) / (size + 64)))
-        for (subscribers, perFrame) in [(1, 1), (4, 1), (1, perBatch)] {
+        for (subscribers, perFrame, takesBatches) in [(1, 1, true), (4, 1, true), (1, perBatch, true), (1, perBatch, false)] {
             let name = perFrame == 1
                 ? "forward \(size) B to \(subscribers) subscribers"
                 : "forward \(size) B in batches of \(perFrame) to \(subscribers) subscriber"
+                    + (takesBatches ? "" : " taking none")
+            let limit = takesBatches ? 1 << 20 : nil
             Benchmark(name) { benchmark in
-                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame)
+                var forward = try ForwardLoop(
+                    payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame, subscriberBatchBytes: limit)
                 benchmark.startMeasurement()
                 forward.run(benchmark.scaledIterations.count)
                 benchmark.stopMeasurement()
                 blackHole(forward.delivered)
             }
             Benchmark("\(name) ×100k allocations", configuration: counting) { benchmark in
-                var forward = try ForwardLoop(payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame)
+                var forward = try ForwardLoop(
+                    payloadSize: size, subscribers: subscribers, messagesPerFrame: perFrame, subscriberBatchBytes: limit)
                 benchmark.startMeasurement()
                 for _ in benchmark.scaledIterations { forward.run(messagesPerCount) }
                 benchmark.stopMeasurement()

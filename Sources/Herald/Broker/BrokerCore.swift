@@ -714,6 +714,17 @@ struct BrokerCore: ~Copyable {
         if !waitingConnections.isEmpty { retryWaitingGrants(output: &output) }
     }
 
+    /// A frame the pump sends out of one log entry: messages `first...last` of it.
+    private struct Outgoing: ~Copyable {
+        var frame: ZMQFrame
+        let first: UInt64
+        let last: UInt64
+        /// Whether `last` is the entry's last message: the subscriber's cursor moves on to the next entry.
+        let endsEntry: Bool
+        /// Where the message after `last` starts in the entry's frame, for the next slice.
+        let nextOffset: Int
+    }
+
     /// Sends a subscriber what its cursors have not reached yet, while its window allows, one topic after the
     /// other.
     private mutating func pump(_ subscriber: SubscriberState, output: inout some BrokerOutput) {
@@ -733,6 +744,7 @@ struct BrokerCore: ~Copyable {
                 cursor = topic.log.firstIndex
                 subscriber.follows[position].cursor = cursor
                 subscriber.follows[position].from = 0
+                subscriber.follows[position].offset = 0
             }
             // A fresh leader does not know every contender yet: a contested topic waits, rather than reach a
             // subscriber with no view of its owner.
@@ -741,40 +753,38 @@ struct BrokerCore: ~Copyable {
                 continue
             }
             idle = 0
-            let from = subscriber.follows[position].from
-            // What goes out of the entry at the cursor: all of it (a shared copy), the end of a batch owed only
-            // from its middle, or, to a subscriber that takes no batch this large, one message at a time. The
-            // last two make a new frame, on rare paths (history, recovery, older or small-limit subscribers).
-            let plan = topic.log.withElement(at: cursor) {
-                entry -> (first: UInt64, last: UInt64, whole: Bool, endsEntry: Bool) in
-                let first = min(max(from, entry.firstSequence), entry.lastSequence)
-                let whole = entry.count == 1 || entry.frame.count <= subscriber.batchBytes
-                let last = whole ? entry.lastSequence : first
-                return (first, last, whole, last == entry.lastSequence)
-            }
-            guard let plan,
-                var frame = topic.log.updateElement(at: cursor, { entry -> ZMQFrame? in
-                    if plan.whole && plan.first == entry.firstSequence {
-                        return try? entry.frame.share()
-                    }
-                    return entry.frame.withUnsafeBytes { bytes in
-                        plan.whole
-                            ? DataRun.suffix(of: bytes, from: plan.first)
-                            : DataRun.message(inBatch: bytes, at: Int(plan.first - entry.firstSequence))
-                    }
-                })
-            else { break }
-            let size = frame.count
-            switch output.deliver(to: subscriber.id, &frame) {
+            let follow = subscriber.follows[position]
+            // What goes out of the entry at the cursor: all of it (a shared copy) or, when it is owed only from its
+            // middle or is larger than the subscriber takes, a slice of it as a new frame, on rare paths (history,
+            // recovery, older or small-limit subscribers).
+            guard var outgoing = topic.log.updateElement(at: cursor, { entry -> Outgoing? in
+                let first = min(max(follow.from, entry.firstSequence), entry.lastSequence)
+                if first == entry.firstSequence, entry.count == 1 || entry.frame.count <= subscriber.batchBytes {
+                    guard let shared = try? entry.frame.share() else { return nil }
+                    return Outgoing(frame: shared, first: first, last: entry.lastSequence, endsEntry: true, nextOffset: 0)
+                }
+                let last = entry.lastSequence
+                return entry.frame.withUnsafeBytes { bytes -> Outgoing? in
+                    guard let slice = DataRun.slice(of: bytes, from: first, offset: follow.offset, limit: subscriber.batchBytes)
+                    else { return nil }
+                    return Outgoing(
+                        frame: slice.frame, first: first, last: slice.last, endsEntry: slice.last == last,
+                        nextOffset: slice.nextOffset)
+                }
+            }) else { break }
+            let size = outgoing.frame.count
+            switch output.deliver(to: subscriber.id, &outgoing.frame) {
             case .sent:
-                if !plan.endsEntry {
-                    subscriber.follows[position].from = plan.last + 1
-                } else {
+                if outgoing.endsEntry {
                     subscriber.follows[position].cursor = cursor + 1
                     subscriber.follows[position].from = 0
+                    subscriber.follows[position].offset = 0
+                } else {
+                    subscriber.follows[position].from = outgoing.last + 1
+                    subscriber.follows[position].offset = outgoing.nextOffset
                 }
                 subscriber.sent += UInt64(size)
-                topic.delivered += plan.last - plan.first + 1
+                topic.delivered += outgoing.last - outgoing.first + 1
             case .wouldBlock:
                 blockedSubscribers.insert(subscriber.id)
                 return
@@ -1212,6 +1222,10 @@ final class SubscriberState {
         /// The first sequence number to send of the entry at the cursor: a batch may be owed only from its
         /// middle. 0 sends it whole.
         var from: UInt64 = 0
+        /// Where message `from` starts in the entry's frame, when the pump sent the messages before it (0: not
+        /// known), so that a large batch goes to a small-limit subscriber in slices without reading it again from
+        /// the start for each.
+        var offset = 0
     }
 
     let id: RoutingID
@@ -1243,6 +1257,7 @@ final class SubscriberState {
         if let index = follows.firstIndex(where: { $0.topic === topic }) {
             follows[index].cursor = cursor
             follows[index].from = sequence
+            follows[index].offset = 0
         } else {
             follows.append(Follow(topic: topic, cursor: cursor, from: sequence))
             topic.subscribers.append(self)

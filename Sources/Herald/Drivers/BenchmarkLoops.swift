@@ -79,8 +79,11 @@ extension EncodeLoop {
     private var carried = 0
 
     /// Sets up a broker with one publisher and `subscribers` subscribers, and fills its log; with
-    /// `messagesPerFrame` above 1 the publisher sends batches of that many messages.
-    public init(payloadSize: Int, subscribers: Int = 1, messagesPerFrame: Int = 1) throws {
+    /// `messagesPerFrame` above 1 the publisher sends batches of that many messages. The subscribers take batches
+    /// up to `subscriberBatchBytes` (`nil`: none, as an older subscriber).
+    public init(
+        payloadSize: Int, subscribers: Int = 1, messagesPerFrame: Int = 1, subscriberBatchBytes: Int? = 1 << 20
+    ) throws {
         var configuration = BrokerConfiguration(
             zookeeper: .init(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "bench"))
         configuration.logBytes = 8 << 20
@@ -95,7 +98,8 @@ extension EncodeLoop {
         var subscriptions: [[UInt8]] = []
         for _ in subscriberIDs {
             subscriptions.append(
-                ControlFrame.encode(.subscribe, SubscribeRequest(topics: ["bench"], window: 4 << 20, history: nil, batchBytes: 1 << 20)))
+                ControlFrame.encode(.subscribe, SubscribeRequest(
+                        topics: ["bench"], window: 4 << 20, history: nil, batchBytes: subscriberBatchBytes)))
         }
         var encoded: [[UInt8]] = []
         for _ in 0..<Self.distinctFrames {

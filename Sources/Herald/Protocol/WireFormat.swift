@@ -277,15 +277,16 @@ struct DataRun: Sendable, Equatable {
         return failure ?? walked
     }
 
-    /// Calls `body` with each length-prefixed frame of a batch (its offset in the batch and its bytes), reading
-    /// only the lengths, until `body` returns false.
+    /// Calls `body` with each length-prefixed frame of a batch (its offset in the batch and its bytes), from the
+    /// length at `start` on, reading only the lengths, until `body` returns false.
     /// - Returns: ``WireFormat/DecodeFailure/truncated`` when the batch holds no frame or its lengths run past its
     ///   end, otherwise `nil`.
     private static func forEachFrame(
-        inBatch frame: UnsafeRawBufferPointer, _ body: (_ offset: Int, _ message: UnsafeRawBufferPointer) -> Bool
+        inBatch frame: UnsafeRawBufferPointer, from start: Int = 2,
+        _ body: (_ offset: Int, _ message: UnsafeRawBufferPointer) -> Bool
     ) -> WireFormat.DecodeFailure? {
-        var offset = 2
-        guard frame.count > offset else { return .truncated }
+        var offset = start
+        guard frame.count > 2 else { return .truncated }
         while offset < frame.count {
             guard frame.count - offset >= 4 else { return .truncated }
             let length = Int(UInt32(bigEndian: frame.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
@@ -329,39 +330,76 @@ struct DataRun: Sendable, Equatable {
         return found
     }
 
-    /// The messages of a valid batch from number `sequence` on, as a new frame: a batch again, or a data frame
-    /// when one message is left. `nil` when none is left or libzmq cannot allocate the frame.
-    static func suffix(of batch: UnsafeRawBufferPointer, from sequence: UInt64) -> ZMQFrame? {
-        var start: Int?
-        var count = 0
-        _ = forEachMessage(inBatch: batch) { offset, _, layout in
-            if layout.header.sequence >= sequence {
-                if start == nil { start = offset - 4 }
-                count += 1
-            }
+    /// The messages of a valid batch from number `sequence` on that fit in a frame of `limit` bytes, and at least
+    /// one: a batch again, or a data frame when one message goes (always, when `limit` is 0: a subscriber that takes
+    /// no batch). `nil` when the batch holds no message `sequence` or libzmq cannot allocate the frame.
+    ///
+    /// `offset` is where the message numbered `sequence` starts, as the previous slice of the same batch returned
+    /// it (0: unknown). With it, serving a large batch slice by slice reads each message's length once, not once per
+    /// slice before it; a stale offset is noticed (the message there has another number) and the lengths are read.
+    static func slice(
+        of batch: UnsafeRawBufferPointer, from sequence: UInt64, offset: Int = 0, limit: Int
+    ) -> Slice? {
+        guard let first = batchFrameStart(in: batch, of: sequence, hint: offset) else { return nil }
+        var end = first
+        var count: UInt64 = 0
+        var lastMessage = 0..<0
+        _ = forEachFrame(inBatch: batch, from: first) { start, message in
+            let size = 2 + (start + message.count - first)
+            guard count == 0 || size <= limit else { return false }
+            lastMessage = start..<(start + message.count)
+            end = lastMessage.upperBound
+            count += 1
             return true
         }
-        guard let start else { return nil }
-        // The messages are numbered one after the other, so those kept are the batch's last bytes.
-        if count == 1 { return try? ZMQFrame(copying: UnsafeRawBufferPointer(rebasing: batch[(start + 4)...])) }
-        return try? ZMQFrame(count: 2 + batch.count - start) { destination in
-            destination[0] = WireFormat.version
-            destination[1] = WireFormat.Kind.batch.rawValue
-            UnsafeMutableRawBufferPointer(rebasing: destination[2...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: batch[start...]))
+        guard count > 0 else { return nil }
+        let frame: ZMQFrame?
+        if count == 1 {
+            frame = try? ZMQFrame(copying: UnsafeRawBufferPointer(rebasing: batch[lastMessage]))
+        } else {
+            frame = try? ZMQFrame(count: 2 + end - first) { destination in
+                destination[0] = WireFormat.version
+                destination[1] = WireFormat.Kind.batch.rawValue
+                UnsafeMutableRawBufferPointer(rebasing: destination[2...])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: batch[first..<end]))
+            }
         }
+        guard let frame else { return nil }
+        return Slice(frame: frame, last: sequence + count - 1, nextOffset: end)
     }
 
-    /// The message at `index` (from 0) of a valid batch, as a new data frame: for a subscriber that takes no batch
-    /// this large. Finding it reads only the messages' lengths before it.
-    static func message(inBatch batch: UnsafeRawBufferPointer, at index: Int) -> ZMQFrame? {
-        var remaining = index
-        var found: ZMQFrame?
-        _ = forEachFrame(inBatch: batch) { _, message in
+    /// Part of a batch as a frame of its own: its messages up to number `last`, and where the next one starts.
+    struct Slice: ~Copyable {
+        var frame: ZMQFrame
+        let last: UInt64
+        let nextOffset: Int
+    }
+
+    /// Where the length of message number `sequence` starts in a valid batch: at `hint` when the message there has
+    /// that number, otherwise found by reading the lengths before it.
+    private static func batchFrameStart(in batch: UnsafeRawBufferPointer, of sequence: UInt64, hint: Int) -> Int? {
+        if hint >= 2, batch.count - hint >= 4 {
+            let length = Int(UInt32(bigEndian: batch.loadUnaligned(fromByteOffset: hint, as: UInt32.self)))
+            if length <= batch.count - hint - 4,
+                case .success(let layout) = DataLayout.decode(UnsafeRawBufferPointer(rebasing: batch[(hint + 4)..<(hint + 4 + length)])),
+                layout.header.sequence == sequence
+            {
+                return hint
+            }
+        }
+        var remaining: UInt64?
+        var found: Int?
+        _ = forEachFrame(inBatch: batch) { start, message in
+            if remaining == nil {
+                guard case .success(let layout) = DataLayout.decode(message), sequence >= layout.header.sequence
+                else { return false }
+                remaining = sequence - layout.header.sequence
+            }
             guard remaining == 0 else {
-                remaining -= 1
+                remaining! -= 1
                 return true
             }
-            found = try? ZMQFrame(copying: message)
+            found = start - 4
             return false
         }
         return found
