@@ -276,6 +276,44 @@ struct BatchTests {
     }
 }
 
+@Suite("Batches: the hand-over from the socket thread to the application")
+struct DeliveryQueueTests {
+    func batch(_ payloads: [String], topics: [Topic] = ["t"]) -> MessageBatch {
+        var batch = MessageBatch(topics: topics)
+        for (index, payload) in payloads.enumerated() {
+            Array(payload.utf8).withUnsafeBytes {
+                batch.append(
+                    topic: 0, header: MessageHeader(publisher: PublisherID(), sequence: UInt64(index + 1), sentAt: 0),
+                    payload: $0, receivedAt: 0)
+            }
+        }
+        return batch
+    }
+
+    @Test func aBatchTheApplicationIsDoneWithIsFilledAgainAndOneItKeptIsNotOverwritten() async throws {
+        let queue = DeliveryQueue(limit: 1 << 20, onRoom: {})
+        let second = String(repeating: "s", count: 1000)
+        queue.push(batch(["first", second]))
+        var first = await queue.next()
+        let kept = try #require(first?[1])
+        let capacity = first?.storage.capacity ?? 0
+        // Given back: the producer's next batch is that one, emptied, with its room.
+        queue.push(batch(["third"]))
+        let third = await queue.next(recycling: first.take())
+        var refill = queue.emptyBatch(following: try #require(third))
+        #expect(refill.isEmpty)
+        #expect(capacity >= 1005 && refill.storage.capacity >= capacity)
+        Array("overwrite".utf8).withUnsafeBytes {
+            refill.append(
+                topic: 0, header: MessageHeader(publisher: PublisherID(), sequence: 9, sentAt: 0), payload: $0, receivedAt: 0)
+        }
+        #expect(String(decoding: kept.payload, as: UTF8.self) == second, "a message the application kept")
+        #expect(String(decoding: refill[0].payload, as: UTF8.self) == "overwrite")
+        // Nothing given back: a new batch.
+        #expect(queue.emptyBatch(following: refill).storage.capacity >= refill.storage.count)
+    }
+}
+
 @Suite("Batches: a real publisher against a leader it cannot trust", .serialized)
 struct PublisherBatchTests {
     /// A leader of our own: a ROUTER named in a forged leader record, which grants credit as `credit` says and

@@ -115,8 +115,10 @@ final class DeliveryQueue: Sendable {
     private struct State {
         var batches = Deque<MessageBatch>()
         var bytes = 0
-        var consumer: CheckedContinuation<MessageBatch?, Never>?
+        var consumer: UnsafeContinuation<MessageBatch?, Never>?
         var finished = false
+        /// A batch the consumer is done with, for the producer to empty and fill again.
+        var spare: MessageBatch?
         /// The producer found the queue full and waits to be told there is room.
         var producerWaiting = false
     }
@@ -147,7 +149,7 @@ final class DeliveryQueue: Sendable {
     /// Hands a batch on.
     func push(_ batch: MessageBatch) {
         guard !batch.isEmpty else { return }
-        let consumer = state.withLock { state -> CheckedContinuation<MessageBatch?, Never>? in
+        let consumer = state.withLock { state -> UnsafeContinuation<MessageBatch?, Never>? in
             guard !state.finished else { return nil }
             if let consumer = state.consumer {
                 state.consumer = nil
@@ -170,10 +172,29 @@ final class DeliveryQueue: Sendable {
         consumer?.resume(returning: nil)
     }
 
+    /// An empty batch to fill after `previous`: the one the consumer gave back, if any. At a paced rate each
+    /// message is a batch of its own, and a new batch would cost two allocations per message. A batch still
+    /// shared (the application kept it or one of its messages) is copied on the first write, as any array.
+    func emptyBatch(following previous: MessageBatch) -> MessageBatch {
+        guard var spare = state.withLock({ $0.spare.take() }) else { return MessageBatch(following: previous) }
+        spare.storage.removeAll(keepingCapacity: true)
+        spare.entries.removeAll(keepingCapacity: true)
+        spare.topics = previous.topics
+        return spare
+    }
+
     /// The next batch; `nil` once finished and drained, or when the task is cancelled. One consumer at a time.
-    func next() async -> MessageBatch? {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<MessageBatch?, Never>) in
+    /// - Parameter used: the batch this consumer had before, which it no longer needs, for ``emptyBatch(following:)``.
+    func next(recycling used: consuming MessageBatch? = nil) async -> MessageBatch? {
+        // Moved in and out again, so that nothing here still shares the batch with the producer while this waits.
+        var used = consume used
+        if used != nil { state.withLock { if $0.spare == nil { $0.spare = used.take() } } }
+        used = nil
+        return await withTaskCancellationHandler {
+            // Not a checked continuation, which allocates: at a paced rate the consumer waits once per message.
+            // Each one is resumed once: here, by the `push` or `finish` that takes it out of the state, or by the
+            // cancellation handler that does.
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<MessageBatch?, Never>) in
                 enum Outcome { case batch(MessageBatch, wake: Bool), end, wait(wake: Bool) }
                 let outcome = state.withLock { state -> Outcome in
                     if let batch = state.batches.popFirst() {

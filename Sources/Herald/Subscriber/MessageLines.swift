@@ -105,7 +105,11 @@ public struct MessageLineEncoder: Sendable {
         output.append(contentsOf: #","size":"#.utf8)
         appendDecimal(UInt64(message.payload.count), to: &output)
         output.append(contentsOf: #","topic":""#.utf8)
-        appendEscaped(Array(message.topic.name.utf8)[...], to: &output)
+        // A topic name's bytes are lent, not copied: a copy would be an allocation per line.
+        let name = message.topic.name.utf8
+        if name.withContiguousStorageIfAvailable({ appendEscaped($0, to: &output) }) == nil {
+            Array(name).withUnsafeBufferPointer { appendEscaped($0, to: &output) }
+        }
         output.append(contentsOf: #""}"#.utf8)
     }
 
@@ -149,16 +153,16 @@ public struct MessageLineEncoder: Sendable {
             let valid = bytes.withUnsafeBytes { String(validating: $0, as: UTF8.self) != nil }
             if !valid {
                 guard repairing else { return false }
-                appendEscaped(Array(String(decoding: bytes, as: UTF8.self).utf8)[...], to: &output)
+                Array(String(decoding: bytes, as: UTF8.self).utf8).withUnsafeBufferPointer { appendEscaped($0, to: &output) }
                 return true
             }
         }
-        appendEscaped(bytes, to: &output)
+        bytes.withUnsafeBufferPointer { appendEscaped($0, to: &output) }
         return true
     }
 
     /// Appends bytes as the inside of a JSON string: runs that need no escape are copied whole.
-    private func appendEscaped(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8]) {
+    private func appendEscaped(_ bytes: UnsafeBufferPointer<UInt8>, to output: inout [UInt8]) {
         var runStart = bytes.startIndex
         var index = bytes.startIndex
         while index < bytes.endIndex {
@@ -167,7 +171,7 @@ public struct MessageLineEncoder: Sendable {
                 index += 1
                 continue
             }
-            output.append(contentsOf: bytes[runStart..<index])
+            output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
             switch byte {
             case UInt8(ascii: "\""): output.append(contentsOf: #"\""#.utf8)
             case UInt8(ascii: "\\"): output.append(contentsOf: #"\\"#.utf8)
@@ -182,7 +186,7 @@ public struct MessageLineEncoder: Sendable {
             index += 1
             runStart = index
         }
-        output.append(contentsOf: bytes[runStart..<index])
+        output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
     }
 
     private static let hex = Array("0123456789abcdef".utf8)

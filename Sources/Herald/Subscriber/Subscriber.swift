@@ -235,8 +235,13 @@ public final class Subscriber: Service, Sendable {
         /// Iterates the batches.
         public struct Iterator: AsyncIteratorProtocol {
             let queue: DeliveryQueue
+            /// The batch returned last: once the application is done with it, the subscriber fills it again.
+            var last: MessageBatch?
             /// The next batch, or `nil` once the subscriber stopped or the task is cancelled.
-            public mutating func next() async -> MessageBatch? { await queue.next() }
+            public mutating func next() async -> MessageBatch? {
+                last = await queue.next(recycling: last.take())
+                return last
+            }
         }
     }
 
@@ -262,7 +267,7 @@ public final class Subscriber: Service, Sendable {
                         defer { index += 1 }
                         return batch[index]
                     }
-                    guard let next = await queue.next() else { return nil }
+                    guard let next = await queue.next(recycling: batch.take()) else { return nil }
                     batch = next
                     index = 0
                 }
@@ -331,6 +336,8 @@ private final class SubscriberLoop {
     var reported = Sequencer.Statistics()
     var lastLatencySample = ContinuousClock.now
     let receivedCounters = TopicCounters(label: Instruments.received)
+    /// Messages of each topic (by number) in the batch being recorded: kept, so that recording allocates nothing.
+    var topicCounts: [Int] = []
     let latencyTimer = CoreMetrics.Timer(label: Instruments.latency)
 
     /// How often gaps, acknowledgements and discovery are looked at.
@@ -360,9 +367,8 @@ private final class SubscriberLoop {
 
     func run() {
         var poller = ZMQPoller()
-        var pollerSockets: [ObjectIdentifier] = []
         var wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
-        var entries: [(entry: Int, socket: ZMQSocket, connection: LeaderConnection?, lookups: Bool)] = []
+        var entries: [PollEntry] = []
         while true {
             let (commands, stopping) = subscriber.withShared { shared in
                 defer { shared.commands = [] }
@@ -381,17 +387,23 @@ private final class SubscriberLoop {
             }
             handOn()
 
-            var sockets: [(ZMQSocket, LeaderConnection?, Bool)] = directSocket.map { [($0, nil, false)] } ?? []
-            for connection in connections.values.sorted(by: { $0.group < $1.group }) {
-                if let dealer = connection.dealer { sockets.append((dealer, connection, false)) }
-                if let lookups = connection.lookups { sockets.append((lookups, connection, true)) }
-            }
-            let identities = sockets.map { ObjectIdentifier($0.0) }
-            if identities != pollerSockets {
+            // Made again only when a socket came or went: checking allocates nothing, as this runs once per
+            // wake-up, which at a paced rate is once per message.
+            if !polls(entries) {
                 poller = ZMQPoller()
                 wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
-                entries = sockets.map { (poller.register($0.0, for: .readable), $0.0, $0.1, $0.2) }
-                pollerSockets = identities
+                entries = directSocket.map { [PollEntry(entry: poller.register($0, for: .readable), socket: $0)] } ?? []
+                for connection in connections.values.sorted(by: { $0.group < $1.group }) {
+                    if let dealer = connection.dealer {
+                        entries.append(PollEntry(entry: poller.register(dealer, for: .readable), socket: dealer, connection: connection))
+                    }
+                    if let lookups = connection.lookups {
+                        entries.append(
+                            PollEntry(
+                                entry: poller.register(lookups, for: .readable), socket: lookups, connection: connection,
+                                lookups: true))
+                    }
+                }
             }
             // A full queue: stop reading, so the leaders' windows (broker mode) or libzmq's queue (direct mode)
             // hold the rest.
@@ -422,6 +434,38 @@ private final class SubscriberLoop {
         }
         directSocket?.close()
         subscriber.withShared { $0.leaders = [:] }
+    }
+
+    /// A socket the loop polls, and what it belongs to.
+    struct PollEntry {
+        let entry: Int
+        let socket: ZMQSocket
+        /// The leader connection it belongs to; `nil` for the direct-mode publishers' socket.
+        var connection: LeaderConnection? = nil
+        /// Whether it is a direct-mode leader's discovery socket.
+        var lookups = false
+    }
+
+    /// Whether `entries` are exactly the sockets to poll now.
+    private func polls(_ entries: [PollEntry]) -> Bool {
+        var expected = 0
+        if let directSocket {
+            guard entries.contains(where: { $0.socket === directSocket && $0.connection == nil }) else { return false }
+            expected += 1
+        }
+        for connection in connections.values {
+            if let dealer = connection.dealer {
+                guard entries.contains(where: { $0.socket === dealer && $0.connection === connection && !$0.lookups })
+                else { return false }
+                expected += 1
+            }
+            if let lookups = connection.lookups {
+                guard entries.contains(where: { $0.socket === lookups && $0.connection === connection && $0.lookups })
+                else { return false }
+                expected += 1
+            }
+        }
+        return entries.count == expected
     }
 
     // MARK: Attachment
@@ -822,7 +866,7 @@ private final class SubscriberLoop {
         var full = batch
         // Topics a pattern matched since the last batch: the batch names its messages' topics by number.
         if full.topics.count != core.topics.count { full.topics = core.topics }
-        batch = MessageBatch(following: full)
+        batch = queue.emptyBatch(following: full)
         record(full)
         queue.push(full)
         let statistics = core.sequencer.statistics
@@ -851,18 +895,21 @@ private final class SubscriberLoop {
     /// histogram costs little at any rate.
     private func record(_ batch: MessageBatch) {
         guard !batch.isEmpty else { return }
-        var counts = [Int](repeating: 0, count: batch.topics.count)
+        if topicCounts.count < batch.topics.count {
+            topicCounts.append(contentsOf: repeatElement(0, count: batch.topics.count - topicCounts.count))
+        }
         let now = ContinuousClock.now
         let sample = now - lastLatencySample >= .milliseconds(1)
         if sample { lastLatencySample = now }
-        for entry in batch.entries { counts[Int(entry.topic)] += 1 }
+        for entry in batch.entries { topicCounts[Int(entry.topic)] += 1 }
         if sample, let last = batch.entries.last {
             let latency = ReceivedMessage.nanoseconds(from: last.header.sentAt, to: last.receivedAt)
             // A send time in the future (clocks apart, or a lying sender) is no latency worth recording.
             if latency >= 0 { latencyTimer.recordNanoseconds(latency) }
         }
-        for (topic, count) in counts.enumerated() where count > 0 {
-            receivedCounters.increment(batch.topics[topic].name, by: count)
+        for topic in batch.topics.indices where topicCounts[topic] > 0 {
+            receivedCounters.increment(batch.topics[topic].name, by: topicCounts[topic])
+            topicCounts[topic] = 0
         }
     }
 
