@@ -15,6 +15,7 @@ final class InProcessCluster: Sendable {
     let publisher: Publisher
     let subscriber: Subscriber
     let received = Mutex<[UInt64]>([])
+    let payloads = Mutex<[[UInt8]]>([])
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
     init(zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2)) throws {
@@ -33,24 +34,27 @@ final class InProcessCluster: Sendable {
             logger: testLogger("subscriber"))
     }
 
-    /// Starts everything, with the publisher sending every 10 ms.
-    func start() {
-        let tasks = [
+    /// Starts everything, with the publisher sending every 10 ms unless `publishing` is off.
+    func start(publishing: Bool = true) {
+        var tasks = [
             Task { _ = try? await self.broker.run() },
             Task { _ = try? await self.publisher.run() },
             Task { _ = try? await self.subscriber.run() },
             Task {
                 for await message in self.subscriber.messages {
                     self.received.withLock { $0.append(message.header.sequence) }
+                    self.payloads.withLock { $0.append(Array(message.payload)) }
                 }
             },
-            Task {
+        ]
+        if publishing {
+            tasks.append(Task {
                 while !Task.isCancelled {
                     _ = try? await self.publisher.publish([1], on: "t")
                     try? await Task.sleep(for: .milliseconds(10))
                 }
-            },
-        ]
+            })
+        }
         self.tasks.withLock { $0 = tasks }
     }
 
@@ -138,5 +142,38 @@ struct ZooKeeperFaultTests {
             throw error
         }
         await ensemble.stop()
+    }
+}
+
+@Suite("Publishing many messages in one call")
+struct PublishContentsTests {
+    @Test func anyCollectionOfPayloadsIsPublishedInOrderAndAnOversizedOneRefusesTheCall() async throws {
+        try await withServer { server in
+            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "contents")
+            cluster.start(publishing: false)
+            // Until the subscription is in place: what is published before it is not this subscriber's.
+            try await eventually(.seconds(20), "a first message") {
+                _ = try? await cluster.publisher.publish([0], on: "t")
+                return cluster.count > 0
+            }
+            // Any other first message still on its way arrives before the count is taken.
+            try await Task.sleep(for: .milliseconds(500))
+            let before = cluster.count
+            let numbered: [[UInt8]] = (1...5).map { [UInt8($0)] }
+            // A slice lends its storage; a repeated element has none to lend and is copied once.
+            try await cluster.publisher.publish(contentsOf: numbered[1...], on: "t")
+            try await cluster.publisher.publish(contentsOf: repeatElement([9, 9], count: 3), on: "t")
+            let tooLarge = [UInt8](repeating: 7, count: PublisherConfiguration.defaultMaximumPayloadSize + 1)
+            await #expect(throws: PublishError.self) {
+                try await cluster.publisher.publish(contentsOf: [[8], tooLarge], on: "t")
+            }
+            try await cluster.publisher.publish([6], on: "t")
+            try await eventually(.seconds(10), "the messages published in one call each") { cluster.count >= before + 8 }
+            try await Task.sleep(for: .milliseconds(200))
+            let received = cluster.payloads.withLock { Array($0.dropFirst(before)) }
+            #expect(received == [[2], [3], [4], [5], [9, 9], [9, 9], [9, 9], [6]], "nothing of the refused call")
+            await cluster.stop()
+            cluster.expectExactlyOnceInOrder()
+        }
     }
 }

@@ -189,7 +189,9 @@ public final class Publisher: Service, Sendable {
     ///   `CancellationError` when the task is cancelled.
     @discardableResult
     public func publish(_ payload: [UInt8], on topic: Topic) async throws -> UInt64 {
-        try await publish(contentsOf: CollectionOfOne(payload), on: topic).upperBound
+        try await publish(count: 1, on: topic) { body in
+            try withUnsafePointer(to: payload) { try body(UnsafeBufferPointer(start: $0, count: 1)) }
+        }.upperBound
     }
 
     /// Publishes several messages on one topic, in order, for the cost of one lock and, usually, no wait. In
@@ -205,28 +207,58 @@ public final class Publisher: Service, Sendable {
     public func publish<Payloads: RandomAccessCollection<[UInt8]> & Sendable>(
         contentsOf payloads: Payloads, on topic: Topic
     ) async throws -> ClosedRange<UInt64> where Payloads.Index == Int {
+        // A collection that cannot lend its storage is copied once; a value's storage cannot go away, so the
+        // lending below always succeeds for one that can.
+        guard payloads.withContiguousStorageIfAvailable({ _ in () }) != nil else {
+            return try await publish(contentsOf: Array(payloads), on: topic)
+        }
+        return try await publish(count: payloads.count, on: topic) { body in
+            try payloads.withContiguousStorageIfAvailable(body)!
+        }
+    }
+
+    /// The publishing loop, over payloads that `lend` lends as a buffer for each step. Code generic over the
+    /// collection, as the public method is when called from another module, reads an element through a
+    /// coroutine whose frame is allocated: a buffer makes a publish call allocate nothing.
+    private func publish(
+        count: Int, on topic: Topic,
+        lend: ((UnsafeBufferPointer<[UInt8]>) throws -> Link.Step?) throws -> Link.Step?
+    ) async throws -> ClosedRange<UInt64> {
         // Checked first: without it, a cancelled publishing loop that never waits would not stop.
         try Task.checkCancellation()
-        if let large = payloads.first(where: { $0.count > configuration.maximumPayloadSize }) {
-            throw PublishError.payloadTooLarge(size: large.count, limit: configuration.maximumPayloadSize)
-        }
+        let limit = configuration.maximumPayloadSize
+        let publisher = id
         var first: UInt64?
         var last: UInt64 = 0
-        var next = payloads.startIndex
-        while next < payloads.endIndex {
-            let step = try link.withLock { link throws(PublishError) -> Link.Step in
-                try link.publish(payloads, from: &next, topic: topic, publisher: id)
+        var next = 0
+        while next < count {
+            let step = try lend { payloads throws -> Link.Step? in
+                if next == 0, let large = payloads.first(where: { $0.count > limit }) {
+                    throw PublishError.payloadTooLarge(size: large.count, limit: limit)
+                }
+                let lent = LentPayloads(buffer: payloads)
+                return try link.withLock { link throws(PublishError) -> Link.Step in
+                    try link.publish(lent.buffer, from: &next, topic: topic, publisher: publisher)
+                }
             }
             switch step {
-            case .published(let range, let wakeThread):
+            case .published(let range, let wakeThread)?:
                 if first == nil { first = range.lowerBound }
                 last = range.upperBound
                 if wakeThread { wake.raise() }
-            case .waitForMode, .waitForRoom:
+            case .waitForMode?, .waitForRoom?, nil:
                 try await waitForRoom()
             }
         }
         return (first ?? last)...last
+    }
+
+    /// Payloads a publish call lends to the link for one step. `@unchecked Sendable` because a buffer pointer is
+    /// not: it enters the link's lock only for the length of `Link.publish`, which reads the payloads (arrays,
+    /// themselves `Sendable`), copies their bytes and keeps no pointer to them, while the caller's lending keeps
+    /// the storage alive.
+    private struct LentPayloads: @unchecked Sendable {
+        let buffer: UnsafeBufferPointer<[UInt8]>
     }
 
     /// Suspends until the publisher is attached to a leader (or stopped, or the task is cancelled).
@@ -475,9 +507,9 @@ private struct Link: ~Copyable {
 
     /// Encodes and, when the connection is free, sends as many of `payloads` as fit now; the rest wait for a
     /// later call.
-    mutating func publish<Payloads: RandomAccessCollection<[UInt8]> & Sendable>(
-        _ payloads: Payloads, from next: inout Int, topic: Topic, publisher: PublisherID
-    ) throws(PublishError) -> Step where Payloads.Index == Int {
+    mutating func publish(
+        _ payloads: UnsafeBufferPointer<[UInt8]>, from next: inout Int, topic: Topic, publisher: PublisherID
+    ) throws(PublishError) -> Step {
         guard !stopping else { throw .stopped }
         guard mode != nil else { return .waitForMode }
         guard hasRoom else { return .waitForRoom }
