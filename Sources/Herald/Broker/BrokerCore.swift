@@ -753,19 +753,19 @@ struct BrokerCore: ~Copyable {
                 continue
             }
             idle = 0
-            let follow = subscriber.follows[position]
+            let (from, offset) = (subscriber.follows[position].from, subscriber.follows[position].offset)
             // What goes out of the entry at the cursor: all of it (a shared copy) or, when it is owed only from its
             // middle or is larger than the subscriber takes, a slice of it as a new frame, on rare paths (history,
             // recovery, older or small-limit subscribers).
             guard var outgoing = topic.log.updateElement(at: cursor, { entry -> Outgoing? in
-                let first = min(max(follow.from, entry.firstSequence), entry.lastSequence)
+                let first = min(max(from, entry.firstSequence), entry.lastSequence)
                 if first == entry.firstSequence, entry.count == 1 || entry.frame.count <= subscriber.batchBytes {
                     guard let shared = try? entry.frame.share() else { return nil }
                     return Outgoing(frame: shared, first: first, last: entry.lastSequence, endsEntry: true, nextOffset: 0)
                 }
                 let last = entry.lastSequence
                 return entry.frame.withUnsafeBytes { bytes -> Outgoing? in
-                    guard let slice = DataRun.slice(of: bytes, from: first, offset: follow.offset, limit: subscriber.batchBytes)
+                    guard let slice = DataRun.slice(of: bytes, from: first, offset: offset, limit: subscriber.batchBytes)
                     else { return nil }
                     return Outgoing(
                         frame: slice.frame, first: first, last: slice.last, endsEntry: slice.last == last,

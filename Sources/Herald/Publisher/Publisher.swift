@@ -222,7 +222,7 @@ public final class Publisher: Service, Sendable {
     /// coroutine whose frame is allocated: a buffer makes a publish call allocate nothing.
     private func publish(
         count: Int, on topic: Topic,
-        lend: ((UnsafeBufferPointer<[UInt8]>) throws -> Link.Step?) throws -> Link.Step?
+        lend: ((UnsafeBufferPointer<[UInt8]>) throws -> Link.Step) throws -> Link.Step
     ) async throws -> ClosedRange<UInt64> {
         // Checked first: without it, a cancelled publishing loop that never waits would not stop.
         try Task.checkCancellation()
@@ -232,7 +232,7 @@ public final class Publisher: Service, Sendable {
         var last: UInt64 = 0
         var next = 0
         while next < count {
-            let step = try lend { payloads throws -> Link.Step? in
+            let step = try lend { payloads throws -> Link.Step in
                 if next == 0, let large = payloads.first(where: { $0.count > limit }) {
                     throw PublishError.payloadTooLarge(size: large.count, limit: limit)
                 }
@@ -242,11 +242,11 @@ public final class Publisher: Service, Sendable {
                 }
             }
             switch step {
-            case .published(let range, let wakeThread)?:
+            case .published(let range, let wakeThread):
                 if first == nil { first = range.lowerBound }
                 last = range.upperBound
                 if wakeThread { wake.raise() }
-            case .waitForMode?, .waitForRoom?, nil:
+            case .waitForMode, .waitForRoom:
                 try await waitForRoom()
             }
         }

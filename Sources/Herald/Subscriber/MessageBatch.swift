@@ -117,7 +117,8 @@ final class DeliveryQueue: Sendable {
         var bytes = 0
         var consumer: UnsafeContinuation<MessageBatch?, Never>?
         var finished = false
-        /// A batch the consumer is done with, for the producer to empty and fill again.
+        /// A batch the consumer is done with, for the producer to empty and fill again: one at most, and no
+        /// larger than the batches the producer fills, which its batch limits bound.
         var spare: MessageBatch?
         /// The producer found the queue full and waits to be told there is room.
         var producerWaiting = false
