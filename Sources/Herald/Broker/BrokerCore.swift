@@ -742,9 +742,7 @@ struct BrokerCore: ~Copyable {
                 // Left the log before this subscriber got it: it sees the gap and counts the loss.
                 counters.skipped += topic.log.firstIndex - cursor
                 cursor = topic.log.firstIndex
-                subscriber.follows[position].cursor = cursor
-                subscriber.follows[position].from = 0
-                subscriber.follows[position].offset = 0
+                subscriber.follows[position].move(to: cursor)
             }
             // A fresh leader does not know every contender yet: a contested topic waits, rather than reach a
             // subscriber with no view of its owner.
@@ -776,9 +774,7 @@ struct BrokerCore: ~Copyable {
             switch output.deliver(to: subscriber.id, &outgoing.frame) {
             case .sent:
                 if outgoing.endsEntry {
-                    subscriber.follows[position].cursor = cursor + 1
-                    subscriber.follows[position].from = 0
-                    subscriber.follows[position].offset = 0
+                    subscriber.follows[position].move(to: cursor + 1)
                 } else {
                     subscriber.follows[position].from = outgoing.last + 1
                     subscriber.follows[position].offset = outgoing.nextOffset
@@ -1226,6 +1222,14 @@ final class SubscriberState {
         /// known), so that a large batch goes to a small-limit subscriber in slices without reading it again from
         /// the start for each.
         var offset = 0
+
+        /// Points it at the entry at `cursor`, from message `sequence` on (0: all of it); where that message
+        /// starts is not known yet.
+        mutating func move(to cursor: UInt64, from sequence: UInt64 = 0) {
+            self.cursor = cursor
+            from = sequence
+            offset = 0
+        }
     }
 
     let id: RoutingID
@@ -1255,9 +1259,7 @@ final class SubscriberState {
 
     func follow(_ topic: TopicState, from cursor: UInt64, sequence: UInt64 = 0) {
         if let index = follows.firstIndex(where: { $0.topic === topic }) {
-            follows[index].cursor = cursor
-            follows[index].from = sequence
-            follows[index].offset = 0
+            follows[index].move(to: cursor, from: sequence)
         } else {
             follows.append(Follow(topic: topic, cursor: cursor, from: sequence))
             topic.subscribers.append(self)

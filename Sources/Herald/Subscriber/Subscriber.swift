@@ -392,18 +392,16 @@ private final class SubscriberLoop {
             if !polls(entries) {
                 poller = ZMQPoller()
                 wakeEntry = poller.register(fileDescriptor: wake.fileDescriptor, for: .readable)
-                entries = directSocket.map { [PollEntry(entry: poller.register($0, for: .readable), socket: $0)] } ?? []
-                for connection in connections.values.sorted(by: { $0.group < $1.group }) {
-                    if let dealer = connection.dealer {
-                        entries.append(PollEntry(entry: poller.register(dealer, for: .readable), socket: dealer, connection: connection))
-                    }
-                    if let lookups = connection.lookups {
-                        entries.append(
-                            PollEntry(
-                                entry: poller.register(lookups, for: .readable), socket: lookups, connection: connection,
-                                lookups: true))
-                    }
+                entries = []
+                _ = forEachSocketToPoll { socket, connection, lookups in
+                    entries.append(
+                        PollEntry(
+                            entry: poller.register(socket, for: .readable), socket: socket, connection: connection,
+                            lookups: lookups))
+                    return true
                 }
+                // Served group by group, the direct-mode publishers' socket first.
+                entries.sort { ($0.connection?.group ?? "") < ($1.connection?.group ?? "") }
             }
             // A full queue: stop reading, so the leaders' windows (broker mode) or libzmq's queue (direct mode)
             // hold the rest.
@@ -446,26 +444,26 @@ private final class SubscriberLoop {
         var lookups = false
     }
 
+    /// Calls `body` with each socket to poll (the direct-mode publishers' socket, then each leader connection's),
+    /// its connection and whether it is a discovery socket, until `body` returns false. Allocates nothing.
+    /// - Returns: whether `body` saw every socket.
+    private func forEachSocketToPoll(_ body: (ZMQSocket, LeaderConnection?, _ lookups: Bool) -> Bool) -> Bool {
+        if let directSocket, !body(directSocket, nil, false) { return false }
+        for connection in connections.values {
+            if let dealer = connection.dealer, !body(dealer, connection, false) { return false }
+            if let lookups = connection.lookups, !body(lookups, connection, true) { return false }
+        }
+        return true
+    }
+
     /// Whether `entries` are exactly the sockets to poll now.
     private func polls(_ entries: [PollEntry]) -> Bool {
         var expected = 0
-        if let directSocket {
-            guard entries.contains(where: { $0.socket === directSocket && $0.connection == nil }) else { return false }
+        let all = forEachSocketToPoll { socket, connection, lookups in
             expected += 1
+            return entries.contains { $0.socket === socket && $0.connection === connection && $0.lookups == lookups }
         }
-        for connection in connections.values {
-            if let dealer = connection.dealer {
-                guard entries.contains(where: { $0.socket === dealer && $0.connection === connection && !$0.lookups })
-                else { return false }
-                expected += 1
-            }
-            if let lookups = connection.lookups {
-                guard entries.contains(where: { $0.socket === lookups && $0.connection === connection && $0.lookups })
-                else { return false }
-                expected += 1
-            }
-        }
-        return entries.count == expected
+        return all && entries.count == expected
     }
 
     // MARK: Attachment
