@@ -36,6 +36,33 @@ struct MessageLineTests {
         #expect(fields["size"] as? Int == text.utf8.count)
     }
 
+    @Test func theWordAtATimeScanFindsEveryByteThatNeedsAnEscapeWhereverItIs() {
+        func plainByteByByte(_ bytes: some Collection<UInt8>) -> Bool {
+            bytes.allSatisfy { $0 >= 0x20 && $0 < 0x80 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        }
+        // Every byte value at every place of a buffer one word and a few bytes long, read from every alignment.
+        var buffer = Array(repeating: UInt8(ascii: "a"), count: 20)
+        for start in 0..<4 {
+            for place in start..<buffer.count {
+                for value in UInt8.min...UInt8.max {
+                    buffer[place] = value
+                    let slice = buffer[start...]
+                    let plain = slice.withUnsafeBytes { MessageLineEncoder.isPlainText($0) }
+                    #expect(plain == plainByteByByte(slice), "byte \(value) at \(place), from \(start)")
+                    buffer[place] = UInt8(ascii: "a")
+                }
+            }
+        }
+        // Bytes just around the bounds, mixed into one word.
+        let edges: [UInt8] = [0x1F, 0x20, 0x21, 0x22, 0x23, 0x5B, 0x5C, 0x5D, 0x7F, 0x80, 0xFF, 0x00, 0x01]
+        for first in edges {
+            for second in edges {
+                let word = [0x41, first, 0x42, 0x43, second, 0x44, 0x45, 0x46] as [UInt8]
+                #expect(word.withUnsafeBytes { MessageLineEncoder.isPlainText($0) } == plainByteByByte(word))
+            }
+        }
+    }
+
     @Test func bytesThatAreNotUTF8ArePrintedAsBase64() throws {
         let bytes: [UInt8] = [0xFF, 0x00, 0x41, 0xC3]
         let fields = try object(line(message(bytes)))

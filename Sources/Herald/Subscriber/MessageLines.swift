@@ -138,13 +138,7 @@ public struct MessageLineEncoder: Sendable {
     ///   with `repairing`, invalid bytes become U+FFFD.
     private func appendText(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8], repairing: Bool) -> Bool {
         let plain = bytes.withUnsafeBufferPointer { buffer -> Bool in
-            var index = 0
-            while index < buffer.count {
-                let byte = buffer[index]
-                if byte < 0x20 || byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { break }
-                index += 1
-            }
-            guard index == buffer.count else { return false }
+            guard Self.isPlainText(UnsafeRawBufferPointer(buffer)) else { return false }
             output.append(contentsOf: buffer)
             return true
         }
@@ -158,6 +152,36 @@ public struct MessageLineEncoder: Sendable {
             }
         }
         bytes.withUnsafeBufferPointer { appendEscaped($0, to: &output) }
+        return true
+    }
+
+    /// Whether every byte is ASCII from 0x20 up, other than `"` and `\`, so that the bytes go into a JSON string
+    /// as they are. Eight bytes at a time: a payload printed as text is usually long and plain, and a byte at a
+    /// time cost a 16 KiB payload more than the rest of its line, its write included.
+    static func isPlainText(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits: UInt64 = 0x8080_8080_8080_8080
+        let quotes = ones &* UInt64(UInt8(ascii: "\""))
+        let backslashes = ones &* UInt64(UInt8(ascii: "\\"))
+        // (x - n·ones) & ~x & highBits is nonzero exactly when some byte of x is below n, for n ≤ 0x80 (a borrow
+        // only reaches a byte above one that was below n); n = 1 finds a zero byte, and a byte equal to c is a
+        // zero byte of x ^ c·ones. A byte of 0x80 or more shows in x & highBits.
+        func hasByteBelow(_ n: UInt64, _ word: UInt64) -> Bool { (word &- ones &* n) & ~word & highBits != 0 }
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            let word = bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            if word & highBits != 0 || hasByteBelow(0x20, word) || hasByteBelow(1, word ^ quotes)
+                || hasByteBelow(1, word ^ backslashes)
+            {
+                return false
+            }
+            offset += 8
+        }
+        while offset < bytes.count {
+            let byte = bytes[offset]
+            if byte < 0x20 || byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return false }
+            offset += 1
+        }
         return true
     }
 
