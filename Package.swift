@@ -38,7 +38,8 @@ let package = Package(
         ),
 
         // Dedicated pthreads for socket owner loops and blocking C calls, without Foundation's `Thread`.
-        .target(name: "OSThreads"),
+        .target(name: "OSThreads", dependencies: ["COSThreads"]),
+        .target(name: "COSThreads"),
 
         // Thin safe Swift wrappers: the only modules that touch a C pointer or a C type.
         .target(
@@ -159,7 +160,7 @@ let package = Package(
         ),
         .testTarget(
             name: "OSThreadsTests",
-            dependencies: ["OSThreads"]
+            dependencies: ["OSThreads", "COSThreads"]
         ),
         .testTarget(
             name: "ChildProcessesTests",

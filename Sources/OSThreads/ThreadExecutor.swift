@@ -1,3 +1,4 @@
+import COSThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -18,6 +19,9 @@ public final class ThreadExecutor: TaskExecutor {
     /// shutdown) is noticed at once, while the cost of suspending no longer matters.
     public static let longestBlockingSleep: Duration = .milliseconds(10)
 
+    /// The timer slack of the executor's thread: the least Linux takes (0 would mean the process's default).
+    public static let timerSlackNanoseconds: UInt = 1
+
     private let queue: JobQueue
     /// The thread's id once it runs, for ``isCurrent``; 0 before.
     private let thread = Atomic<UInt>(0)
@@ -29,6 +33,10 @@ public final class ThreadExecutor: TaskExecutor {
         queue = try JobQueue()
         // The thread keeps the executor alive until `finish()`: a job may still name it as its executor.
         try OSThread.start(name: name) { [self] in
+            // Linux may end a sleep up to 50 µs late by default (the timer slack, to group wake-ups): half the
+            // period of a loop paced at 10,000 a second, so that it fell behind and sent in bursts. A thread
+            // that paces itself wants its sleeps to end on time. A refusal (a seccomp profile) only costs that.
+            _ = costhreads_set_timer_slack(Self.timerSlackNanoseconds)
             thread.store(UInt(pthread_self()), ordering: .releasing)
             queue.runUntilFinished { $0.runSynchronously(on: asUnownedTaskExecutor()) }
         }

@@ -1,3 +1,4 @@
+import COSThreads
 import OSThreads
 import Synchronization
 import Testing
@@ -27,6 +28,15 @@ struct ThreadExecutorTests {
         #expect(before)
         #expect(after)
         #expect(!executor.isCurrent)
+    }
+
+    @Test func itsThreadAsksForTheLeastTimerSlackAndOtherThreadsKeepTheirs() async throws {
+        let executor = try ThreadExecutor(name: "herald-test-exec")
+        defer { executor.finish() }
+        let slack = await withTaskExecutorPreference(executor) { costhreads_timer_slack() }
+        #expect(slack == Int(ThreadExecutor.timerSlackNanoseconds))
+        // The setting is the executor thread's alone (Linux's default elsewhere is 50 µs).
+        #expect(costhreads_timer_slack() != Int(ThreadExecutor.timerSlackNanoseconds))
     }
 
     @Test func sleepReturnsNoEarlierThanItsDeadlineForShortAndLongWaits() async throws {
