@@ -187,11 +187,11 @@ extension BenchResults {
         }
         for point in baselineLatency {
             let l = point.oneWay
-            csv += "req_rep_one_way_at_\(f(point.rate, 0))_per_s,\(point.size),\(point.count),,,,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+            csv += "req_rep_one_way_at_\(f(point.rate, 0))_per_s,\(point.size),\(point.count),,\(f(point.sentPerSecond)),,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
         }
         for point in proxyChainLatency {
             let l = point.oneWay
-            csv += "proxy_chain_one_way_at_\(f(point.rate, 0))_per_s,\(point.size),\(point.count),,,,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+            csv += "proxy_chain_one_way_at_\(f(point.rate, 0))_per_s,\(point.size),\(point.count),,\(f(point.sentPerSecond)),,\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
         }
         if let chain = proxyChain {
             csv += "proxy_chain_loss_free,\(chain.size),,,\(f(chain.lossFreeRate)),,,,,,\n"
@@ -253,10 +253,11 @@ extension BenchResults {
         var out = "\n== herald bench: \(machine.processors) CPUs, \(machine.cpuModel), \(f(machine.memoryGigabytes, 1)) GiB, libzmq \(machine.zeroMQVersion)\n"
         if !baselineLatency.isEmpty || !baselineThroughput.isEmpty {
             out += "\n-- raw ZeroMQ baseline (libzmq from C, each peer its own process, loopback TCP)\n"
-            out += pad(["size", "rate/s", "one-way p50 us", "p99 us", "max us"]) + "\n"
+            // "sent/s" is the rate the requests went out at: a round trip longer than the period holds the next back.
+            out += pad(["size", "rate/s", "sent/s", "one-way p50 us", "p99 us", "max us"]) + "\n"
             for point in baselineLatency {
                 let l = point.oneWay
-                out += pad(["\(point.size)", f(point.rate, 0), f(l.p50), f(l.p99), f(l.max)]) + "\n"
+                out += pad(["\(point.size)", f(point.rate, 0), f(point.sentPerSecond, 0), f(l.p50), f(l.p99), f(l.max)]) + "\n"
             }
             out += pad(["size", "PUSH/PULL msg/s", "MB/s"]) + "\n"
             for point in baselineThroughput {
@@ -264,7 +265,7 @@ extension BenchResults {
             }
             for point in proxyChainLatency {
                 let l = point.oneWay
-                out += "proxy chain PUB -> zmq_proxy -> SUB (two hops), \(point.size) B at \(f(point.rate, 0))/s: one-way p50 \(f(l.p50)) us, p99 \(f(l.p99)) us, max \(f(l.max)) us\n"
+                out += "proxy chain PUB -> zmq_proxy -> SUB (two hops), \(point.size) B at \(f(point.rate, 0))/s (sent at \(f(point.sentPerSecond, 0))/s): one-way p50 \(f(l.p50)) us, p99 \(f(l.p99)) us, max \(f(l.max)) us\n"
             }
             if let chain = proxyChain {
                 out += "proxy chain PUB -> zmq_proxy -> SUB, \(chain.size) B: loss-free up to \(f(chain.lossFreeRate, 0)) msg/s (sweep \(chain.sweep.map { "\(f($0[0], 0)):\(f($0[1], 0)) lost" }.joined(separator: ", "))); full speed drains \(f(chain.fullSpeedMessagesPerSecond, 0)) msg/s losing \(f(chain.fullSpeedLostFraction * 100, 1))%\n"
@@ -272,14 +273,22 @@ extension BenchResults {
         }
         if !latency.isEmpty {
             out += "\n-- end-to-end latency (publisher send to subscriber receive), microseconds\n"
-            out += pad(["mode", "rate/s", "size", "n", "p50", "p90", "p99", "p99.9", "max", "p50/raw", "p99/raw"]) + "\n"
+            out += pad([
+                "mode", "rate/s", "size", "n", "p50", "p90", "p99", "p99.9", "max", "p50/raw", "p99/raw", "p50/chain",
+                "p99/chain",
+            ]) + "\n"
             for point in latency {
                 let l = point.latency
                 let raw = baselineLatency(size: point.size, rate: point.rate)?.oneWay
+                // Broker mode makes the proxy chain's two hops; direct mode makes one, so only raw compares with it.
+                let chain =
+                    point.mode == "broker"
+                    ? proxyChainLatency.first { $0.size == point.size && $0.rate == point.rate }?.oneWay : nil
                 out += pad([
                     point.mode, f(point.rate, 0), "\(point.size)", "\(l.count)", f(l.p50, 0), f(l.p90, 0), f(l.p99, 0),
                     f(l.p999, 0), f(l.max, 0), raw.map { f(l.p50 / $0.p50) + "x" } ?? "-",
-                    raw.map { f(l.p99 / $0.p99) + "x" } ?? "-",
+                    raw.map { f(l.p99 / $0.p99) + "x" } ?? "-", chain.map { f(l.p50 / $0.p50) + "x" } ?? "-",
+                    chain.map { f(l.p99 / $0.p99) + "x" } ?? "-",
                 ]) + "\n"
             }
         }

@@ -12,8 +12,10 @@ public enum ZeroMQBaseline {
     /// REQ/REP round trips at one rate and size; latency one way (RTT / 2).
     public struct Latency: Codable, Sendable {
         public var size: Int
-        /// Round trips per second (0: back to back).
+        /// Round trips per second asked for (0: back to back).
         public var rate: Double
+        /// The rate the messages went out at: below `rate` when a round trip takes longer than the period.
+        public var sentPerSecond: Double
         public var count: Int
         public var oneWay: LatencySummary
     }
@@ -61,6 +63,7 @@ public enum ZeroMQBaseline {
         var size: Int
         var count: Int
         var rate: Double
+        var sentPerS: Double
         var oneWayUs: Percentiles
     }
 
@@ -74,6 +77,7 @@ public enum ZeroMQBaseline {
     private struct ChainOutput: Decodable {
         var received: Int
         var lost: Int
+        var sentPerS: Double?
         var msgsPerS: Double?
         var oneWayUs: Percentiles?
     }
@@ -92,7 +96,9 @@ public enum ZeroMQBaseline {
         let output = try await run(
             LatencyOutput.self,
             ["latency", "--size", "\(max(size, 1))", "--count", "\(count)", "--rate", "\(Int(rate))"])
-        return Latency(size: size, rate: rate, count: output.count, oneWay: LatencySummary(output.oneWayUs, count: output.count))
+        return Latency(
+            size: size, rate: rate, sentPerSecond: output.sentPerS, count: output.count,
+            oneWay: LatencySummary(output.oneWayUs, count: output.count))
     }
 
     /// PUSH/PULL throughput.
@@ -109,8 +115,12 @@ public enum ZeroMQBaseline {
         let output = try await run(
             ChainOutput.self,
             ["proxy-chain", "--size", "\(max(size, 20))", "--count", "\(count)", "--rate", "\(Int(rate))"])
-        guard let percentiles = output.oneWayUs else { throw BenchError("the proxy chain reported no latency") }
-        return Latency(size: size, rate: rate, count: output.received, oneWay: LatencySummary(percentiles, count: output.received))
+        guard let percentiles = output.oneWayUs, let sent = output.sentPerS else {
+            throw BenchError("the proxy chain reported no latency")
+        }
+        return Latency(
+            size: size, rate: rate, sentPerSecond: sent, count: output.received,
+            oneWay: LatencySummary(percentiles, count: output.received))
     }
 
     /// The proxy chain: a sweep of paced rates for the highest that loses nothing, and one run at full speed.

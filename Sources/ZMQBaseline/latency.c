@@ -90,8 +90,11 @@ int run_latency(const struct options *opt)
     ZCHECK(zmq_ctx_term(ctx));
     wait_child(echo, 10000);
 
-    printf("{\"test\":\"reqrep_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"warmup\":%llu,\"one_way_us\":",
-           size, (unsigned long long)opt->count, (unsigned long long)opt->rate, (unsigned long long)opt->warmup);
+    // A round trip longer than the period holds the next request back: then fewer than `rate` went out a second.
+    printf("{\"test\":\"reqrep_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"sent_per_s\":%.1f,"
+           "\"warmup\":%llu,\"one_way_us\":",
+           size, (unsigned long long)opt->count, (unsigned long long)opt->rate, pacer_sent_per_second(&pacer),
+           (unsigned long long)opt->warmup);
     print_latency_summary(samples, (size_t)opt->count, 2.0);
     printf("}");
     finish_output();

@@ -186,7 +186,7 @@ int run_proxy_chain(const struct options *opt)
     close_fd(pub_args.go_fds[1]);
 
     uint64_t received = 0, lost = 0, expected = 0;
-    int64_t first = 0, last = 0;
+    int64_t first = 0, last = 0, first_sent = 0, last_sent = 0;
     while (expected < opt->count) {
         if (receive_header(sub, header, size, SILENCE_NS) < 0) break;
         int64_t now = now_ns(), sent;
@@ -199,8 +199,12 @@ int run_proxy_chain(const struct options *opt)
                  (unsigned long long)expected);
         lost += seq - expected;
         expected = seq + 1;
-        if (received == 0) first = now;
+        if (received == 0) {
+            first = now;
+            first_sent = sent;
+        }
         last = now;
+        last_sent = sent;
         if (latency_mode) samples[received] = (uint64_t)(now - sent);
         received++;
     }
@@ -214,10 +218,13 @@ int run_proxy_chain(const struct options *opt)
     wait_child(proxy, 10000);
 
     if (latency_mode) {
-        printf("{\"test\":\"proxy_chain_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"received\":%llu,"
-               "\"lost\":%llu,\"one_way_us\":",
-               size, (unsigned long long)opt->count, (unsigned long long)opt->rate, (unsigned long long)received,
-               (unsigned long long)lost);
+        // The rate the publisher sent at, from the send times of the first and last messages received.
+        double sent_per_s =
+            received > 1 && last_sent > first_sent ? (double)(received - 1) * 1e9 / (double)(last_sent - first_sent) : 0;
+        printf("{\"test\":\"proxy_chain_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"sent_per_s\":%.1f,"
+               "\"received\":%llu,\"lost\":%llu,\"one_way_us\":",
+               size, (unsigned long long)opt->count, (unsigned long long)opt->rate, sent_per_s,
+               (unsigned long long)received, (unsigned long long)lost);
         print_latency_summary(samples, (size_t)received, 1.0);
         printf("}");
     } else {
