@@ -1,2 +1,2 @@
-// Intentionally empty: the header's inline function is all there is; SwiftPM needs a source file.
+// Intentionally empty: the header's inline functions are all there is; SwiftPM needs a source file.
 #include "COSThreads.h"

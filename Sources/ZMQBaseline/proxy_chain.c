@@ -187,6 +187,7 @@ int run_proxy_chain(const struct options *opt)
 
     uint64_t received = 0, lost = 0, expected = 0;
     int64_t first = 0, last = 0, first_sent = 0, last_sent = 0;
+    uint64_t first_seq = 0;
     while (expected < opt->count) {
         if (receive_header(sub, header, size, SILENCE_NS) < 0) break;
         int64_t now = now_ns(), sent;
@@ -202,6 +203,7 @@ int run_proxy_chain(const struct options *opt)
         if (received == 0) {
             first = now;
             first_sent = sent;
+            first_seq = seq;
         }
         last = now;
         last_sent = sent;
@@ -218,9 +220,11 @@ int run_proxy_chain(const struct options *opt)
     wait_child(proxy, 10000);
 
     if (latency_mode) {
-        // The rate the publisher sent at, from the send times of the first and last messages received.
-        double sent_per_s =
-            received > 1 && last_sent > first_sent ? (double)(received - 1) * 1e9 / (double)(last_sent - first_sent) : 0;
+        // The rate the publisher sent at, from the first and last messages received: their sequence numbers
+        // count the messages sent between them, lost ones included.
+        double sent_per_s = received > 1 && last_sent > first_sent
+                                ? (double)(expected - 1 - first_seq) * 1e9 / (double)(last_sent - first_sent)
+                                : 0;
         printf("{\"test\":\"proxy_chain_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"sent_per_s\":%.1f,"
                "\"received\":%llu,\"lost\":%llu,\"one_way_us\":",
                size, (unsigned long long)opt->count, (unsigned long long)opt->rate, sent_per_s,

@@ -3,7 +3,7 @@
 
 #include <sys/prctl.h>
 
-// prctl(2) is variadic, which Swift cannot call; this fixes the one use OSThreads has for it.
+// prctl(2) is variadic, which Swift cannot call; these fix the uses OSThreads (and its tests) have for it.
 // Sets the calling thread's timer slack: how late the kernel may end its sleeps to group wake-ups.
 // Returns 0, or -1 with errno set.
 static inline int costhreads_set_timer_slack(unsigned long nanoseconds) {
