@@ -60,14 +60,10 @@ int64_t now_ns(void);
 struct pacer {
     int64_t period_ns;   // 0 = no pacing
     int64_t next_ns;
-    int64_t first_ns, last_ns;   // when the first and the latest wait returned
-    uint64_t sent;               // waits that returned
 };
 void pacer_start(struct pacer *p, uint64_t rate);
 // Waits for the next slot; slots that passed are taken at once, up to a second's worth.
 void pacer_wait(struct pacer *p);
-// The rate the waits returned at, first to latest; 0 before the second.
-double pacer_sent_per_second(const struct pacer *p);
 
 // Sorts samples (ns) in place and prints {"min":..,"p50":..,...,"max":..} in microseconds, each divided by divisor.
 void print_latency_summary(uint64_t *samples, size_t n, double divisor);

@@ -77,9 +77,12 @@ int run_latency(const struct options *opt)
 
     struct pacer pacer;
     pacer_start(&pacer, opt->rate);
+    int64_t first_start = 0, last_start = 0;
     for (uint64_t i = 0; i < opt->warmup + opt->count; i++) {
         pacer_wait(&pacer);
         int64_t start = now_ns();
+        if (i == 0) first_start = start;
+        last_start = start;
         ZCHECK(zmq_send(req, buf, size, 0));
         receive_reply(req, buf, size);
         int64_t rtt = now_ns() - start;
@@ -91,9 +94,12 @@ int run_latency(const struct options *opt)
     wait_child(echo, 10000);
 
     // A round trip longer than the period holds the next request back: then fewer than `rate` went out a second.
+    uint64_t requests = opt->warmup + opt->count;
+    double sent_per_s =
+        requests > 1 && last_start > first_start ? (double)(requests - 1) * 1e9 / (double)(last_start - first_start) : 0;
     printf("{\"test\":\"reqrep_latency\",\"size\":%zu,\"count\":%llu,\"rate\":%llu,\"sent_per_s\":%.1f,"
            "\"warmup\":%llu,\"one_way_us\":",
-           size, (unsigned long long)opt->count, (unsigned long long)opt->rate, pacer_sent_per_second(&pacer),
+           size, (unsigned long long)opt->count, (unsigned long long)opt->rate, sent_per_s,
            (unsigned long long)opt->warmup);
     print_latency_summary(samples, (size_t)opt->count, 2.0);
     printf("}");

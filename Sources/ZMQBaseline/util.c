@@ -190,8 +190,6 @@ void pacer_start(struct pacer *p, uint64_t rate)
     p->period_ns = rate == 0 ? 0 : (int64_t)(1000000000 / rate);
     if (rate != 0 && p->period_ns == 0) p->period_ns = 1;
     p->next_ns = now_ns();
-    p->first_ns = p->last_ns = 0;
-    p->sent = 0;
     // Linux may end a sleep up to 50 us late by default (the timer slack), half the period at 10,000/s. Herald's
     // pacing thread asks for the least slack too, so both sides pace alike. A refusal only costs precision.
     (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
@@ -199,34 +197,23 @@ void pacer_start(struct pacer *p, uint64_t rate)
 
 void pacer_wait(struct pacer *p)
 {
+    if (p->period_ns == 0) return;
     int64_t now = now_ns();
-    if (p->period_ns != 0) {
-        // A slot that passed while the sender was late is taken at once, as `herald publish --rate` does, so that
-        // the rate asked for is the rate sent: skipping late slots instead ran this side at half the rate of
-        // Herald's on a machine whose sleeps end 100 us late. Only after a stall of more than a second are the
-        // slots missed given up, again as Herald does.
-        if (p->next_ns < now - 1000000000) p->next_ns = now - 1000000000;
-        if (p->next_ns > now) {
-            struct timespec at = { (time_t)(p->next_ns / 1000000000), (long)(p->next_ns % 1000000000) };
-            int rc;
-            while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL)) == EINTR) {}
-            if (rc != 0) {
-                errno = rc;
-                sys_fail("clock_nanosleep");
-            }
-            now = now_ns();
+    // A slot that passed while the sender was late is taken at once, as `herald publish --rate` does, so that the
+    // rate asked for is the rate sent: skipping late slots instead ran this side at half the rate of Herald's on a
+    // machine whose sleeps end 100 us late. Only after a stall of more than a second are the slots missed given
+    // up, again as Herald does.
+    if (p->next_ns < now - 1000000000) p->next_ns = now - 1000000000;
+    if (p->next_ns > now) {
+        struct timespec at = { (time_t)(p->next_ns / 1000000000), (long)(p->next_ns % 1000000000) };
+        int rc;
+        while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL)) == EINTR) {}
+        if (rc != 0) {
+            errno = rc;
+            sys_fail("clock_nanosleep");
         }
-        p->next_ns += p->period_ns;
     }
-    if (p->sent == 0) p->first_ns = now;
-    p->last_ns = now;
-    p->sent++;
-}
-
-double pacer_sent_per_second(const struct pacer *p)
-{
-    if (p->sent < 2 || p->last_ns <= p->first_ns) return 0;
-    return (double)(p->sent - 1) * 1e9 / (double)(p->last_ns - p->first_ns);
+    p->next_ns += p->period_ns;
 }
 
 static int compare_u64(const void *a, const void *b)
