@@ -487,12 +487,8 @@ public struct BenchPlan: Service {
         ratioCheck("broker-mode p50 / raw one-way p50 at the same rate and size", mode: "broker", limit: 2.5) { $0.p50 / $1.p50 }
         ratioCheck("broker-mode p99 / raw one-way p99 at the same rate and size", mode: "broker", limit: 5) { $0.p99 / $1.p99 }
         ratioCheck("direct-mode p50 / raw one-way p50 at the same rate and size", mode: "direct", limit: 1.5) { $0.p50 / $1.p50 }
-        for chain in results.proxyChainLatency {
-            guard
-                let point = results.latency.first(where: {
-                    $0.mode == "broker" && $0.rate == chain.rate && $0.size == chain.size
-                })
-            else { continue }
+        for point in results.latency where point.mode == "broker" {
+            guard let chain = results.proxyChainLatency(size: point.size, rate: point.rate) else { continue }
             let p50 = "p50 \(f(point.latency.p50 / chain.oneWay.p50))x (\(f(point.latency.p50, 0)) against \(f(chain.oneWay.p50, 0)) us)"
             let p99 = "p99 \(f(point.latency.p99 / chain.oneWay.p99))x (\(f(point.latency.p99, 0)) against \(f(chain.oneWay.p99, 0)) us)"
             checks.append(

@@ -166,6 +166,11 @@ struct BenchResults: Codable, Sendable {
         return atRate.first { $0.size == size } ?? atRate.min { abs($0.size - size) < abs($1.size - size) }
     }
 
+    /// The proxy chain's figure at the same rate and size: what a broker that only forwards does at that point.
+    func proxyChainLatency(size: Int, rate: Double) -> ZeroMQBaseline.Latency? {
+        proxyChainLatency.first { $0.size == size && $0.rate == rate }
+    }
+
     func baselineThroughput(size: Int) -> ZeroMQBaseline.Throughput? {
         baselineThroughput.first { $0.size == size }
     }
@@ -281,9 +286,7 @@ extension BenchResults {
                 let l = point.latency
                 let raw = baselineLatency(size: point.size, rate: point.rate)?.oneWay
                 // Broker mode makes the proxy chain's two hops; direct mode makes one, so only raw compares with it.
-                let chain =
-                    point.mode == "broker"
-                    ? proxyChainLatency.first { $0.size == point.size && $0.rate == point.rate }?.oneWay : nil
+                let chain = point.mode == "broker" ? proxyChainLatency(size: point.size, rate: point.rate)?.oneWay : nil
                 out += pad([
                     point.mode, f(point.rate, 0), "\(point.size)", "\(l.count)", f(l.p50, 0), f(l.p90, 0), f(l.p99, 0),
                     f(l.p999, 0), f(l.max, 0), raw.map { f(l.p50 / $0.p50) + "x" } ?? "-",
