@@ -188,6 +188,12 @@ public struct BenchPlan: Service {
     }
 
     /// End-to-end latency: one broker, one subscriber on every point's topic, one paced publisher per point.
+    ///
+    /// The subscriber prints each message's header and latency but not its payload (`--payload none`): the raw
+    /// baselines print nothing either, and at 16 KiB and 10,000 msg/s printing payloads means 160 MB/s of JSON
+    /// written into a pipe and parsed by this process, a fourth busy process on the machine that the baselines
+    /// do not have. Broker mode then runs one more point, the largest size at the highest rate, into a subscriber
+    /// that prints its payloads (mode `printed`), to show that `--json` keeps up.
     private func latency(mode: String, cluster: String, zookeeper: String, processes: BenchProcessSet) async throws
         -> [LatencyPoint]
     {
@@ -199,41 +205,63 @@ public struct BenchPlan: Service {
         let points = rates.flatMap { rate in sizes.map { (rate: rate, size: $0) } }
         let topics = points.indices.map { "lat\($0)" }
         let subscriber = try await processes.start(
-            "subscriber", ["subscribe", "--json"] + topics.flatMap { ["--topic", $0] }, environment: env, output: .messages)
+            "subscriber", ["subscribe", "--json", "--payload", "none"] + topics.flatMap { ["--topic", $0] }, environment: env,
+            output: .messages)
         try await Task.sleep(for: Self.subscriberSettle)
         var results: [LatencyPoint] = []
         for (index, point) in points.enumerated() {
-            let warmup = max(20, Int(point.rate * Self.latencyWarmup))
-            // Direct mode loses the first messages while the subscriber discovers the publisher: one more second.
-            let count = warmup + Int(point.rate * (duration + (mode == "direct" ? 1 : 0)))
-            let publisher = try await processes.start(
-                "publisher",
-                ["publish", "--topic", topics[index], "--rate", f(point.rate, 3), "--count", "\(count)", "--size", "\(point.size)"],
-                environment: env)
-            await publisher.waitForExit(timeout: .seconds(duration * 4 + 30))
-            try await Task.sleep(for: .milliseconds(300))
-            let received = subscriber.messages.filter { $0.topic == topics[index] }
-            // Warm-up counts from the first message received: in direct mode the subscriber only connects to the
-            // publisher once it has found it in ZooKeeper, so the first messages are never delivered.
-            let first = received.map(\.sequence).min() ?? 1
-            let measuredFrom = first + UInt64(warmup)
-            var histogram = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
-            for message in received where message.sequence > measuredFrom {
-                _ = histogram.record(UInt64(max(0, message.latencyMicroseconds)))
-            }
-            let expected = UInt64(count) >= first ? Int(UInt64(count) - first + 1) : 0
-            let distinct = Set(received.map(\.sequence)).count
-            let summary = LatencySummary(microseconds: histogram)
-            results.append(
-                LatencyPoint(
-                    mode: mode, rate: point.rate, size: point.size, sent: count, measured: Int(summary.count),
-                    missing: max(0, expected - distinct), latency: summary))
+            let result = try await latencyPoint(
+                mode: mode, rate: point.rate, size: point.size, topic: topics[index], subscriber: subscriber, environment: env,
+                processes: processes)
+            results.append(result)
             progress(
-                "latency \(mode) \(f(point.rate, 0))/s \(point.size) B [\(index + 1)/\(points.count)]: p50 \(f(summary.p50, 0)) us, p99 \(f(summary.p99, 0)) us, max \(f(summary.max, 0)) us, \(max(0, expected - distinct)) missing after the first")
+                "latency \(mode) \(f(point.rate, 0))/s \(point.size) B [\(index + 1)/\(points.count)]: p50 \(f(result.latency.p50, 0)) us, p99 \(f(result.latency.p99, 0)) us, max \(f(result.latency.max, 0)) us, \(result.missing) missing after the first")
         }
         await subscriber.stop()
+        if mode == "broker", let rate = rates.max(), let size = sizes.max() {
+            let printing = try await processes.start(
+                "subscriber", ["subscribe", "--json", "--topic", "latprinted"], environment: env, output: .messages)
+            try await Task.sleep(for: Self.subscriberSettle)
+            let result = try await latencyPoint(
+                mode: "printed", rate: rate, size: size, topic: "latprinted", subscriber: printing,
+                environment: env, processes: processes)
+            results.append(result)
+            progress(
+                "latency broker \(f(rate, 0))/s \(size) B, payloads printed: p50 \(f(result.latency.p50, 0)) us, p99 \(f(result.latency.p99, 0)) us, \(result.missing) missing after the first")
+            await printing.stop()
+        }
         await broker.stop()
         return results
+    }
+
+    /// One paced publisher on `topic` for the warm-up and `duration`, measured at `subscriber`.
+    private func latencyPoint(
+        mode: String, rate: Double, size: Int, topic: String, subscriber: BenchChild, environment env: [String: String],
+        processes: BenchProcessSet
+    ) async throws -> LatencyPoint {
+        let warmup = max(20, Int(rate * Self.latencyWarmup))
+        // Direct mode loses the first messages while the subscriber discovers the publisher: one more second.
+        let count = warmup + Int(rate * (duration + (mode == "direct" ? 1 : 0)))
+        let publisher = try await processes.start(
+            "publisher", ["publish", "--topic", topic, "--rate", f(rate, 3), "--count", "\(count)", "--size", "\(size)"],
+            environment: env)
+        await publisher.waitForExit(timeout: .seconds(duration * 4 + 30))
+        try await Task.sleep(for: .milliseconds(300))
+        let received = subscriber.messages.filter { $0.topic == topic }
+        // Warm-up counts from the first message received: in direct mode the subscriber only connects to the
+        // publisher once it has found it in ZooKeeper, so the first messages are never delivered.
+        let first = received.map(\.sequence).min() ?? 1
+        let measuredFrom = first + UInt64(warmup)
+        var histogram = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        for message in received where message.sequence > measuredFrom {
+            _ = histogram.record(UInt64(max(0, message.latencyMicroseconds)))
+        }
+        let expected = UInt64(count) >= first ? Int(UInt64(count) - first + 1) : 0
+        let distinct = Set(received.map(\.sequence)).count
+        let summary = LatencySummary(microseconds: histogram)
+        return LatencyPoint(
+            mode: mode, rate: rate, size: size, sent: count, measured: Int(summary.count), missing: max(0, expected - distinct),
+            latency: summary)
     }
 
     /// Maximum sustained throughput through one broker: publishers at full speed, counted at the subscribers.
@@ -501,6 +529,14 @@ public struct BenchPlan: Service {
                 TargetCheck(
                     name: "16 KiB at 10,000 msg/s, broker mode, p99", target: "<= 5 ms",
                     measured: "\(f(large.latency.p99 / 1000, 2)) ms", pass: large.latency.p99 <= 5000))
+        }
+        if let printed = results.latency.first(where: { $0.mode == "printed" }) {
+            checks.append(
+                TargetCheck(
+                    name: "`herald subscribe --json` printing payloads keeps up, \(printed.size) B at \(f(printed.rate, 0)) msg/s",
+                    target: "0 missing",
+                    measured: "\(printed.missing) missing; p50 \(f(printed.latency.p50, 0)) us, p99 \(f(printed.latency.p99 / 1000, 2)) ms",
+                    pass: printed.missing == 0))
         }
         let brokerPoints = results.latency.filter { $0.mode == "broker" }
         if !brokerPoints.isEmpty {

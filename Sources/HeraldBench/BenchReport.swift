@@ -294,6 +294,9 @@ extension BenchResults {
                     chain.map { f(l.p99 / $0.p99) + "x" } ?? "-",
                 ]) + "\n"
             }
+            if latency.contains(where: { $0.mode == "printed" }) {
+                out += "(broker and direct: the subscriber prints no payloads, --payload none; printed: broker mode into a subscriber printing them)\n"
+            }
         }
         if !throughput.isEmpty {
             out += "\n-- broker throughput (subscriber side; messages/s through the broker, each delivered to every subscriber)\n"
