@@ -18,7 +18,10 @@ final class InProcessCluster: Sendable {
     let payloads = Mutex<[[UInt8]]>([])
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
-    init(zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2)) throws {
+    init(
+        zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2),
+        subscriberBufferBytes: Int = SubscriberConfiguration.defaultBufferBytes
+    ) throws {
         let configuration = ZooKeeperConfiguration(connectionString: zookeeper, sessionTimeout: sessionTimeout)
         let layout = try ClusterLayout(cluster: cluster)
         var brokerConfiguration = BrokerConfiguration(zookeeper: configuration, layout: layout, brokerID: "b1")
@@ -29,24 +32,27 @@ final class InProcessCluster: Sendable {
         var publisherConfiguration = PublisherConfiguration(zookeeper: configuration, layout: layout)
         publisherConfiguration.retentionAge = .seconds(60)
         publisher = try Publisher(configuration: publisherConfiguration, topics: ["t"], logger: testLogger("publisher"))
-        subscriber = try Subscriber(
-            configuration: SubscriberConfiguration(zookeeper: configuration, layout: layout), topics: ["t"],
-            logger: testLogger("subscriber"))
+        var subscriberConfiguration = SubscriberConfiguration(zookeeper: configuration, layout: layout)
+        subscriberConfiguration.bufferBytes = subscriberBufferBytes
+        subscriber = try Subscriber(configuration: subscriberConfiguration, topics: ["t"], logger: testLogger("subscriber"))
     }
 
-    /// Starts everything, with the publisher sending every 10 ms unless `publishing` is off.
-    func start(publishing: Bool = true) {
+    /// Starts everything, with the publisher sending every 10 ms unless `publishing` is off, and a task that
+    /// records what the subscriber delivers unless `consuming` is off (the test then reads `subscriber.messages`).
+    func start(publishing: Bool = true, consuming: Bool = true) {
         var tasks = [
             Task { _ = try? await self.broker.run() },
             Task { _ = try? await self.publisher.run() },
             Task { _ = try? await self.subscriber.run() },
-            Task {
+        ]
+        if consuming {
+            tasks.append(Task {
                 for await message in self.subscriber.messages {
                     self.received.withLock { $0.append(message.header.sequence) }
                     self.payloads.withLock { $0.append(Array(message.payload)) }
                 }
-            },
-        ]
+            })
+        }
         if publishing {
             tasks.append(Task {
                 while !Task.isCancelled {
@@ -174,6 +180,55 @@ struct PublishContentsTests {
             #expect(received == [[2], [3], [4], [5], [9, 9], [9, 9], [9, 9], [6]], "nothing of the refused call")
             await cluster.stop()
             cluster.expectExactlyOnceInOrder()
+        }
+    }
+}
+
+@Suite("Receive times")
+struct ReceiveTimeTests {
+    /// A subscriber whose application stopped taking messages leaves the frames queued on its socket; when the
+    /// application takes them again, its socket thread takes them all in one wake-up. Each must carry the time
+    /// it was taken: one time for all of them would date every frame that arrived during that wake-up too
+    /// early, even before it was sent.
+    @Test func framesTakenInOneWakeUpEachCarryTheTimeTheyWereTaken() async throws {
+        try await withServer { server in
+            // One byte of buffer: a batch the application has not taken stops the socket thread.
+            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "stamps", subscriberBufferBytes: 1)
+            cluster.start(publishing: false, consuming: false)
+            let taken = Mutex<[ReceivedMessage]>([])
+            let resume = Atomic<Bool>(false)
+            let application = Task {
+                for await message in cluster.subscriber.messages {
+                    taken.withLock { $0.append(message) }
+                    while !resume.load(ordering: .acquiring), !Task.isCancelled { try? await Task.sleep(for: .milliseconds(10)) }
+                }
+            }
+            // Until the subscription is in place: the application takes one message, then stops taking.
+            try await eventually(.seconds(20), "a first message") {
+                _ = try? await cluster.publisher.publish([0], on: "t")
+                return !taken.withLock { $0.isEmpty }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            // One message per frame, a millisecond apart, while the socket thread does not read them.
+            for _ in 0..<100 {
+                try await cluster.publisher.publish([1], on: "t")
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            resume.store(true, ordering: .releasing)
+            try await eventually(.seconds(10), "the 100 messages") { taken.withLock { $0.filter { $0.payload.first == 1 }.count } >= 100 }
+            await cluster.stop()
+            application.cancel()
+            await application.value
+            let stamped = taken.withLock { $0.filter { $0.payload.first == 1 } }
+            for message in stamped {
+                #expect(message.receivedAt >= message.header.sentAt, "received before it was sent")
+            }
+            let times = stamped.map(\.receivedAt)
+            #expect(times == times.sorted(), "taken in order, so stamped in order")
+            // Frames taken one after another, each decoded and sequenced in between, read the clock nanoseconds
+            // apart at least; one reading per wake-up gave most of them the same time.
+            #expect(Set(times).count > stamped.count / 2, "\(Set(times).count) distinct receive times for \(stamped.count) frames")
         }
     }
 }

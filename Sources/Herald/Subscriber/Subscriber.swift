@@ -600,7 +600,6 @@ private final class SubscriberLoop {
 
     private func receive(from socket: ZMQSocket, on connection: LeaderConnection?) {
         let now = ContinuousClock.now
-        let receivedAt = WallClock.nanosecondsSinceEpoch()
         for _ in 0..<Self.batchLimit {
             guard let more = try? socket.receive(into: &frame, dontWait: true) else { break }
             if more {
@@ -608,7 +607,10 @@ private final class SubscriberLoop {
                 malformed += 1
                 continue
             }
-            handle(now: now, receivedAt: receivedAt, on: connection)
+            // Each frame is stamped as it is taken, not once per wake-up: a frame that arrives while the ones
+            // before it are handled would otherwise carry the earlier time, and could read as received before
+            // it was sent (the latency benchmark saw -316 µs at 16 KiB and 10,000 msg/s). One vDSO call per frame.
+            handle(now: now, receivedAt: WallClock.nanosecondsSinceEpoch(), on: connection)
             if batch.footprint >= Self.batchBytes { break }
         }
         if let connection, let dealer = connection.dealer,
