@@ -9,7 +9,8 @@ public struct ReceivedMessage: Sendable, Hashable {
     public var header: MessageHeader
     /// The message body: a slice of the batch it arrived in, so handing it on copies nothing.
     public var payload: ArraySlice<UInt8>
-    /// When it arrived, in nanoseconds since the Unix epoch.
+    /// When it arrived, in nanoseconds since the Unix epoch: when the subscriber's socket thread took the frame
+    /// that carried it off the socket (the messages of one batch frame share it).
     public var receivedAt: UInt64
 
     /// Creates a message.
