@@ -136,13 +136,13 @@ public final class Subscriber: Service, Sendable {
     }
 
     /// Creates a subscriber that gives each batch to `handler` on its socket thread, as soon as the batch is
-    /// filled: no hand-off to another thread, so the lowest latency.
+    /// filled: no hand-off to another thread, and no thread woken per batch.
     ///
-    /// The subscriber reads nothing while `handler` runs, and acknowledges a batch to the leader only once
-    /// `handler` returned: a slow handler slows the leader and the publishers, as a slow reader of ``batches``
-    /// does, with nothing lost. It should not block for long, though: a handler stuck past the leader's patience
-    /// (a few seconds) is treated as a stopped subscriber. ``batches`` and ``messages`` deliver nothing then, and
-    /// end when the subscriber stops.
+    /// The subscriber reads and acknowledges nothing while `handler` runs, so a slow handler slows the leader
+    /// and the publishers, as a slow reader of ``batches`` does, with nothing lost. It should not block for long,
+    /// though: a subscriber that takes nothing for the leader's stall timeout (2 s by default) stops holding
+    /// publishers back, as a stopped process does, and what leaves the topic's log before it reads again is lost
+    /// to it, and counted. ``batches`` and ``messages`` deliver nothing then, and end when the subscriber stops.
     /// - Parameters:
     ///   - configuration: the subscriber's settings.
     ///   - filters: topic names and patterns; at least one.
