@@ -64,89 +64,29 @@ struct SubscribeCommand: AsyncParsableCommand {
         configuration.bufferBytes = try Settings.bufferBytes.value(bufferBytes)
         configuration.reorderBytes = try Settings.reorderBytes.value(reorderBytes)
         configuration.maximumMessageSize = try Settings.subscriberMaxMessageSize.value(maxMessageSize)
-        let printer = MessagePrinter(count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))
-        // Printed on the socket thread: no other thread to wake per batch, which at a paced rate is per message.
-        let subscriber = try Subscriber(
-            configuration: configuration, filters: filters, logger: logger, handler: { printer.print($0) })
-        let printing = PrintingService(printer: printer, subscriber: subscriber)
+        let subscriber = try Subscriber(configuration: configuration, filters: filters, logger: logger)
+        let printer = MessagePrinter(
+            subscriber: subscriber, count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))
         let group = ServiceGroup(
             configuration: .init(
                 services: try http.services(reportingOn: subscriber, logger: logger) + [
                     .init(service: subscriber),
-                    .init(service: printing, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: printer, successTerminationBehavior: .gracefullyShutdownGroup),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await reportingConfigurationErrors { try await group.run() }
     }
 }
 
-/// Prints received messages to standard output, on the subscriber's socket thread: one line each, one `write`
-/// per batch, so a pipe sees them as they arrive without a system call per line.
-final class MessagePrinter: Sendable {
-    private struct State {
-        var buffer: [UInt8] = []
-        var received = 0
-        var publishers = Set<PublisherID>()
-        var done = false
-    }
-
-    private let count: Int?
-    private let encoder: MessageLineEncoder
-    private let output = DescriptorWriter(descriptor: STDOUT_FILENO)
-    // Locked by the socket thread once per batch, and by the task that stops the printing: never contended
-    // while messages flow.
-    private let state = Mutex(State())
-    /// Ends once the count is reached or standard output no longer takes lines.
-    let finished: AsyncStream<Never>
-    private let finish: AsyncStream<Never>.Continuation
-
-    init(count: Int?, encoder: MessageLineEncoder) {
-        self.count = count
-        self.encoder = encoder
-        (finished, finish) = AsyncStream.makeStream()
-    }
-
-    /// Prints a batch; nothing once finished.
-    func print(_ batch: MessageBatch) {
-        let finishedNow = state.withLock { state -> Bool in
-            guard !state.done else { return false }
-            state.buffer.removeAll(keepingCapacity: true)
-            for message in batch {
-                encoder.append(message, to: &state.buffer)
-                state.publishers.insert(message.header.publisher)
-                state.received += 1
-                if let count, state.received >= count {
-                    state.done = true
-                    break
-                }
-            }
-            // A reader that went away (a closed pipe) ends the printing, not the process with SIGPIPE.
-            if !output.write(state.buffer) { state.done = true }
-            return state.done
-        }
-        if finishedNow { finish.finish() }
-    }
-
-    /// Stops printing.
-    /// - Returns: how many messages were printed, and from how many publishers.
-    func stop() -> (received: Int, publishers: Int) {
-        state.withLock { state in
-            state.done = true
-            return (state.received, state.publishers.count)
-        }
-    }
-}
-
-/// Waits while the subscriber's messages are printed, until the count is reached, standard output closes or
-/// the process shuts down; then prints the summary to standard error.
-struct PrintingService: Service {
-    let printer: MessagePrinter
+/// Prints received messages to standard output: one line each, one `write` per batch, so a pipe sees them as
+/// they arrive without a system call per line.
+struct MessagePrinter: Service {
     let subscriber: Subscriber
+    let count: Int?
+    let encoder: MessageLineEncoder
 
     func run() async throws {
-        // Ends early when cancelled, as on a graceful shutdown.
-        await cancelWhenGracefulShutdown { for await _ in printer.finished {} }
-        let (received, publishers) = printer.stop()
+        let (received, publishers) = await cancelWhenGracefulShutdown { await printAll() }
         let statistics = subscriber.statistics
         let error = DescriptorWriter(descriptor: STDERR_FILENO)
         if let notice = subscriber.historyNotice {
@@ -157,5 +97,27 @@ struct PrintingService: Service {
             received: received, lost: statistics.lost, duplicates: statistics.duplicates,
             reordered: statistics.reordered, publishers: publishers)
         error.write(Array(summary.line.utf8))
+    }
+
+    /// Prints until the subscriber stops or the count is reached.
+    /// - Returns: how many messages were printed, and from how many publishers.
+    private func printAll() async -> (received: Int, publishers: Int) {
+        let output = DescriptorWriter(descriptor: STDOUT_FILENO)
+        var received = 0
+        var publishers = Set<PublisherID>()
+        var buffer: [UInt8] = []
+        batches: for await batch in subscriber.batches {
+            buffer.removeAll(keepingCapacity: true)
+            for message in batch {
+                encoder.append(message, to: &buffer)
+                publishers.insert(message.header.publisher)
+                received += 1
+                if let count, received >= count { break }
+            }
+            // A reader that went away (a closed pipe) ends the printing, not the process with SIGPIPE.
+            guard output.write(buffer) else { break batches }
+            if let count, received >= count { break batches }
+        }
+        return (received, publishers.count)
     }
 }

@@ -14,30 +14,13 @@ final class InProcessCluster: Sendable {
     let broker: Broker
     let publisher: Publisher
     let subscriber: Subscriber
-    let delivered = Deliveries()
+    let received = Mutex<[UInt64]>([])
+    let payloads = Mutex<[[UInt8]]>([])
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
-    /// What the subscriber delivered, whichever way it delivers.
-    final class Deliveries: Sendable {
-        let sequences = Mutex<[UInt64]>([])
-        let payloads = Mutex<[[UInt8]]>([])
-        /// The threads messages were delivered on.
-        let threads = Mutex<Set<String>>([])
-
-        func record(_ message: ReceivedMessage) {
-            sequences.withLock { $0.append(message.header.sequence) }
-            payloads.withLock { $0.append(Array(message.payload)) }
-            let thread = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?"
-            threads.withLock { _ = $0.insert(thread.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        }
-    }
-
-    /// - Parameters:
-    ///   - handlerPause: when set, the subscriber delivers through a handler on its socket thread, which
-    ///     sleeps this long per batch; otherwise through ``Subscriber/messages``, read by a task of ``start``.
     init(
         zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2),
-        subscriberBufferBytes: Int = SubscriberConfiguration.defaultBufferBytes, handlerPause: Duration? = nil
+        subscriberBufferBytes: Int = SubscriberConfiguration.defaultBufferBytes
     ) throws {
         let configuration = ZooKeeperConfiguration(connectionString: zookeeper, sessionTimeout: sessionTimeout)
         let layout = try ClusterLayout(cluster: cluster)
@@ -51,17 +34,7 @@ final class InProcessCluster: Sendable {
         publisher = try Publisher(configuration: publisherConfiguration, topics: ["t"], logger: testLogger("publisher"))
         var subscriberConfiguration = SubscriberConfiguration(zookeeper: configuration, layout: layout)
         subscriberConfiguration.bufferBytes = subscriberBufferBytes
-        guard let handlerPause else {
-            subscriber = try Subscriber(configuration: subscriberConfiguration, topics: ["t"], logger: testLogger("subscriber"))
-            return
-        }
-        let delivered = delivered
-        subscriber = try Subscriber(
-            configuration: subscriberConfiguration, filters: [try TopicFilter("t")], logger: testLogger("subscriber"),
-            handler: { batch in
-                for message in batch { delivered.record(message) }
-                if handlerPause > .zero { usleep(UInt32(handlerPause / .microseconds(1))) }
-            })
+        subscriber = try Subscriber(configuration: subscriberConfiguration, topics: ["t"], logger: testLogger("subscriber"))
     }
 
     /// Starts everything, with the publisher sending every 10 ms unless `publishing` is off, and a task that
@@ -74,7 +47,10 @@ final class InProcessCluster: Sendable {
         ]
         if consuming {
             tasks.append(Task {
-                for await message in self.subscriber.messages { self.delivered.record(message) }
+                for await message in self.subscriber.messages {
+                    self.received.withLock { $0.append(message.header.sequence) }
+                    self.payloads.withLock { $0.append(Array(message.payload)) }
+                }
             })
         }
         if publishing {
@@ -94,7 +70,7 @@ final class InProcessCluster: Sendable {
         for task in tasks { await task.value }
     }
 
-    var count: Int { delivered.sequences.withLock { $0.count } }
+    var count: Int { received.withLock { $0.count } }
 
     /// Waits until the subscriber received `more` messages beyond what it had.
     func waitForMore(_ more: Int, within limit: Duration, _ what: String) async throws {
@@ -103,9 +79,9 @@ final class InProcessCluster: Sendable {
     }
 
     /// The subscriber got every message from the first one on, once and in order; duplicates that replays
-    /// caused were dropped before the application, so they do not show in `delivered`.
+    /// caused were dropped before the application, so they do not show in `received`.
     func expectExactlyOnceInOrder() {
-        let sequences = delivered.sequences.withLock { $0 }
+        let sequences = received.withLock { $0 }
         let first = sequences.first ?? 1
         #expect(subscriber.statistics.lost == 0)
         #expect(sequences == Array(first..<(first + UInt64(sequences.count))))
@@ -200,7 +176,7 @@ struct PublishContentsTests {
             try await cluster.publisher.publish([6], on: "t")
             try await eventually(.seconds(10), "the messages published in one call each") { cluster.count >= before + 8 }
             try await Task.sleep(for: .milliseconds(200))
-            let received = cluster.delivered.payloads.withLock { Array($0.dropFirst(before)) }
+            let received = cluster.payloads.withLock { Array($0.dropFirst(before)) }
             #expect(received == [[2], [3], [4], [5], [9, 9], [9, 9], [9, 9], [6]], "nothing of the refused call")
             await cluster.stop()
             cluster.expectExactlyOnceInOrder()
@@ -253,55 +229,6 @@ struct ReceiveTimeTests {
             // Frames taken one after another, each decoded and sequenced in between, read the clock nanoseconds
             // apart at least; one reading per wake-up gave most of them the same time.
             #expect(Set(times).count > stamped.count / 2, "\(Set(times).count) distinct receive times for \(stamped.count) frames")
-        }
-    }
-}
-
-@Suite("Delivery on the socket thread")
-struct HandlerDeliveryTests {
-    /// A handler takes the place of ``Subscriber/batches``: every message reaches it once, in order, on the
-    /// subscriber's own socket thread, and the batches deliver nothing and end when the subscriber stops.
-    @Test func aHandlerGetsEveryMessageOnceAndInOrderOnTheSocketThread() async throws {
-        try await withServer { server in
-            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "handler", handlerPause: .zero)
-            cluster.start(consuming: false)
-            let throughBatches = Task {
-                var count = 0
-                for await batch in cluster.subscriber.batches { count += batch.count }
-                return count
-            }
-            try await cluster.waitForMore(50, within: .seconds(20), "messages through the handler")
-            await cluster.stop()
-            #expect(await throughBatches.value == 0)
-            // The kernel keeps 15 bytes of a thread's name.
-            #expect(cluster.delivered.threads.withLock { $0 } == ["herald-subscrib"])
-            cluster.expectExactlyOnceInOrder()
-        }
-    }
-
-    /// A handler slower than the publisher holds up the subscriber's reading, and so the leader's sending:
-    /// the messages wait upstream, and none is lost.
-    @Test func aSlowHandlerHoldsTheFlowBackAndLosesNothing() async throws {
-        try await withServer { server in
-            let cluster = try InProcessCluster(
-                zookeeper: server.connectionString, cluster: "slowhandler", handlerPause: .milliseconds(20))
-            cluster.start(publishing: false, consuming: false)
-            try await eventually(.seconds(20), "a first message") {
-                _ = try? await cluster.publisher.publish([0], on: "t")
-                return cluster.count > 0
-            }
-            try await Task.sleep(for: .milliseconds(500))
-            let before = cluster.count
-            // 4 MiB, four windows of the leader's, published far faster than a handler pausing 20 ms a batch takes them.
-            let payload = [UInt8](repeating: 2, count: 1024)
-            for _ in 0..<40 {
-                try await cluster.publisher.publish(contentsOf: repeatElement(payload, count: 100), on: "t")
-            }
-            try await eventually(.seconds(30), "the 4,000 messages") { cluster.count >= before + 4000 }
-            await cluster.stop()
-            #expect(cluster.count == before + 4000)
-            #expect(cluster.subscriber.statistics.duplicates == 0)
-            cluster.expectExactlyOnceInOrder()
         }
     }
 }

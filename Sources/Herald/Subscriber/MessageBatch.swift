@@ -97,14 +97,6 @@ public struct MessageBatch: RandomAccessCollection, Sendable {
     /// stream of empty payloads is bounded too.
     var footprint: Int { storage.count + entries.count * MemoryLayout<Entry>.stride }
 
-    /// Empties the batch for filling again, keeping its capacity: a batch still shared (someone kept it or one
-    /// of its messages) is copied on the first write, as any array.
-    mutating func removeAll(topics: [Topic]) {
-        storage.removeAll(keepingCapacity: true)
-        entries.removeAll(keepingCapacity: true)
-        self.topics = topics
-    }
-
     mutating func append(topic: Int, header: MessageHeader, payload: UnsafeRawBufferPointer, receivedAt: UInt64) {
         let start = storage.count
         storage.append(contentsOf: payload)
@@ -187,7 +179,9 @@ final class DeliveryQueue: Sendable {
     /// shared (the application kept it or one of its messages) is copied on the first write, as any array.
     func emptyBatch(following previous: MessageBatch) -> MessageBatch {
         guard var spare = state.withLock({ $0.spare.take() }) else { return MessageBatch(following: previous) }
-        spare.removeAll(topics: previous.topics)
+        spare.storage.removeAll(keepingCapacity: true)
+        spare.entries.removeAll(keepingCapacity: true)
+        spare.topics = previous.topics
         return spare
     }
 

@@ -64,10 +64,7 @@ public struct SubscriberConfiguration: Sendable {
 /// wake-up per batch, not per message. It acknowledges what it handed on, and the leader sends no more than a
 /// window ahead, so a slow application slows the leader and, through it, the publishers: nothing is dropped
 /// for speed. The batches waiting for the application are bounded in bytes
-/// (``SubscriberConfiguration/bufferBytes``). A subscriber made with a handler
-/// (``init(configuration:filters:logger:handler:)``) skips that hand-off: its socket thread calls the handler
-/// with each batch, which saves a thread wake-up per batch, and at a paced rate per message; `herald subscribe`
-/// prints that way.
+/// (``SubscriberConfiguration/bufferBytes``).
 ///
 /// ## Exactly once, in order
 /// Every message passes a ``Sequencer``: the application gets each publisher's messages on a topic once and
@@ -94,7 +91,6 @@ public final class Subscriber: Service, Sendable {
     private let context: ZMQContext
     private let wake: WakeSignal
     private let queue: DeliveryQueue
-    private let handler: BatchHandler?
     private let shared = Mutex(Shared())
     private let warnedAboutDirectHistory = Atomic(false)
 
@@ -120,7 +116,7 @@ public final class Subscriber: Service, Sendable {
     ///   - topics: the topics to receive; at least one.
     ///   - logger: where it logs its steps.
     public convenience init(configuration: SubscriberConfiguration, topics: [Topic], logger: Logger) throws {
-        try self.init(configuration: configuration, filters: topics.map(TopicFilter.init), logger: logger, handler: nil)
+        try self.init(configuration: configuration, filters: topics.map(TopicFilter.init), logger: logger)
     }
 
     /// Creates a subscriber of topics and patterns; it connects when ``run()`` starts.
@@ -131,37 +127,7 @@ public final class Subscriber: Service, Sendable {
     ///   - configuration: the subscriber's settings.
     ///   - filters: topic names and patterns (`sensors/+/temp`, `sensors/#`); at least one.
     ///   - logger: where it logs its steps.
-    public convenience init(configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger) throws {
-        try self.init(configuration: configuration, filters: filters, logger: logger, handler: nil)
-    }
-
-    /// Creates a subscriber that gives each batch to `handler` on its socket thread, as soon as the batch is
-    /// filled: no hand-off to another thread, and no thread woken per batch.
-    ///
-    /// The subscriber reads and acknowledges nothing while `handler` runs, so a slow handler slows the leader
-    /// and the publishers, as a slow reader of ``batches`` does, with nothing lost. It should not block for long,
-    /// though: a subscriber that takes nothing for the leader's stall timeout (2 s by default) stops holding
-    /// publishers back, as a stopped process does, and what leaves the topic's log before it reads again is lost
-    /// to it, and counted. ``batches`` and ``messages`` deliver nothing then, and end when the subscriber stops.
-    /// - Parameters:
-    ///   - configuration: the subscriber's settings.
-    ///   - filters: topic names and patterns; at least one.
-    ///   - logger: where it logs its steps.
-    ///   - handler: called with each batch, one at a time, in order. The batch's storage is filled again after
-    ///     it returns; a handler that keeps the batch or a message of it costs a copy.
-    public convenience init(
-        configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger,
-        handler: @escaping BatchHandler
-    ) throws {
-        try self.init(configuration: configuration, filters: filters, logger: logger, handler: .some(handler))
-    }
-
-    /// What a subscriber made with a handler calls on its socket thread with each batch.
-    public typealias BatchHandler = @Sendable (MessageBatch) -> Void
-
-    private init(
-        configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger, handler: BatchHandler?
-    ) throws {
+    public init(configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger) throws {
         guard !filters.isEmpty else { throw HeraldConfigurationError("a subscriber needs at least one --topic") }
         guard configuration.history >= 0 else {
             throw HeraldConfigurationError("history must not be negative, got \(configuration.history)")
@@ -177,7 +143,6 @@ public final class Subscriber: Service, Sendable {
         let wake = try WakeSignal()
         self.wake = wake
         self.queue = DeliveryQueue(limit: configuration.bufferBytes) { wake.raise() }
-        self.handler = handler
     }
 
     /// A leader this subscriber is attached to, if any: the default group's, or the first by group name.
@@ -201,8 +166,7 @@ public final class Subscriber: Service, Sendable {
     public var historyNotice: String? { shared.withLock { $0.historyNotice } }
 
     /// The messages in batches, each publisher's messages on a topic once and in order; ends when the
-    /// subscriber stops. One consumer at a time, of this or of ``messages``. Empty for a subscriber made with a
-    /// handler, which gets the batches instead.
+    /// subscriber stops. One consumer at a time, of this or of ``messages``.
     public var batches: Batches { Batches(queue: queue) }
 
     /// The messages one at a time: ``batches`` flattened. One consumer at a time, of this or of ``batches``.
@@ -315,8 +279,8 @@ public final class Subscriber: Service, Sendable {
 
     fileprivate var loopParts: (
         configuration: SubscriberConfiguration, filters: [TopicFilter], logger: Logger, context: ZMQContext,
-        wake: WakeSignal, queue: DeliveryQueue, handler: BatchHandler?
-    ) { (configuration, orderedFilters, logger, context, wake, queue, handler) }
+        wake: WakeSignal, queue: DeliveryQueue
+    ) { (configuration, orderedFilters, logger, context, wake, queue) }
 
     fileprivate func withShared<R>(_ body: (inout Shared) -> R) -> R { shared.withLock { body(&$0) } }
 }
@@ -334,7 +298,6 @@ private final class SubscriberLoop {
     let context: ZMQContext
     let wake: WakeSignal
     let queue: DeliveryQueue
-    let handler: Subscriber.BatchHandler?
     var core: SubscriberCore
     var batch: MessageBatch
     var frame = ZMQFrame()
@@ -395,7 +358,7 @@ private final class SubscriberLoop {
 
     init(subscriber: Subscriber) {
         self.subscriber = subscriber
-        (configuration, filters, logger, context, wake, queue, handler) = subscriber.loopParts
+        (configuration, filters, logger, context, wake, queue) = subscriber.loopParts
         wanted = TopicFilterSet(filters)
         core = SubscriberCore(
             filters: filters, sequencer: Sequencer(gapTimeout: configuration.gapTimeout, heldBytes: configuration.reorderBytes))
@@ -900,17 +863,12 @@ private final class SubscriberLoop {
     /// Hands the filled batch to the application and publishes the counts: once per batch.
     private func handOn() {
         guard !batch.isEmpty || core.sequencer.statistics != reported || malformed > 0 else { return }
+        var full = batch
         // Topics a pattern matched since the last batch: the batch names its messages' topics by number.
-        if batch.topics.count != core.topics.count { batch.topics = core.topics }
-        record(batch)
-        if let handler {
-            if !batch.isEmpty { handler(batch) }
-            batch.removeAll(topics: core.topics)
-        } else {
-            let full = batch
-            batch = queue.emptyBatch(following: full)
-            queue.push(full)
-        }
+        if full.topics.count != core.topics.count { full.topics = core.topics }
+        batch = queue.emptyBatch(following: full)
+        record(full)
+        queue.push(full)
         let statistics = core.sequencer.statistics
         let newlyMalformed = malformed
         malformed = 0
