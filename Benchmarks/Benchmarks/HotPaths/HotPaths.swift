@@ -50,6 +50,20 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations { sequence.run(messagesPerCount) }
             blackHole(sequence.delivered)
         }
+        // `herald subscribe`'s printing task: plain lines, and the JSON lines the benchmarks read, with and
+        // without the payload.
+        for (style, json, payload) in [("plain", false, MessageLineEncoder.PayloadStyle.none), ("json", true, .none), ("json with payload", true, .auto)] {
+            var print = PrintLoop(payloadSize: size, json: json, payload: payload)
+            Benchmark("print \(size) B \(style)") { benchmark in
+                benchmark.startMeasurement()
+                print.run(benchmark.scaledIterations.count)
+                blackHole(print.printed)
+            }
+            Benchmark("print \(size) B \(style) ×100k allocations", configuration: counting) { benchmark in
+                for _ in benchmark.scaledIterations { print.run(messagesPerCount) }
+                blackHole(print.printed)
+            }
+        }
         // One message per frame to 1 and 4 subscribers, and a full-speed publisher's batches (64 KiB at most) to
         // 1: the broker's work per message when it keeps and forwards one frame per batch.
         // The last: batches to a subscriber that takes none (an older one), which gets each message in a frame of

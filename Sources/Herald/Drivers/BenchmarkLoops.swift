@@ -228,3 +228,46 @@ private struct BatchAppender: Sequencer.Sink {
         batch.append(topic: topic, header: header, payload: payload, receivedAt: receivedAt)
     }
 }
+
+/// Prints the messages of a full batch as `herald subscribe` does: one line each into one reused buffer, emptied
+/// once per batch, where the printer writes it.
+@_spi(Drivers) public struct PrintLoop {
+    private let batch: MessageBatch
+    private let encoder: MessageLineEncoder
+    private var output: [UInt8] = []
+    /// Bytes printed so far.
+    public private(set) var printed = 0
+
+    /// Prepares a batch of 1,024 messages of `payloadSize` bytes of printable text.
+    /// - Parameters:
+    ///   - json: JSON lines, else plain ones.
+    ///   - payload: how payloads are printed.
+    public init(payloadSize: Int, json: Bool, payload: MessageLineEncoder.PayloadStyle) {
+        encoder = MessageLineEncoder(json: json, payload: payload)
+        var batch = MessageBatch(topics: ["bench/readings"])
+        let publisher = PublisherID()
+        let text = [UInt8](repeating: UInt8(ascii: "x"), count: payloadSize)
+        text.withUnsafeBytes { payload in
+            for sequence in 1...1024 {
+                let header = MessageHeader(publisher: publisher, sequence: UInt64(sequence), sentAt: 1_700_000_000_000_000_000)
+                batch.append(topic: 0, header: header, payload: payload, receivedAt: 1_700_000_000_000_250_000)
+            }
+        }
+        self.batch = batch
+        run(10_000)
+    }
+
+    /// Prints `iterations` messages.
+    public mutating func run(_ iterations: Int) {
+        var index = 0
+        for _ in 0..<iterations {
+            encoder.append(batch[index], to: &output)
+            index += 1
+            if index == batch.endIndex {
+                printed += output.count
+                output.removeAll(keepingCapacity: true)
+                index = 0
+            }
+        }
+    }
+}
