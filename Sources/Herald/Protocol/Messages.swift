@@ -91,24 +91,34 @@ public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable 
     ///   - output: where the text goes.
     ///   - short: only the first eight digits.
     public func appendText(to output: inout [UInt8], short: Bool = false) {
-        func put(_ value: UInt64, from start: Int, count: Int) {
-            for index in start..<(start + count) {
-                output.append(Self.hexDigits[Int((value >> UInt64(60 - 4 * index)) & 0xF)])
+        // Written on the stack and appended at once: one capacity check per identity, not one per digit.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 36) { text in
+            var end = 0
+            func put(_ value: UInt64, from start: Int, count: Int) {
+                for index in start..<(start + count) {
+                    let digit = UInt8(truncatingIfNeeded: (value >> UInt64(60 - 4 * index)) & 0xF)
+                    text[end] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") + digit - 10
+                    end += 1
+                }
             }
+            func dash() {
+                text[end] = UInt8(ascii: "-")
+                end += 1
+            }
+            put(high, from: 0, count: 8)
+            if !short {
+                dash()
+                put(high, from: 8, count: 4)
+                dash()
+                put(high, from: 12, count: 4)
+                dash()
+                put(low, from: 0, count: 4)
+                dash()
+                put(low, from: 4, count: 12)
+            }
+            output.append(contentsOf: UnsafeBufferPointer(rebasing: text[..<end]))
         }
-        put(high, from: 0, count: 8)
-        if short { return }
-        output.append(UInt8(ascii: "-"))
-        put(high, from: 8, count: 4)
-        output.append(UInt8(ascii: "-"))
-        put(high, from: 12, count: 4)
-        output.append(UInt8(ascii: "-"))
-        put(low, from: 0, count: 4)
-        output.append(UInt8(ascii: "-"))
-        put(low, from: 4, count: 12)
     }
-
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// Encoded as its UUID text.
     public init(from decoder: any Decoder) throws {

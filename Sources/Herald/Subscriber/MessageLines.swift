@@ -46,12 +46,14 @@ public struct MessageLineEncoder: Sendable {
     }
 
     private func appendPlain(_ message: ReceivedMessage, to output: inout [UInt8]) {
-        output.append(contentsOf: message.topic.name.utf8)
-        output.append(contentsOf: " publisher=".utf8)
+        // Copied from the name's own storage in one go, not byte by byte through its UTF-8 view.
+        let name = message.topic.name.utf8
+        if name.withContiguousStorageIfAvailable({ output.append(contentsOf: $0) }) == nil { output.append(contentsOf: name) }
+        appendLiteral(" publisher=", to: &output)
         message.header.publisher.appendText(to: &output, short: true)
-        output.append(contentsOf: " seq=".utf8)
+        appendLiteral(" seq=", to: &output)
         appendDecimal(message.header.sequence, to: &output)
-        output.append(contentsOf: " latency_ms=".utf8)
+        appendLiteral(" latency_ms=", to: &output)
         let microseconds = ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt) / 1000
         if microseconds < 0 { output.append(UInt8(ascii: "-")) }
         let magnitude = microseconds.magnitude
@@ -70,47 +72,47 @@ public struct MessageLineEncoder: Sendable {
     }
 
     private func appendJSON(_ message: ReceivedMessage, to output: inout [UInt8]) {
-        output.append(contentsOf: #"{"latency_us":"#.utf8)
+        appendLiteral(#"{"latency_us":"#, to: &output)
         appendSigned(ReceivedMessage.nanoseconds(from: message.header.sentAt, to: message.receivedAt) / 1000, to: &output)
         switch payload {
         case .auto:
             // Text when it is valid UTF-8 (checked while copying), else base64.
             let start = output.count
-            output.append(contentsOf: #","payload":""#.utf8)
+            appendLiteral(#","payload":""#, to: &output)
             if appendText(message.payload, to: &output, repairing: false) {
                 output.append(UInt8(ascii: "\""))
             } else {
                 output.removeSubrange(start...)
-                output.append(contentsOf: #","payload_base64":""#.utf8)
+                appendLiteral(#","payload_base64":""#, to: &output)
                 appendBase64(message.payload, to: &output)
                 output.append(UInt8(ascii: "\""))
             }
         case .text:
-            output.append(contentsOf: #","payload":""#.utf8)
+            appendLiteral(#","payload":""#, to: &output)
             _ = appendText(message.payload, to: &output, repairing: true)
             output.append(UInt8(ascii: "\""))
         case .base64:
-            output.append(contentsOf: #","payload_base64":""#.utf8)
+            appendLiteral(#","payload_base64":""#, to: &output)
             appendBase64(message.payload, to: &output)
             output.append(UInt8(ascii: "\""))
         case .none:
             break
         }
-        output.append(contentsOf: #","publisher":""#.utf8)
+        appendLiteral(#","publisher":""#, to: &output)
         message.header.publisher.appendText(to: &output)
-        output.append(contentsOf: #"","sent_at_ns":"#.utf8)
+        appendLiteral(#"","sent_at_ns":"#, to: &output)
         appendDecimal(message.header.sentAt, to: &output)
-        output.append(contentsOf: #","seq":"#.utf8)
+        appendLiteral(#","seq":"#, to: &output)
         appendDecimal(message.header.sequence, to: &output)
-        output.append(contentsOf: #","size":"#.utf8)
+        appendLiteral(#","size":"#, to: &output)
         appendDecimal(UInt64(message.payload.count), to: &output)
-        output.append(contentsOf: #","topic":""#.utf8)
+        appendLiteral(#","topic":""#, to: &output)
         // A topic name's bytes are lent, not copied: a copy would be an allocation per line.
         let name = message.topic.name.utf8
         if name.withContiguousStorageIfAvailable({ appendEscaped($0, to: &output) }) == nil {
             Array(name).withUnsafeBufferPointer { appendEscaped($0, to: &output) }
         }
-        output.append(contentsOf: #""}"#.utf8)
+        appendLiteral(#""}"#, to: &output)
     }
 
     private func appendSigned(_ value: Int64, to output: inout [UInt8]) {
@@ -119,17 +121,22 @@ public struct MessageLineEncoder: Sendable {
     }
 
     private func appendDecimal(_ value: UInt64, to output: inout [UInt8]) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        var count = 0
-        var rest = value
-        withUnsafeMutableBytes(of: &digits) { buffer in
+        // Appended from a typed buffer: a slice of raw bytes would be copied through the generic, byte-by-byte path.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = 20
+            var rest = value
             repeat {
-                buffer[19 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: rest % 10)
                 rest /= 10
-                count += 1
             } while rest > 0
-            output.append(contentsOf: buffer[(20 - count)..<20])
+            output.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
         }
+    }
+
+    /// Appends literal text with one copy; a `String`'s bytes would go through its UTF-8 view.
+    private func appendLiteral(_ text: StaticString, to output: inout [UInt8]) {
+        output.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
     /// Appends a payload as the inside of a JSON string. Printable ASCII, the usual payload, is copied in one go;
@@ -197,13 +204,13 @@ public struct MessageLineEncoder: Sendable {
             }
             output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
             switch byte {
-            case UInt8(ascii: "\""): output.append(contentsOf: #"\""#.utf8)
-            case UInt8(ascii: "\\"): output.append(contentsOf: #"\\"#.utf8)
-            case UInt8(ascii: "\n"): output.append(contentsOf: #"\n"#.utf8)
-            case UInt8(ascii: "\r"): output.append(contentsOf: #"\r"#.utf8)
-            case UInt8(ascii: "\t"): output.append(contentsOf: #"\t"#.utf8)
+            case UInt8(ascii: "\""): appendLiteral(#"\""#, to: &output)
+            case UInt8(ascii: "\\"): appendLiteral(#"\\"#, to: &output)
+            case UInt8(ascii: "\n"): appendLiteral(#"\n"#, to: &output)
+            case UInt8(ascii: "\r"): appendLiteral(#"\r"#, to: &output)
+            case UInt8(ascii: "\t"): appendLiteral(#"\t"#, to: &output)
             default:
-                output.append(contentsOf: #"\u00"#.utf8)
+                appendLiteral(#"\u00"#, to: &output)
                 output.append(Self.hex[Int(byte >> 4)])
                 output.append(Self.hex[Int(byte & 0xF)])
             }
