@@ -134,9 +134,10 @@ public struct MessageLineEncoder: Sendable {
         }
     }
 
-    /// Appends literal text with one copy; a `String`'s bytes would go through its UTF-8 view.
+    /// Appends literal text with one copy; a `String`'s bytes would go through its UTF-8 view. Through
+    /// `withUTF8Buffer`, which also serves a one-character literal (stored as a scalar, without `utf8Start`).
     private func appendLiteral(_ text: StaticString, to output: inout [UInt8]) {
-        output.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        text.withUTF8Buffer { output.append(contentsOf: $0) }
     }
 
     /// Appends a payload as the inside of a JSON string. Printable ASCII, the usual payload, is copied in one go;
