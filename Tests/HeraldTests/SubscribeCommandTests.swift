@@ -31,12 +31,13 @@ struct SubscribeCommandTests {
             defer { kill(-pipeline.processID, SIGKILL) }
             let exit = await pipeline.waitForExit(timeout: .seconds(30))
             let (stdout, stderr) = lines.withLock { ($0.stdout, $0.stderr) }
-            #expect(exit == 0, "pipeline still running or failed:\n\(stderr.suffix(15).joined(separator: "\n"))")
+            let stderrTail = stderr.suffix(15).joined(separator: "\n")
+            #expect(exit == 0, "pipeline still running or failed:\n\(stderrTail)")
             #expect(stdout.count == 3)
-            #expect(stderr.contains("subscribe exited 0"), "\(stderr.suffix(15).joined(separator: "\n"))")
+            #expect(stderr.contains("subscribe exited 0"), "\(stderrTail)")
             // The summary counts what was printed: the three lines head took, and any the pipe held when it closed.
             let summary = stderr.lazy.compactMap(SubscriptionSummary.init(line:)).first
-            #expect((summary?.received ?? 0) >= 3, "\(stderr.suffix(15).joined(separator: "\n"))")
+            #expect((summary?.received ?? 0) >= 3, "\(stderrTail)")
             #expect(summary?.lost == 0)
             publisher.kill(SIGTERM)
         }
