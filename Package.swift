@@ -175,6 +175,10 @@ let package = Package(
             dependencies: ["ChildProcesses", "Herald", "ZooKeeper", "ZeroMQ", "LocalZooKeeper", "TestSupport"]
         ),
         .testTarget(
+            name: "HeraldBenchTests",
+            dependencies: ["HeraldBench"]
+        ),
+        .testTarget(
             name: "HeraldHTTPTests",
             dependencies: [
                 "HeraldHTTP", "Herald",

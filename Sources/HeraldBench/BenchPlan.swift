@@ -117,8 +117,10 @@ public struct BenchPlan: Service {
             ])
         let run = "b\(getpid())"
         var failoverMessages: [(round: FailoverRound, messages: [BenchMessage])] = []
+        var load = LoadRecorder()
 
         if !skip.contains("baseline") {
+            load.start("baseline")
             for rate in rates {
                 for size in sizes {
                     let point = try await ZeroMQBaseline.latency(size: size, rate: rate, count: max(2000, Int(rate * duration)))
@@ -149,25 +151,31 @@ public struct BenchPlan: Service {
             results.proxyChain = chain
         }
         if !skip.contains("latency") {
+            load.start("latency")
             for mode in ["broker", "direct"] {
                 results.latency += try await latency(mode: mode, cluster: "\(run)-lat-\(mode)", zookeeper: zookeeper, processes: processes)
             }
         }
         if !skip.contains("throughput") {
+            load.start("throughput")
             results.throughput = try await throughput(cluster: "\(run)-tput", zookeeper: zookeeper, processes: processes)
         }
         if !skip.contains("groups") {
+            load.start("groups")
             results.groups = try await groups(cluster: "\(run)-grp", zookeeper: zookeeper, processes: processes)
         }
         if !skip.contains("failover") {
+            load.start("failover")
             let (memory, rounds) = try await failover(cluster: "\(run)-fo", zookeeper: zookeeper, processes: processes)
             results.memory = memory
             results.failover = rounds.map(\.round)
             failoverMessages = rounds
         }
         if !skip.contains("overload") {
+            load.start("overload")
             results.overload = try await overload(cluster: "\(run)-ol", zookeeper: zookeeper, processes: processes)
         }
+        results.load = load.finish()
         results.targets = targets(results)
         print(results.summary())
         if let output {
@@ -500,6 +508,15 @@ public struct BenchPlan: Service {
 
     private func targets(_ results: BenchResults) -> [TargetCheck] {
         var checks: [TargetCheck] = []
+        if let run = results.load.last, run.scenario == "run" {
+            // The issue asks for the machine's load next to the figures: on a shared VM, steal time moves them all.
+            checks.append(
+                TargetCheck(
+                    name: "the machine's load over the run", target: "for reference",
+                    measured: "steal time \(f(run.stealPercent, 1))% of CPU time, busy \(f(run.busyPercent, 1))%"
+                        + (run.loadAverageAtStart.map { ", load average \(f($0, 2)) at the start" } ?? ""),
+                    pass: true))
+        }
         func ratioCheck(_ name: String, mode: String, limit: Double, _ measure: (LatencySummary, LatencySummary) -> Double) {
             let ratios = results.latency.filter { $0.mode == mode }.compactMap { point -> (Double, LatencyPoint)? in
                 guard let raw = results.baselineLatency(size: point.size, rate: point.rate)?.oneWay else { return nil }

@@ -158,6 +158,8 @@ struct BenchResults: Codable, Sendable {
     var failover: [FailoverRound] = []
     var memory: MemoryReading?
     var overload: OverloadReading?
+    /// Per scenario, then the whole run as "run".
+    var load: [LoadReading] = []
     var targets: [TargetCheck] = []
 
     /// The raw figure at the same rate and size, or the nearest size at that rate.
@@ -240,6 +242,12 @@ extension BenchResults {
             }
         }
         try write(csv, directory + "/failover_messages.csv")
+
+        csv = "scenario,seconds,steal_percent,busy_percent,load_average_at_start\n"
+        for reading in load {
+            csv += "\(reading.scenario),\(f(reading.seconds)),\(f(reading.stealPercent)),\(f(reading.busyPercent)),\(reading.loadAverageAtStart.map { f($0) } ?? "")\n"
+        }
+        try write(csv, directory + "/load.csv")
     }
 
     private func write(_ text: String, _ path: String) throws {
@@ -335,6 +343,18 @@ extension BenchResults {
         }
         if let overload {
             out += "\n-- overload: a stopped subscriber, a 16 KiB publisher at full speed for \(f(overload.seconds, 0)) s: broker peak VmRSS \(overload.brokerPeakKilobytes) kB (log bound \(overload.brokerBoundBytes >> 10) kB), publisher peak \(overload.publisherPeakKilobytes) kB (retention bound \(overload.publisherBoundBytes >> 10) kB); the subscriber, resumed, received \(overload.subscriberReceived) and counted \(overload.subscriberLost) lost\n"
+        }
+        if !load.isEmpty {
+            // Steal time is CPU time the host gave to others while this VM had work: every figure above is slower and
+            // noisier by it, which the figures themselves cannot show.
+            out += "\n-- machine load (percent of all CPU time; steal: taken by the host while this machine had work)\n"
+            out += pad(["scenario", "seconds", "steal %", "busy %", "load avg at start"]) + "\n"
+            for reading in load {
+                out += pad([
+                    reading.scenario, f(reading.seconds, 0), f(reading.stealPercent, 1), f(reading.busyPercent, 1),
+                    reading.loadAverageAtStart.map { f($0, 2) } ?? "-",
+                ]) + "\n"
+            }
         }
         if let memory {
             out += "\n-- idle broker memory: leader VmRSS \(memory.idleLeaderKilobytes) kB, standby VmRSS \(memory.idleStandbyKilobytes) kB\n"
