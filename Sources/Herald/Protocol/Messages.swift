@@ -96,8 +96,7 @@ public struct PublisherID: Sendable, Hashable, CustomStringConvertible, Codable 
             var end = 0
             func put(_ value: UInt64, from start: Int, count: Int) {
                 for index in start..<(start + count) {
-                    let digit = UInt8(truncatingIfNeeded: (value >> UInt64(60 - 4 * index)) & 0xF)
-                    text[end] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") + digit - 10
+                    text[end] = UInt8(lowercaseHexDigit: UInt8(truncatingIfNeeded: value >> UInt64(60 - 4 * index)))
                     end += 1
                 }
             }
@@ -330,4 +329,13 @@ public struct BrokerStatus: Codable, Sendable, Equatable {
     /// The owner of each exclusive topic listed (ownership strength).
     public var owners: [String: PublisherID]?
     public var omittedPublishers: Int?
+}
+
+extension UInt8 {
+    /// The ASCII lower-case hexadecimal digit of the low four bits of `nibble`: computed, not looked up, so text
+    /// written per message reads no table.
+    init(lowercaseHexDigit nibble: UInt8) {
+        let digit = nibble & 0xF
+        self = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") + digit - 10
+    }
 }

@@ -47,8 +47,8 @@ public struct MessageLineEncoder: Sendable {
 
     private func appendPlain(_ message: ReceivedMessage, to output: inout [UInt8]) {
         // Copied from the name's own storage in one go, not byte by byte through its UTF-8 view.
-        let name = message.topic.name.utf8
-        if name.withContiguousStorageIfAvailable({ output.append(contentsOf: $0) }) == nil { output.append(contentsOf: name) }
+        var name = message.topic.name
+        name.withUTF8 { output.append(contentsOf: $0) }
         appendLiteral(" publisher=", to: &output)
         message.header.publisher.appendText(to: &output, short: true)
         appendLiteral(" seq=", to: &output)
@@ -108,10 +108,8 @@ public struct MessageLineEncoder: Sendable {
         appendDecimal(UInt64(message.payload.count), to: &output)
         appendLiteral(#","topic":""#, to: &output)
         // A topic name's bytes are lent, not copied: a copy would be an allocation per line.
-        let name = message.topic.name.utf8
-        if name.withContiguousStorageIfAvailable({ appendEscaped($0, to: &output) }) == nil {
-            Array(name).withUnsafeBufferPointer { appendEscaped($0, to: &output) }
-        }
+        var name = message.topic.name
+        name.withUTF8 { appendEscaped($0, to: &output) }
         appendLiteral(#""}"#, to: &output)
     }
 
@@ -212,8 +210,8 @@ public struct MessageLineEncoder: Sendable {
             case UInt8(ascii: "\t"): appendLiteral(#"\t"#, to: &output)
             default:
                 appendLiteral(#"\u00"#, to: &output)
-                output.append(Self.hex[Int(byte >> 4)])
-                output.append(Self.hex[Int(byte & 0xF)])
+                output.append(UInt8(lowercaseHexDigit: byte >> 4))
+                output.append(UInt8(lowercaseHexDigit: byte))
             }
             index += 1
             runStart = index
@@ -221,7 +219,6 @@ public struct MessageLineEncoder: Sendable {
         output.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
     }
 
-    private static let hex = Array("0123456789abcdef".utf8)
     private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
     private func appendBase64(_ bytes: ArraySlice<UInt8>, to output: inout [UInt8]) {
