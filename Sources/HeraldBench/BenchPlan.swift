@@ -19,6 +19,8 @@ public struct BenchSettings: Sendable {
     public var rates: [Double] = [1000, 10000]
     public var sizes: [Int] = [64, 1024, 16384]
     public var duration: Double = 3
+    /// Times every latency point is measured, each time beside its raw baselines.
+    public var latencyRounds: Int = 3
     public var throughputSizes: [Int] = [64, 1024, 16384]
     public var window: Double = 3
     public var clients: Int = 2
@@ -37,6 +39,7 @@ public struct BenchPlan: Service {
     let rates: [Double]
     let sizes: [Int]
     let duration: Double
+    let latencyRounds: Int
     let throughputSizes: [Int]
     let window: Double
     let clients: Int
@@ -57,6 +60,7 @@ public struct BenchPlan: Service {
         rates = settings.rates
         sizes = settings.sizes
         duration = settings.duration
+        latencyRounds = max(1, settings.latencyRounds)
         throughputSizes = settings.throughputSizes
         window = settings.window
         clients = settings.clients
@@ -111,7 +115,7 @@ public struct BenchPlan: Service {
             machine: .current(zeroMQ: "\(version.major).\(version.minor).\(version.patch)"),
             settings: [
                 "rates": rates.map { f($0, 0) }.joined(separator: ","), "sizes": sizes.map(String.init).joined(separator: ","),
-                "duration_s": f(duration), "throughput_sizes": throughputSizes.map(String.init).joined(separator: ","),
+                "duration_s": f(duration), "latency_rounds": "\(latencyRounds)", "throughput_sizes": throughputSizes.map(String.init).joined(separator: ","),
                 "window_s": f(window), "clients": "\(clients)", "rounds": "\(rounds)", "failover_rate": f(failoverRate, 0),
                 "session_timeout_s": f(sessionTimeout), "zookeeper": self.zookeeper ?? "private",
             ])
@@ -121,27 +125,10 @@ public struct BenchPlan: Service {
 
         if !skip.contains("baseline") {
             load.start("baseline")
-            for rate in rates {
-                for size in sizes {
-                    let point = try await ZeroMQBaseline.latency(size: size, rate: rate, count: max(2000, Int(rate * duration)))
-                    progress("raw ZeroMQ REQ/REP \(size) B at \(f(rate, 0))/s (sent at \(f(point.sentPerSecond, 0))/s): one-way p50 \(f(point.oneWay.p50)) us, p99 \(f(point.oneWay.p99)) us")
-                    results.baselineLatency.append(point)
-                }
-            }
             for size in throughputSizes {
                 let point = try await ZeroMQBaseline.throughput(size: size)
                 progress("raw ZeroMQ PUSH/PULL \(size) B: \(f(point.messagesPerSecond, 0)) msg/s, \(f(point.megabytesPerSecond, 1)) MB/s")
                 results.baselineThroughput.append(point)
-            }
-            // At every point broker mode is measured at, so that each has what a broker that only forwards does on
-            // the same machine in the same run beside it.
-            for rate in rates {
-                for size in sizes {
-                    let point = try await ZeroMQBaseline.proxyChainLatency(
-                        size: size, rate: rate, count: max(2000, Int(rate * duration)))
-                    progress("raw ZeroMQ proxy chain \(size) B at \(f(rate, 0))/s (sent at \(f(point.sentPerSecond, 0))/s): one-way p50 \(f(point.oneWay.p50)) us, p99 \(f(point.oneWay.p99)) us")
-                    results.proxyChainLatency.append(point)
-                }
             }
             let chain = try await ZeroMQBaseline.proxyChain(
                 size: 64,
@@ -152,9 +139,7 @@ public struct BenchPlan: Service {
         }
         if !skip.contains("latency") {
             load.start("latency")
-            for mode in ["broker", "direct"] {
-                results.latency += try await latency(mode: mode, cluster: "\(run)-lat-\(mode)", zookeeper: zookeeper, processes: processes)
-            }
+            try await latency(into: &results, cluster: "\(run)-lat", zookeeper: zookeeper, processes: processes)
         }
         if !skip.contains("throughput") {
             load.start("throughput")
@@ -195,67 +180,133 @@ public struct BenchPlan: Service {
         ]
     }
 
-    /// End-to-end latency: one broker, one subscriber on every point's topic, one paced publisher per point.
+    /// End-to-end latency, in rounds. Per round every (rate, size) point is measured four ways, back to back: raw
+    /// REQ/REP, the raw proxy chain, broker mode and direct mode. On a shared machine the host's share moves every
+    /// figure by minutes (steal time of 23% over one scenario and 12% over the next was seen in one run), so a
+    /// ratio holds only between figures taken seconds apart; and the median over rounds keeps one slowed round
+    /// from deciding a point. Each mode has its cluster, a broker and one subscriber on every topic, for the whole
+    /// scenario.
     ///
-    /// The subscriber prints each message's header and latency but not its payload (`--payload none`): the raw
+    /// The subscribers print each message's header and latency but not its payload (`--payload none`): the raw
     /// baselines print nothing either, and at 16 KiB and 10,000 msg/s printing payloads means 160 MB/s of JSON
     /// written into a pipe and parsed by this process, a fourth busy process on the machine that the baselines
     /// do not have. Broker mode then runs one more point, the largest size at the highest rate, into a subscriber
     /// that prints its payloads (mode `printed`), to show that `--json` keeps up.
-    private func latency(mode: String, cluster: String, zookeeper: String, processes: BenchProcessSet) async throws
-        -> [LatencyPoint]
+    private func latency(into results: inout BenchResults, cluster: String, zookeeper: String, processes: BenchProcessSet)
+        async throws
     {
-        let env = environment(cluster, zookeeper, mode: mode)
-        let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: cluster, logger: logger)
-        defer { Task { await probe.close() } }
-        let broker = try await processes.start("broker", ["broker", "--broker-id", "\(mode)-b1"], environment: env)
-        _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
         let points = rates.flatMap { rate in sizes.map { (rate: rate, size: $0) } }
-        let topics = points.indices.map { "lat\($0)" }
-        let subscriber = try await processes.start(
-            "subscriber", ["subscribe", "--json", "--payload", "none"] + topics.flatMap { ["--topic", $0] }, environment: env,
-            output: .messages)
-        try await Task.sleep(for: Self.subscriberSettle)
-        var results: [LatencyPoint] = []
-        for (index, point) in points.enumerated() {
-            let result = try await latencyPoint(
-                mode: mode, rate: point.rate, size: point.size, topic: topics[index], subscriber: subscriber, environment: env,
-                processes: processes)
-            results.append(result)
-            progress(
-                "latency \(mode) \(f(point.rate, 0))/s \(point.size) B [\(index + 1)/\(points.count)]: p50 \(f(result.latency.p50, 0)) us, p99 \(f(result.latency.p99, 0)) us, max \(f(result.latency.max, 0)) us, \(result.missing) missing after the first")
+        let rounds = 1...latencyRounds
+        func topic(_ round: Int, _ index: Int) -> String { "lat\(round)-\(index)" }
+        let topics = rounds.flatMap { round in points.indices.map { topic(round, $0) } }
+        var clusters: [(mode: String, environment: [String: String], broker: BenchChild, subscriber: BenchChild)] = []
+        for mode in ["broker", "direct"] {
+            let env = environment("\(cluster)-\(mode)", zookeeper, mode: mode)
+            let probe = try await LeaderProbe(zookeeper: zookeeper, cluster: "\(cluster)-\(mode)", logger: logger)
+            let broker = try await processes.start("broker", ["broker", "--broker-id", "\(mode)-b1"], environment: env)
+            _ = try await probe.waitForLeader(other: nil, timeout: .seconds(30))
+            await probe.close()
+            let subscriber = try await processes.start(
+                "subscriber", ["subscribe", "--json", "--payload", "none"] + topics.flatMap { ["--topic", $0] },
+                environment: env, output: .messages)
+            clusters.append((mode, env, broker, subscriber))
         }
-        await subscriber.stop()
-        if mode == "broker", let rate = rates.max(), let size = sizes.max() {
+        try await Task.sleep(for: Self.subscriberSettle)
+
+        var histograms: [String: Histogram<UInt64>] = [:]
+        func key(_ mode: String, _ rate: Double, _ size: Int) -> String { "\(mode) \(rate) \(size)" }
+        for round in rounds {
+            for (index, point) in points.enumerated() {
+                let count = max(2000, Int(point.rate * duration))
+                let raw = try await ZeroMQBaseline.latency(size: point.size, rate: point.rate, count: count)
+                let chain = try await ZeroMQBaseline.proxyChainLatency(size: point.size, rate: point.rate, count: count)
+                results.latencyRounds += [("raw", raw), ("chain", chain)].map { kind, figure in
+                    LatencyRoundFigure(
+                        round: round, kind: kind, rate: point.rate, size: point.size, sentPerSecond: figure.sentPerSecond,
+                        latency: figure.oneWay)
+                }
+                var line = "latency round \(round)/\(latencyRounds) \(f(point.rate, 0))/s \(point.size) B: p50 raw \(f(raw.oneWay.p50, 0)) us (sent at \(f(raw.sentPerSecond, 0))/s), chain \(f(chain.oneWay.p50, 0)) us"
+                for herald in clusters {
+                    let (result, histogram) = try await latencyPoint(
+                        mode: herald.mode, rate: point.rate, size: point.size, topic: topic(round, index),
+                        subscriber: herald.subscriber, environment: herald.environment, processes: processes)
+                    let merged = key(herald.mode, point.rate, point.size)
+                    if histograms[merged] == nil { histograms[merged] = histogram } else { histograms[merged]?.add(histogram) }
+                    results.latencyRounds.append(
+                        LatencyRoundFigure(
+                            round: round, kind: herald.mode, rate: point.rate, size: point.size, missing: result.missing,
+                            latency: result.latency.withoutDistribution))
+                    line += ", \(herald.mode) \(f(result.latency.p50, 0)) us (\(result.missing) missing)"
+                }
+                progress(line)
+            }
+        }
+        for herald in clusters { await herald.subscriber.stop() }
+
+        // Every kind's figure at a point is the median of its rounds.
+        for point in points {
+            func figures(_ kind: String) -> [LatencyRoundFigure] {
+                results.latencyRounds.filter { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }
+            }
+            for kind in ["raw", "chain"] {
+                let rows = figures(kind)
+                let combined = ZeroMQBaseline.Latency(
+                    size: point.size, rate: point.rate,
+                    sentPerSecond: LatencySummary.median(rows.compactMap(\.sentPerSecond)),
+                    count: rows.reduce(0) { $0 + Int($1.latency.count) },
+                    oneWay: LatencySummary(medianOf: rows.map(\.latency)))
+                if kind == "raw" { results.baselineLatency.append(combined) } else { results.proxyChainLatency.append(combined) }
+            }
+        }
+        for herald in clusters {
+            for point in points {
+                let rows = results.latencyRounds.filter { $0.kind == herald.mode && $0.rate == point.rate && $0.size == point.size }
+                let merged = histograms[key(herald.mode, point.rate, point.size)].map { LatencySummary(microseconds: $0).cdf } ?? []
+                results.latency.append(
+                    LatencyPoint(
+                        mode: herald.mode, rate: point.rate, size: point.size,
+                        sent: rows.count * Self.latencyCount(mode: herald.mode, rate: point.rate, duration: duration),
+                        measured: rows.reduce(0) { $0 + Int($1.latency.count) },
+                        missing: rows.reduce(0) { $0 + ($1.missing ?? 0) },
+                        latency: LatencySummary(medianOf: rows.map(\.latency), cdf: merged)))
+            }
+        }
+
+        if let broker = clusters.first(where: { $0.mode == "broker" }), let rate = rates.max(), let size = sizes.max() {
             let printing = try await processes.start(
-                "subscriber", ["subscribe", "--json", "--topic", "latprinted"], environment: env, output: .messages)
+                "subscriber", ["subscribe", "--json", "--topic", "latprinted"], environment: broker.environment,
+                output: .messages)
             try await Task.sleep(for: Self.subscriberSettle)
-            let result = try await latencyPoint(
+            let (result, _) = try await latencyPoint(
                 mode: "printed", rate: rate, size: size, topic: "latprinted", subscriber: printing,
-                environment: env, processes: processes)
-            results.append(result)
+                environment: broker.environment, processes: processes)
+            results.latency.append(result)
             progress(
                 "latency broker \(f(rate, 0))/s \(size) B, payloads printed: p50 \(f(result.latency.p50, 0)) us, p99 \(f(result.latency.p99, 0)) us, \(result.missing) missing after the first")
             await printing.stop()
         }
-        await broker.stop()
-        return results
+        for herald in clusters { await herald.broker.stop() }
+    }
+
+    /// Messages one latency point publishes: warm-up, then `duration` seconds (direct mode one more: it loses the
+    /// first messages while the subscriber discovers the publisher).
+    static func latencyCount(mode: String, rate: Double, duration: Double) -> Int {
+        max(20, Int(rate * latencyWarmup)) + Int(rate * (duration + (mode == "direct" ? 1 : 0)))
     }
 
     /// One paced publisher on `topic` for the warm-up and `duration`, measured at `subscriber`.
     private func latencyPoint(
         mode: String, rate: Double, size: Int, topic: String, subscriber: BenchChild, environment env: [String: String],
         processes: BenchProcessSet
-    ) async throws -> LatencyPoint {
+    ) async throws -> (LatencyPoint, Histogram<UInt64>) {
         let warmup = max(20, Int(rate * Self.latencyWarmup))
-        // Direct mode loses the first messages while the subscriber discovers the publisher: one more second.
-        let count = warmup + Int(rate * (duration + (mode == "direct" ? 1 : 0)))
+        let count = Self.latencyCount(mode: mode, rate: rate, duration: duration)
         let publisher = try await processes.start(
             "publisher", ["publish", "--topic", topic, "--rate", f(rate, 3), "--count", "\(count)", "--size", "\(size)"],
             environment: env)
         await publisher.waitForExit(timeout: .seconds(duration * 4 + 30))
         try await Task.sleep(for: .milliseconds(300))
-        let received = subscriber.messages.filter { $0.topic == topic }
+        let received = subscriber.takeMessages().filter { $0.topic == topic }
         // Warm-up counts from the first message received: in direct mode the subscriber only connects to the
         // publisher once it has found it in ZooKeeper, so the first messages are never delivered.
         let first = received.map(\.sequence).min() ?? 1
@@ -267,9 +318,10 @@ public struct BenchPlan: Service {
         let expected = UInt64(count) >= first ? Int(UInt64(count) - first + 1) : 0
         let distinct = Set(received.map(\.sequence)).count
         let summary = LatencySummary(microseconds: histogram)
-        return LatencyPoint(
+        let point = LatencyPoint(
             mode: mode, rate: rate, size: size, sent: count, measured: Int(summary.count), missing: max(0, expected - distinct),
             latency: summary)
+        return (point, histogram)
     }
 
     /// Maximum sustained throughput through one broker: publishers at full speed, counted at the subscribers.
@@ -555,13 +607,13 @@ public struct BenchPlan: Service {
                     measured: "\(printed.missing) missing; p50 \(f(printed.latency.p50, 0)) us, p99 \(f(printed.latency.p99 / 1000, 2)) ms",
                     pass: printed.missing == 0))
         }
-        let brokerPoints = results.latency.filter { $0.mode == "broker" }
-        if !brokerPoints.isEmpty {
+        let brokerRuns = results.latencyRounds.filter { $0.kind == "broker" }
+        if !brokerRuns.isEmpty {
             // Direct mode may lose what a slow subscriber's queue cannot hold; broker mode must lose nothing.
-            let missing = brokerPoints.reduce(0) { $0 + $1.missing }
+            let missing = brokerRuns.reduce(0) { $0 + ($1.missing ?? 0) }
             checks.append(
                 TargetCheck(
-                    name: "messages missing in the \(brokerPoints.count) broker-mode latency runs", target: "0",
+                    name: "messages missing in the \(brokerRuns.count) broker-mode latency runs", target: "0",
                     measured: "\(missing)", pass: missing == 0))
         }
         let single = results.throughput.filter { $0.size == 64 && $0.publishers == 1 }.first

@@ -93,6 +93,13 @@ final class BenchChild: Sendable {
     var lines: Int { recorder.lineCount.load(ordering: .relaxed) }
     /// Parsed messages so far (`.messages` output only).
     var messages: [BenchMessage] { recorder.kept.withLock { $0 } }
+    /// Parsed messages so far, handed over: the next call returns only those read after this one.
+    func takeMessages() -> [BenchMessage] {
+        recorder.kept.withLock { kept in
+            defer { kept.removeAll(keepingCapacity: true) }
+            return kept
+        }
+    }
     /// Everything the child wrote to standard error (its last 512 KiB at least).
     var standardError: String { recorder.errorText.withLock { String(decoding: $0, as: UTF8.self) } }
     /// Resident memory in kilobytes.

@@ -37,6 +37,57 @@ public struct LatencySummary: Codable, Sendable {
     }
 }
 
+extension LatencySummary {
+    /// What several rounds of one point measured, taken together: each percentile is the median of the rounds'
+    /// (a round the host slowed moves it no more than one round that it sped up), the maximum is the largest,
+    /// the count the sum. `cdf` is the distribution of every round's messages together, where one was recorded.
+    init(medianOf rounds: [LatencySummary], cdf: [[Double]] = []) {
+        func median(_ value: (LatencySummary) -> Double) -> Double { Self.median(rounds.map(value)) }
+        count = rounds.reduce(0) { $0 + $1.count }
+        p50 = median(\.p50)
+        p90 = median(\.p90)
+        p99 = median(\.p99)
+        p999 = median(\.p999)
+        max = rounds.map(\.max).max() ?? 0
+        mean = median(\.mean)
+        self.cdf = cdf
+    }
+
+    /// The same figures without the distribution, which only the combined row carries.
+    var withoutDistribution: LatencySummary {
+        var copy = self
+        copy.cdf = []
+        return copy
+    }
+
+    /// The middle value, or the mean of the two middle values of an even count; 0 for none.
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+}
+
+/// One kind of measurement at one rate and size in one latency round: what the latency table's rows are the
+/// medians of.
+struct LatencyRoundFigure: Codable, Sendable {
+    /// The kinds of a round, in the order they run at every point.
+    static let kinds = ["raw", "chain", "broker", "direct"]
+
+    var round: Int
+    /// `raw` (REQ/REP one way), `chain` (the proxy chain), `broker` or `direct`.
+    var kind: String
+    var rate: Double
+    var size: Int
+    /// The rate the messages went out at (raw and chain; Herald's publisher paces to the rate asked for).
+    var sentPerSecond: Double?
+    /// Messages missing at the subscriber (broker and direct).
+    var missing: Int?
+    /// Without its distribution: the combined row has that.
+    var latency: LatencySummary
+}
+
 /// End-to-end latency of one mode, rate and size.
 struct LatencyPoint: Codable, Sendable {
     var mode: String
@@ -153,6 +204,8 @@ struct BenchResults: Codable, Sendable {
     var proxyChain: ZeroMQBaseline.ProxyChain?
     var proxyChainLatency: [ZeroMQBaseline.Latency] = []
     var latency: [LatencyPoint] = []
+    /// Every round's figures; `baselineLatency`, `proxyChainLatency` and `latency` hold their medians.
+    var latencyRounds: [LatencyRoundFigure] = []
     var throughput: [ThroughputPoint] = []
     var groups: [GroupThroughputPoint] = []
     var failover: [FailoverRound] = []
@@ -215,6 +268,13 @@ extension BenchResults {
         }
 
         try write(csv, directory + "/latency.csv")
+
+        csv = "round,kind,rate,size,count,sent_per_s,missing,p50_us,p90_us,p99_us,p999_us,max_us\n"
+        for figure in latencyRounds {
+            let l = figure.latency
+            csv += "\(figure.round),\(figure.kind),\(f(figure.rate)),\(figure.size),\(l.count),\(figure.sentPerSecond.map { f($0) } ?? ""),\(figure.missing.map { "\($0)" } ?? ""),\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+        }
+        try write(csv, directory + "/latency_rounds.csv")
         try write(cdf, directory + "/latency_cdf.csv")
 
         csv = "publishers,subscribers,size,window_s,messages_per_s,delivered_per_s,mb_per_s,received,lost\n"
@@ -265,7 +325,7 @@ extension BenchResults {
     func summary() -> String {
         var out = "\n== herald bench: \(machine.processors) CPUs, \(machine.cpuModel), \(f(machine.memoryGigabytes, 1)) GiB, libzmq \(machine.zeroMQVersion)\n"
         if !baselineLatency.isEmpty || !baselineThroughput.isEmpty {
-            out += "\n-- raw ZeroMQ baseline (libzmq from C, each peer its own process, loopback TCP)\n"
+            out += "\n-- raw ZeroMQ baseline (libzmq from C, each peer its own process, loopback TCP; latency: the median of the rounds, measured beside Herald's)\n"
             // "sent/s" is the rate the requests went out at: a round trip longer than the period holds the next back.
             out += pad(["size", "rate/s", "sent/s", "one-way p50 us", "p99 us", "max us"]) + "\n"
             for point in baselineLatency {
@@ -285,7 +345,9 @@ extension BenchResults {
             }
         }
         if !latency.isEmpty {
-            out += "\n-- end-to-end latency (publisher send to subscriber receive), microseconds\n"
+            let rounds = Set(latencyRounds.map(\.round)).count
+            out += "\n-- end-to-end latency (publisher send to subscriber receive), microseconds"
+                + (rounds > 1 ? "; each figure the median of \(rounds) rounds, n their sum\n" : "\n")
             out += pad([
                 "mode", "rate/s", "size", "n", "p50", "p90", "p99", "p99.9", "max", "p50/raw", "p99/raw", "p50/chain",
                 "p99/chain",
@@ -304,6 +366,31 @@ extension BenchResults {
             }
             if latency.contains(where: { $0.mode == "printed" }) {
                 out += "(broker and direct: the subscriber prints no payloads, --payload none; printed: broker mode into a subscriber printing them)\n"
+            }
+        }
+        let rounds = Set(latencyRounds.map(\.round)).sorted()
+        if !rounds.isEmpty {
+            out += "\n-- latency rounds (each figure above is the median of these; per round, every point measured raw, chain, broker, direct back to back), p50 microseconds\n"
+            out += pad(["round", "rate/s", "size", "raw", "chain", "broker", "direct", "broker/raw", "direct/raw", "broker/chain"]) + "\n"
+            for round in rounds {
+                let figures = latencyRounds.filter { $0.round == round }
+                var points: [(rate: Double, size: Int)] = []
+                for figure in figures where !points.contains(where: { $0 == (figure.rate, figure.size) }) {
+                    points.append((figure.rate, figure.size))
+                }
+                for point in points {
+                    func p50(_ kind: String) -> Double? {
+                        figures.first { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }?.latency.p50
+                    }
+                    func ratio(_ over: String, _ under: String) -> String {
+                        guard let over = p50(over), let under = p50(under), under > 0 else { return "-" }
+                        return f(over / under) + "x"
+                    }
+                    out += pad(
+                        ["\(round)", f(point.rate, 0), "\(point.size)"]
+                            + LatencyRoundFigure.kinds.map { kind in p50(kind).map { f($0, 0) } ?? "-" }
+                            + [ratio("broker", "raw"), ratio("direct", "raw"), ratio("broker", "chain")]) + "\n"
+                }
             }
         }
         if !throughput.isEmpty {

@@ -34,6 +34,13 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Latency runs: seconds of publishing per rate and size.")
     var duration: Double = 3
 
+    @Option(
+        help: """
+            Latency runs: times every point is measured, each time back to back with raw REQ/REP and the raw proxy \
+            chain at the same rate and size; the table shows the median of the rounds.
+            """)
+    var latencyRounds: Int = 3
+
     @Option(help: "Throughput runs: payload sizes in bytes, comma-separated.")
     var throughputSizes: String = "64,1024,16384"
 
@@ -52,7 +59,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "ZooKeeper session timeout of every herald process, in seconds.")
     var sessionTimeout: Double = 2
 
-    @Option(help: "Scenarios to skip, comma-separated: baseline, latency, throughput, groups, failover, overload.")
+    @Option(
+        help: """
+            Scenarios to skip, comma-separated: baseline (PUSH/PULL and the proxy chain's loss-free rate), latency \
+            (with its raw baselines), throughput, groups, failover, overload.
+            """)
     var skip: String = ""
 
     func validate() throws {
@@ -63,6 +74,7 @@ struct BenchCommand: AsyncParsableCommand {
                 "--rounds must be in 0...1000, --clients in 1...64, --duration and --window in 0.1...3600 s, --failover-rate in 1...1000000")
         }
         guard (1...10).contains(sessionTimeout) else { throw ValidationError("--session-timeout must be in 1...10 s") }
+        guard (1...20).contains(latencyRounds) else { throw ValidationError("--latency-rounds must be in 1...20") }
         _ = try Self.numbers(rates)
         _ = try Self.numbers(sizes)
         _ = try Self.numbers(throughputSizes)
@@ -77,6 +89,7 @@ struct BenchCommand: AsyncParsableCommand {
         settings.rates = try Self.numbers(rates)
         settings.sizes = try Self.numbers(sizes).map { Int($0) }
         settings.duration = duration
+        settings.latencyRounds = latencyRounds
         settings.throughputSizes = try Self.numbers(throughputSizes).map { Int($0) }
         settings.window = window
         settings.clients = clients
