@@ -78,6 +78,8 @@ public struct BenchPlan: Service {
     static let latencyWarmup = 0.5
     /// Unrecorded start of each throughput point, after the first message arrives.
     static let throughputWarmup: Duration = .seconds(1)
+    /// How long a latency point waits for its last message after the publisher exits.
+    static let drainTimeout: Duration = .seconds(5)
     /// Time for a new subscriber to find the leader and subscribe before publishing starts.
     static let subscriberSettle: Duration = .milliseconds(1500)
 
@@ -241,7 +243,14 @@ public struct BenchPlan: Service {
                 progress(line)
             }
         }
-        for herald in clusters { await herald.subscriber.stop() }
+        for herald in clusters {
+            await herald.subscriber.stop()
+            // Its own count over every round: what it received and what its sequencer found missing.
+            if let summary = herald.subscriber.subscriberSummary {
+                progress("latency subscriber, \(herald.mode) mode, closing summary: received \(summary.received), lost \(summary.lost), duplicates \(summary.duplicates)")
+                results.latencySubscriberLost[herald.mode] = summary.lost
+            }
+        }
 
         // Every kind's figure at a point is the median of its rounds.
         for point in points {
@@ -305,8 +314,15 @@ public struct BenchPlan: Service {
             "publisher", ["publish", "--topic", topic, "--rate", f(rate, 3), "--count", "\(count)", "--size", "\(size)"],
             environment: env)
         await publisher.waitForExit(timeout: .seconds(duration * 4 + 30))
-        try await Task.sleep(for: .milliseconds(300))
-        let received = subscriber.takeMessages().filter { $0.topic == topic }
+        // A subscriber that fell behind (16 KiB at 10,000/s on two busy cores) still has messages in flight when the
+        // publisher exits: one read too early counts them missing. A publisher's messages arrive in order, so the
+        // last one means the rest are in or lost; a lost last one ends the wait at the deadline.
+        var received: [BenchMessage] = []
+        let deadline = ContinuousClock.now + Self.drainTimeout
+        repeat {
+            try await Task.sleep(for: .milliseconds(100))
+            received += subscriber.takeMessages().filter { $0.topic == topic }
+        } while !received.contains(where: { $0.sequence >= UInt64(count) }) && ContinuousClock.now < deadline
         // Warm-up counts from the first message received: in direct mode the subscriber only connects to the
         // publisher once it has found it in ZooKeeper, so the first messages are never delivered.
         let first = received.map(\.sequence).min() ?? 1
@@ -614,7 +630,9 @@ public struct BenchPlan: Service {
             checks.append(
                 TargetCheck(
                     name: "messages missing in the \(brokerRuns.count) broker-mode latency runs", target: "0",
-                    measured: "\(missing)", pass: missing == 0))
+                    measured: "\(missing)"
+                        + (results.latencySubscriberLost["broker"].map { " (the subscriber's own count: \($0) lost)" } ?? ""),
+                    pass: missing == 0 && (results.latencySubscriberLost["broker"] ?? 0) == 0))
         }
         let single = results.throughput.filter { $0.size == 64 && $0.publishers == 1 }.first
         if let single {

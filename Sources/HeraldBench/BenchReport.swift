@@ -206,6 +206,8 @@ struct BenchResults: Codable, Sendable {
     var latency: [LatencyPoint] = []
     /// Every round's figures; `baselineLatency`, `proxyChainLatency` and `latency` hold their medians.
     var latencyRounds: [LatencyRoundFigure] = []
+    /// What each mode's latency subscriber counted lost over every round, from its closing summary.
+    var latencySubscriberLost: [String: Int] = [:]
     var throughput: [ThroughputPoint] = []
     var groups: [GroupThroughputPoint] = []
     var failover: [FailoverRound] = []
