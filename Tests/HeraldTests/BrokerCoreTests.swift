@@ -212,6 +212,35 @@ struct BrokerCoreTests {
         #expect(try #require(harness.output.credit(to: client)) > held, "credit flows again")
     }
 
+    @Test func aSubscriberIdleLongerThanTheStallTimeoutStillHoldsCreditBackWhenABurstBegins() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 64 * 1024
+            $0.logBytes = 256 * 1024
+            $0.publisherWindow = 8 * 1024
+            $0.stallTimeout = .seconds(2)
+        }
+        harness.subscribe(subscription(window: 0), from: subscriber)
+        harness.register(publisher, from: client)
+        // Nothing published for longer than the stall timeout (a quiet topic), the subscriber heard from meanwhile.
+        harness.tick(after: .seconds(3))
+        harness.subscriberMessage(ControlFrame.count(.consumed, 0), from: subscriber)
+        let payload = [UInt8](repeating: 0, count: 1000)
+        var sequence: UInt64 = 0
+        while sequence < 500, !harness.output.refusals(to: client).contains(.overCredit) {
+            sequence += 1
+            harness.publish(publisher, sequence, payload: payload, from: client)
+        }
+        #expect(harness.output.refusals(to: client).contains(.overCredit), "credit stopped at the slow subscriber")
+        let held = try #require(harness.output.credit(to: client))
+        // Its first message of the burst went out moments ago: it is slow, not stalled, and still holds publishers
+        // back, so the log keeps what it is owed.
+        harness.tick(after: .milliseconds(100))
+        #expect(try #require(harness.output.credit(to: client)) == held, "no credit past a subscriber that is only slow")
+        // Past the stall timeout counted from that first message, it is left behind as before.
+        harness.tick(after: .seconds(2))
+        #expect(try #require(harness.output.credit(to: client)) > held, "credit flows again")
+    }
+
     @Test func lateJoinersGetTheHistoryPublishersOffer() throws {
         var harness = try CoreHarness()
         harness.register(publisher, history: 3, from: client)

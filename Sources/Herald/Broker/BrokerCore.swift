@@ -200,7 +200,7 @@ struct BrokerCore: ~Copyable {
         }
         for id in blockedSubscribers {
             blockedSubscribers.remove(id)
-            if let subscriber = subscribers[id] { pump(subscriber, output: &output) }
+            if let subscriber = subscribers[id] { pump(subscriber, now: now, output: &output) }
         }
         retryWaitingGrants(output: &output)
         updateOwnership(now: now, output: &output)
@@ -248,7 +248,7 @@ struct BrokerCore: ~Copyable {
         topic.totalReceived += UInt64(run.count)
         append(take(&frame), run: run, size: size, to: topic)
         for subscriber in topic.subscribers where subscriber.isCaughtUp(on: topic) {
-            pump(subscriber, output: &output)
+            pump(subscriber, now: now, output: &output)
         }
         if connection.granted - connection.received < UInt64(configuration.publisherWindow / 2) {
             grant(client, connection, output: &output)
@@ -604,7 +604,7 @@ struct BrokerCore: ~Copyable {
         }
         // Before any data: whose messages it may deliver on the exclusive topics it follows.
         if ownershipKnown { sendOwners(to: subscriber, output: &output) }
-        pump(subscriber, output: &output)
+        pump(subscriber, now: now, output: &output)
     }
 
     /// Whether one more topic that a pattern matches may be followed, within the per-subscriber and total
@@ -710,7 +710,7 @@ struct BrokerCore: ~Copyable {
             subscriber.stalled = false
             logger.info("subscriber takes messages again", metadata: ["subscriber": "\(id)"])
         }
-        pump(subscriber, output: &output)
+        pump(subscriber, now: now, output: &output)
         if !waitingConnections.isEmpty { retryWaitingGrants(output: &output) }
     }
 
@@ -727,7 +727,9 @@ struct BrokerCore: ~Copyable {
 
     /// Sends a subscriber what its cursors have not reached yet, while its window allows, one topic after the
     /// other.
-    private mutating func pump(_ subscriber: SubscriberState, output: inout some BrokerOutput) {
+    private mutating func pump(
+        _ subscriber: SubscriberState, now: ContinuousClock.Instant, output: inout some BrokerOutput
+    ) {
         if subscriber.ownersOutdated {
             sendOwners(to: subscriber, output: &output)
             if subscriber.ownersOutdated { return }
@@ -773,6 +775,10 @@ struct BrokerCore: ~Copyable {
             let size = outgoing.frame.count
             switch output.deliver(to: subscriber.id, &outgoing.frame) {
             case .sent:
+                // A subscriber's stall clock runs from when it was first owed something, not from its last
+                // acknowledgement: one that was idle longer than the stall timeout is not stalled by the first
+                // message of a burst, which would let publishers run past it and the log drop what it is owed.
+                if subscriber.inFlight == 0 { subscriber.lastProgress = now }
                 if outgoing.endsEntry {
                     subscriber.follows[position].move(to: cursor + 1)
                 } else {
@@ -813,7 +819,7 @@ struct BrokerCore: ~Copyable {
             // then gets the contested topics held back until now.
             for subscriber in subscribers.values {
                 sendOwners(to: subscriber, output: &output)
-                pump(subscriber, output: &output)
+                pump(subscriber, now: now, output: &output)
             }
             return
         }
