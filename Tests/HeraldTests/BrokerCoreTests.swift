@@ -186,52 +186,49 @@ struct BrokerCoreTests {
         #expect(harness.output.sequences(to: subscriber) == [1, 2])
     }
 
-    @Test func aSlowSubscriberHoldsCreditBackUntilItStallsAndThenItIsLeftBehind() throws {
+    /// A broker with small logs and a 2 s stall timeout, a subscriber with the smallest window that never
+    /// acknowledges, and a registered publisher.
+    func slowSubscriberHarness() throws -> CoreHarness {
         var harness = try CoreHarness {
             $0.topicLogBytes = 64 * 1024
             $0.logBytes = 256 * 1024
             $0.publisherWindow = 8 * 1024
             $0.stallTimeout = .seconds(2)
         }
-        // A subscriber with the smallest window, which never acknowledges.
         harness.subscribe(subscription(window: 0), from: subscriber)
         harness.register(publisher, from: client)
+        return harness
+    }
+
+    /// Publishes as if credit did not exist: the subscriber's window fills, then its lag passes half the topic
+    /// log, then the publisher's credit runs out and what it sends beyond is refused.
+    /// - Returns: the credit the publisher was held at.
+    func publishUntilCreditStops(_ harness: inout CoreHarness) throws -> UInt64 {
         let payload = [UInt8](repeating: 0, count: 1000)
         var sequence: UInt64 = 0
-        // Publishing as if credit did not exist: the subscriber's window fills, then its lag passes half the
-        // topic log, then the publisher's credit runs out and what it sends beyond is refused.
         while sequence < 500, !harness.output.refusals(to: client).contains(.overCredit) {
             sequence += 1
             harness.publish(publisher, sequence, payload: payload, from: client)
         }
         #expect(harness.output.refusals(to: client).contains(.overCredit), "credit stopped at the slow subscriber")
         #expect(sequence < 500)
-        let held = try #require(harness.output.credit(to: client))
+        return try #require(harness.output.credit(to: client))
+    }
+
+    @Test func aSlowSubscriberHoldsCreditBackUntilItStallsAndThenItIsLeftBehind() throws {
+        var harness = try slowSubscriberHarness()
+        let held = try publishUntilCreditStops(&harness)
         // Past the stall timeout the subscriber no longer holds publishers back.
         harness.tick(after: .seconds(3))
         #expect(try #require(harness.output.credit(to: client)) > held, "credit flows again")
     }
 
     @Test func aSubscriberIdleLongerThanTheStallTimeoutStillHoldsCreditBackWhenABurstBegins() throws {
-        var harness = try CoreHarness {
-            $0.topicLogBytes = 64 * 1024
-            $0.logBytes = 256 * 1024
-            $0.publisherWindow = 8 * 1024
-            $0.stallTimeout = .seconds(2)
-        }
-        harness.subscribe(subscription(window: 0), from: subscriber)
-        harness.register(publisher, from: client)
+        var harness = try slowSubscriberHarness()
         // Nothing published for longer than the stall timeout (a quiet topic), the subscriber heard from meanwhile.
         harness.tick(after: .seconds(3))
         harness.subscriberMessage(ControlFrame.count(.consumed, 0), from: subscriber)
-        let payload = [UInt8](repeating: 0, count: 1000)
-        var sequence: UInt64 = 0
-        while sequence < 500, !harness.output.refusals(to: client).contains(.overCredit) {
-            sequence += 1
-            harness.publish(publisher, sequence, payload: payload, from: client)
-        }
-        #expect(harness.output.refusals(to: client).contains(.overCredit), "credit stopped at the slow subscriber")
-        let held = try #require(harness.output.credit(to: client))
+        let held = try publishUntilCreditStops(&harness)
         // Its first message of the burst went out moments ago: it is slow, not stalled, and still holds publishers
         // back, so the log keeps what it is owed.
         harness.tick(after: .milliseconds(100))
@@ -341,6 +338,37 @@ struct BrokerCoreTests {
         } else {
             #expect(received.count < 55 && received.last == 55, "past the probes, the oldest went in turn")
         }
+    }
+
+    /// Room for one large message can take many small entries of an idle topic: the search is bounded by what it
+    /// looks at without finding one, not by how many it evicts.
+    @Test func oneLargeMessageTakesAsManySmallIdleEntriesAsItNeedsBeforeABusyTopicLosesOne() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 80 * 1024
+            $0.logBytes = 96 * 1024
+        }
+        let other = PublisherID()
+        let otherClient = CoreHarness.id(4)
+        let reader = CoreHarness.id(10)
+        // An idle topic whose subscriber has everything: its whole log in entries of 64 bytes.
+        harness.register(other, topics: ["idle"], from: otherClient)
+        harness.subscribe(subscription(topics: ["idle"]), from: reader)
+        for sequence in 1...1500 as ClosedRange<UInt64> {
+            harness.publish(other, sequence, topic: "idle", payload: [UInt8](repeating: 1, count: 64), from: otherClient)
+        }
+        #expect(harness.output.sequences(to: reader).count == 1500)
+        // A busy topic whose subscriber is momentarily full, in messages of 12 KB: each needs more small entries
+        // evicted than the probes would allow if every eviction spent them.
+        harness.register(publisher, topics: ["busy"], from: client)
+        harness.subscribe(subscription(topics: ["busy"]), from: subscriber)
+        harness.output.outcomes[subscriber] = .wouldBlock
+        for sequence in 1...5 as ClosedRange<UInt64> {
+            harness.publish(publisher, sequence, topic: "busy", payload: [UInt8](repeating: 2, count: 12_000), from: client)
+        }
+        #expect(harness.core.takeCounters().logBytes <= 96 * 1024, "the bound of all logs holds")
+        harness.output.outcomes[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        #expect(harness.output.sequences(to: subscriber) == Array(1...5), "the idle topic paid for the busy one")
     }
 
     @Test func limitsOnTopicsPublishersAndSubscribersAreRefusedWithReasons() throws {

@@ -924,6 +924,11 @@ struct BrokerCore: ~Copyable {
                 {
                     evictOldest(of: candidate)
                     attempts = 0
+                    // The budget bounds a search that finds nothing, not how many entries one large message needs
+                    // (one 16 KiB message may need a hundred small ones): each entry goes once, so evictions are
+                    // paid for by the appends that made them. Spent per eviction, it made a busy topic's subscriber
+                    // lose messages while an idle topic still had history to give.
+                    if sentOnly { probes = Self.evictionProbes }
                 } else {
                     attempts += 1
                 }
@@ -931,8 +936,9 @@ struct BrokerCore: ~Copyable {
         }
     }
 
-    /// Topics and subscriptions one append may look at for an entry that costs no subscriber a message: a bound on
-    /// the work, whatever the number of topics and subscribers, when none of them has such an entry.
+    /// Topics and subscriptions one append may look at for an entry that costs no subscriber a message, between two
+    /// it finds: a bound on the work, whatever the number of topics and subscribers, when none of them has such an
+    /// entry.
     static let evictionProbes = 64
 
     /// Whether every live subscriber of `topic` was sent the oldest entry of its log, looking at no more than
