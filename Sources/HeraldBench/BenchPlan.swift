@@ -253,12 +253,12 @@ public struct BenchPlan: Service {
         }
 
         // Every kind's figure at a point is the median of its rounds.
+        func figures(_ kind: String, _ point: (rate: Double, size: Int)) -> [LatencyRoundFigure] {
+            results.latencyRounds.filter { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }
+        }
         for point in points {
-            func figures(_ kind: String) -> [LatencyRoundFigure] {
-                results.latencyRounds.filter { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }
-            }
             for kind in ["raw", "chain"] {
-                let rows = figures(kind)
+                let rows = figures(kind, point)
                 let combined = ZeroMQBaseline.Latency(
                     size: point.size, rate: point.rate,
                     sentPerSecond: LatencySummary.median(rows.compactMap(\.sentPerSecond)),
@@ -269,7 +269,7 @@ public struct BenchPlan: Service {
         }
         for herald in clusters {
             for point in points {
-                let rows = results.latencyRounds.filter { $0.kind == herald.mode && $0.rate == point.rate && $0.size == point.size }
+                let rows = figures(herald.mode, point)
                 let merged = histograms[key(herald.mode, point.rate, point.size)].map { LatencySummary(microseconds: $0).cdf } ?? []
                 results.latency.append(
                     LatencyPoint(
