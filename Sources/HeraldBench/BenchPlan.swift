@@ -300,15 +300,18 @@ public struct BenchPlan: Service {
     /// Messages one latency point publishes: warm-up, then `duration` seconds (direct mode one more: it loses the
     /// first messages while the subscriber discovers the publisher).
     static func latencyCount(mode: String, rate: Double, duration: Double) -> Int {
-        max(20, Int(rate * latencyWarmup)) + Int(rate * (duration + (mode == "direct" ? 1 : 0)))
+        latencyWarmupCount(rate: rate) + Int(rate * (duration + (mode == "direct" ? 1 : 0)))
     }
+
+    /// The first messages of a latency point, not recorded.
+    static func latencyWarmupCount(rate: Double) -> Int { max(20, Int(rate * latencyWarmup)) }
 
     /// One paced publisher on `topic` for the warm-up and `duration`, measured at `subscriber`.
     private func latencyPoint(
         mode: String, rate: Double, size: Int, topic: String, subscriber: BenchChild, environment env: [String: String],
         processes: BenchProcessSet
     ) async throws -> (LatencyPoint, Histogram<UInt64>) {
-        let warmup = max(20, Int(rate * Self.latencyWarmup))
+        let warmup = Self.latencyWarmupCount(rate: rate)
         let count = Self.latencyCount(mode: mode, rate: rate, duration: duration)
         let publisher = try await processes.start(
             "publisher", ["publish", "--topic", topic, "--rate", f(rate, 3), "--count", "\(count)", "--size", "\(size)"],

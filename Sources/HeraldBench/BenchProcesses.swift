@@ -96,7 +96,7 @@ final class BenchChild: Sendable {
     /// Parsed messages so far, handed over: the next call returns only those read after this one.
     func takeMessages() -> [BenchMessage] {
         recorder.kept.withLock { kept in
-            defer { kept.removeAll(keepingCapacity: true) }
+            defer { kept = [] }
             return kept
         }
     }
