@@ -220,25 +220,32 @@ public struct BenchPlan: Service {
         for round in rounds {
             for (index, point) in points.enumerated() {
                 let count = max(2000, Int(point.rate * duration))
-                let raw = try await ZeroMQBaseline.latency(size: point.size, rate: point.rate, count: count)
-                let chain = try await ZeroMQBaseline.proxyChainLatency(size: point.size, rate: point.rate, count: count)
-                results.latencyRounds += [("raw", raw), ("chain", chain)].map { kind, figure in
+                let (raw, rawSteal) = try await measuringSteal {
+                    try await ZeroMQBaseline.latency(size: point.size, rate: point.rate, count: count)
+                }
+                let (chain, chainSteal) = try await measuringSteal {
+                    try await ZeroMQBaseline.proxyChainLatency(size: point.size, rate: point.rate, count: count)
+                }
+                results.latencyRounds += [("raw", raw, rawSteal), ("chain", chain, chainSteal)].map { kind, figure, steal in
                     LatencyRoundFigure(
                         round: round, kind: kind, rate: point.rate, size: point.size, sentPerSecond: figure.sentPerSecond,
-                        latency: figure.oneWay)
+                        stealPercent: steal, latency: figure.oneWay)
                 }
-                var line = "latency round \(round)/\(latencyRounds) \(f(point.rate, 0))/s \(point.size) B: p50 raw \(f(raw.oneWay.p50, 0)) us (sent at \(f(raw.sentPerSecond, 0))/s), chain \(f(chain.oneWay.p50, 0)) us"
+                func stolen(_ steal: Double?) -> String { steal.map { ", steal \(f($0, 0))%" } ?? "" }
+                var line = "latency round \(round)/\(latencyRounds) \(f(point.rate, 0))/s \(point.size) B: p50 raw \(f(raw.oneWay.p50, 0)) us (sent at \(f(raw.sentPerSecond, 0))/s\(stolen(rawSteal))), chain \(f(chain.oneWay.p50, 0)) us\(chainSteal.map { " (steal \(f($0, 0))%)" } ?? "")"
                 for herald in clusters {
-                    let (result, histogram) = try await latencyPoint(
-                        mode: herald.mode, rate: point.rate, size: point.size, topic: topic(round, index),
-                        subscriber: herald.subscriber, environment: herald.environment, processes: processes)
+                    let ((result, histogram), steal) = try await measuringSteal {
+                        try await latencyPoint(
+                            mode: herald.mode, rate: point.rate, size: point.size, topic: topic(round, index),
+                            subscriber: herald.subscriber, environment: herald.environment, processes: processes)
+                    }
                     let merged = key(herald.mode, point.rate, point.size)
                     if histograms[merged] == nil { histograms[merged] = histogram } else { histograms[merged]?.add(histogram) }
                     results.latencyRounds.append(
                         LatencyRoundFigure(
                             round: round, kind: herald.mode, rate: point.rate, size: point.size, missing: result.missing,
-                            latency: result.latency.withoutDistribution))
-                    line += ", \(herald.mode) \(f(result.latency.p50, 0)) us (\(result.missing) missing)"
+                            stealPercent: steal, latency: result.latency.withoutDistribution))
+                    line += ", \(herald.mode) \(f(result.latency.p50, 0)) us (\(result.missing) missing\(stolen(steal)))"
                 }
                 progress(line)
             }

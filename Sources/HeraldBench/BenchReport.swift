@@ -84,6 +84,8 @@ struct LatencyRoundFigure: Codable, Sendable {
     var sentPerSecond: Double?
     /// Messages missing at the subscriber (broker and direct).
     var missing: Int?
+    /// Steal time while this one measurement ran, in percent of all CPU time: which round the host slowed.
+    var stealPercent: Double? = nil
     /// Without its distribution: the combined row has that.
     var latency: LatencySummary
 }
@@ -271,10 +273,10 @@ extension BenchResults {
 
         try write(csv, directory + "/latency.csv")
 
-        csv = "round,kind,rate,size,count,sent_per_s,missing,p50_us,p90_us,p99_us,p999_us,max_us\n"
+        csv = "round,kind,rate,size,count,sent_per_s,missing,p50_us,p90_us,p99_us,p999_us,max_us,steal_percent\n"
         for figure in latencyRounds {
             let l = figure.latency
-            csv += "\(figure.round),\(figure.kind),\(f(figure.rate)),\(figure.size),\(l.count),\(figure.sentPerSecond.map { f($0) } ?? ""),\(figure.missing.map { "\($0)" } ?? ""),\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max))\n"
+            csv += "\(figure.round),\(figure.kind),\(f(figure.rate)),\(figure.size),\(l.count),\(figure.sentPerSecond.map { f($0) } ?? ""),\(figure.missing.map { "\($0)" } ?? ""),\(f(l.p50)),\(f(l.p90)),\(f(l.p99)),\(f(l.p999)),\(f(l.max)),\(figure.stealPercent.map { f($0, 1) } ?? "")\n"
         }
         try write(csv, directory + "/latency_rounds.csv")
         try write(cdf, directory + "/latency_cdf.csv")
@@ -372,8 +374,8 @@ extension BenchResults {
         }
         let rounds = Set(latencyRounds.map(\.round)).sorted()
         if !rounds.isEmpty {
-            out += "\n-- latency rounds (each figure above is the median of these; per round, every point measured raw, chain, broker, direct back to back), p50 microseconds\n"
-            out += pad(["round", "rate/s", "size", "raw", "chain", "broker", "direct", "broker/raw", "direct/raw", "broker/chain"]) + "\n"
+            out += "\n-- latency rounds (each figure above is the median of these; per round, every point measured raw, chain, broker, direct back to back), p50 microseconds; steal: percent of CPU time the host took during each of the four\n"
+            out += pad(["round", "rate/s", "size", "raw", "chain", "broker", "direct", "broker/raw", "direct/raw", "broker/chain", "steal %"]) + "\n"
             for round in rounds {
                 let figures = latencyRounds.filter { $0.round == round }
                 var points: [(rate: Double, size: Int)] = []
@@ -381,9 +383,10 @@ extension BenchResults {
                     points.append((figure.rate, figure.size))
                 }
                 for point in points {
-                    func p50(_ kind: String) -> Double? {
-                        figures.first { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }?.latency.p50
+                    func figure(_ kind: String) -> LatencyRoundFigure? {
+                        figures.first { $0.kind == kind && $0.rate == point.rate && $0.size == point.size }
                     }
+                    func p50(_ kind: String) -> Double? { figure(kind)?.latency.p50 }
                     func ratio(_ over: String, _ under: String) -> String {
                         guard let over = p50(over), let under = p50(under), under > 0 else { return "-" }
                         return f(over / under) + "x"
@@ -391,7 +394,11 @@ extension BenchResults {
                     out += pad(
                         ["\(round)", f(point.rate, 0), "\(point.size)"]
                             + LatencyRoundFigure.kinds.map { kind in p50(kind).map { f($0, 0) } ?? "-" }
-                            + [ratio("broker", "raw"), ratio("direct", "raw"), ratio("broker", "chain")]) + "\n"
+                            + [ratio("broker", "raw"), ratio("direct", "raw"), ratio("broker", "chain")]
+                            + [
+                                LatencyRoundFigure.kinds.map { kind in figure(kind)?.stealPercent.map { f($0, 0) } ?? "-" }
+                                    .joined(separator: "/")
+                            ]) + "\n"
                 }
             }
         }

@@ -46,6 +46,15 @@ struct CPUTimes: Sendable, Equatable {
         return CPUTimes(procStat: text)
     }
 
+    /// Steal and busy time since `start`, as percentages of all CPU time in between. Counters that went backwards
+    /// (a reset, a migrated VM) give 0, not a trap.
+    func percentages(since start: CPUTimes) -> (steal: Double, busy: Double) {
+        func delta(_ a: UInt64, _ b: UInt64) -> Double { b >= a ? Double(b - a) : 0 }
+        let total = delta(start.total, self.total)
+        guard total > 0 else { return (0, 0) }
+        return (100 * delta(start.steal, steal) / total, 100 * delta(start.busy, busy) / total)
+    }
+
     private static func sum(_ values: [UInt64]) -> UInt64? {
         var total: UInt64 = 0
         for value in values {
@@ -55,6 +64,16 @@ struct CPUTimes: Sendable, Equatable {
         }
         return total
     }
+}
+
+/// `body`'s result and the steal time while it ran, in percent of all CPU time (nil where there is no
+/// `/proc/stat`): a figure the host slowed says so beside it, where a scenario's average would spread a few slowed
+/// seconds over minutes.
+func measuringSteal<Result>(_ body: () async throws -> Result) async rethrows -> (Result, steal: Double?) {
+    let start = CPUTimes.current()
+    let result = try await body()
+    guard let start, let end = CPUTimes.current() else { return (result, nil) }
+    return (result, end.percentages(since: start).steal)
 }
 
 /// The 1-minute load average, from `/proc/loadavg`; nil where there is none.
@@ -75,14 +94,13 @@ struct LoadReading: Codable, Sendable, Equatable {
     /// The 1-minute load average when the part began.
     var loadAverageAtStart: Double?
 
-    /// Between two readings of the counters. Counters that went backwards (a reset, a migrated VM) give 0, not a trap.
+    /// Between two readings of the counters.
     init(scenario: String, seconds: Double, from start: CPUTimes, to end: CPUTimes, loadAverageAtStart: Double?) {
-        func delta(_ a: UInt64, _ b: UInt64) -> Double { b >= a ? Double(b - a) : 0 }
-        let total = delta(start.total, end.total)
+        let shares = end.percentages(since: start)
         self.scenario = scenario
         self.seconds = seconds
-        self.stealPercent = total > 0 ? 100 * delta(start.steal, end.steal) / total : 0
-        self.busyPercent = total > 0 ? 100 * delta(start.busy, end.busy) / total : 0
+        self.stealPercent = shares.steal
+        self.busyPercent = shares.busy
         self.loadAverageAtStart = loadAverageAtStart
     }
 }

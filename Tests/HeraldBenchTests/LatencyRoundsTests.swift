@@ -35,12 +35,15 @@ struct LatencyRoundsTests {
 
     @Test func theSummaryShowsEveryRoundsPairedRatiosBesideTheMedians() {
         var results = BenchResults(startedAt: "now", machine: .current(zeroMQ: "4.3.4"), settings: [:])
-        for (round, raw, broker) in [(1, 100.0, 240.0), (2, 400.0, 1200.0), (3, 120.0, 270.0)] {
+        // Round 2 is the one the host slowed: a quarter of the CPU time went elsewhere while it ran.
+        for (round, raw, broker, steal) in [(1, 100.0, 240.0, 0.4), (2, 400.0, 1200.0, 25.2), (3, 120.0, 270.0, 1.0)] {
             for (kind, p50) in [("raw", raw), ("broker", broker)] {
                 var latency = summary([UInt64(p50)])
                 latency.p50 = p50
                 results.latencyRounds.append(
-                    LatencyRoundFigure(round: round, kind: kind, rate: 1000, size: 64, latency: latency))
+                    LatencyRoundFigure(
+                        round: round, kind: kind, rate: 1000, size: 64, stealPercent: kind == "raw" ? steal : steal + 1,
+                        latency: latency))
             }
         }
         let rounds = results.latencyRounds
@@ -59,9 +62,10 @@ struct LatencyRoundsTests {
         #expect(lines.contains { $0.hasPrefix("-- end-to-end latency") && $0.contains("the median of 3 rounds") })
         // The medians, 270 against 120 µs, and their ratio.
         #expect(lines.contains { $0.hasPrefix("broker 1000 64 3 270 ") && $0.contains(" 2.25x ") })
-        // Each round's pair and its own ratio: the slowed round's 3.00x is there to read, not hidden in the median.
-        #expect(lines.contains("1 1000 64 100 - 240 - 2.40x - -"))
-        #expect(lines.contains("2 1000 64 400 - 1200 - 3.00x - -"))
-        #expect(lines.contains("3 1000 64 120 - 270 - 2.25x - -"))
+        // Each round's pair and its own ratio: the slowed round's 3.00x is there to read, not hidden in the median,
+        // and so is the steal time of each of its measurements (raw/chain/broker/direct).
+        #expect(lines.contains("1 1000 64 100 - 240 - 2.40x - - 0/-/1/-"))
+        #expect(lines.contains("2 1000 64 400 - 1200 - 3.00x - - 25/-/26/-"))
+        #expect(lines.contains("3 1000 64 120 - 270 - 2.25x - - 1/-/2/-"))
     }
 }

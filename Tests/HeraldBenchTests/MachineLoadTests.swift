@@ -46,6 +46,18 @@ struct MachineLoadTests {
         #expect(reading.busyPercent == 0)
     }
 
+    @Test func oneMeasurementGetsItsOwnStealShareBesideItsResult() async throws {
+        let (turns, steal) = await measuringSteal { () async -> UInt64 in
+            var spin: UInt64 = 0
+            let until = ContinuousClock.now.advanced(by: .milliseconds(20))
+            while ContinuousClock.now < until { spin &+= 1 }
+            return spin
+        }
+        #expect(turns > 0)
+        let share = try #require(steal, "this Linux machine has /proc/stat")
+        #expect((0...100).contains(share))
+    }
+
     @Test func thisMachinesCountersAdvanceAndTheRecorderNamesEachPart() throws {
         let first = try #require(CPUTimes.current(), "this Linux machine has /proc/stat")
         var recorder = LoadRecorder()
