@@ -20,7 +20,8 @@ public final class ChildProcess: Sendable {
         /// Each line, without its newline, handed to the closure on the reading task as soon as it is complete.
         /// The closure must be quick: the child blocks once the pipe is full.
         case lines(@Sendable (ArraySlice<UInt8>) -> Void)
-        /// Appended to the file at this path, created if need be: a server's log.
+        /// Appended to the file at this path, created if need be: a server's log, or output read afterwards. The
+        /// child writes to the file itself; nothing in this process wakes up for it.
         case file(String)
     }
 
@@ -78,24 +79,37 @@ public final class ChildProcess: Sendable {
             uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), Optional($0.value)) })
         Task {
             do {
-                let result = try await Subprocess.run(
-                    .path(.init(executable)), arguments: Arguments(arguments),
-                    environment: .inherit.updating(overrides), platformOptions: options, input: .none,
-                    output: .sequence, error: .sequence
-                ) { execution in
-                    child.began(execution.processIdentifier.value) { signal in
-                        try? execution.send(signal: Signal(rawValue: signal))
-                    }
-                    started.continuation.yield(.success(()))
-                    await withTaskGroup(of: Void.self) { group in
-                        group.addTask { await child.read(execution.standardOutput, into: outputSink) }
-                        group.addTask { await child.read(execution.standardError, into: errorSink) }
-                    }
-                    // The execution, and the pidfd it signals through, must not outlive this closure: once
-                    // `run` closes the descriptor, its number may name another child's.
-                    child.stopSignalling()
+                let configuration = Configuration(
+                    executable: .path(.init(executable)), arguments: Arguments(arguments),
+                    environment: .inherit.updating(overrides), platformOptions: options)
+                // A stream going to a file is handed to the child as its descriptor; the others are piped and
+                // read. Subprocess names its streams by type, hence one call per combination.
+                let code: Int32
+                switch (outputSink, errorSink) {
+                case (.file(let output), .file(let error)):
+                    code = try await child.run(
+                        configuration, output: .fileDescriptor(.init(rawValue: output), closeAfterSpawningProcess: false),
+                        error: .fileDescriptor(.init(rawValue: error), closeAfterSpawningProcess: false),
+                        started: started.continuation, readers: { _ in [] })
+                case (.file(let output), _):
+                    code = try await child.run(
+                        configuration, output: .fileDescriptor(.init(rawValue: output), closeAfterSpawningProcess: false),
+                        error: .sequence, started: started.continuation,
+                        readers: { execution in [(execution.standardError, errorSink)] })
+                case (_, .file(let error)):
+                    code = try await child.run(
+                        configuration, output: .sequence,
+                        error: .fileDescriptor(.init(rawValue: error), closeAfterSpawningProcess: false),
+                        started: started.continuation,
+                        readers: { execution in [(execution.standardOutput, outputSink)] })
+                default:
+                    code = try await child.run(
+                        configuration, output: .sequence, error: .sequence, started: started.continuation,
+                        readers: { execution in
+                            [(execution.standardOutput, outputSink), (execution.standardError, errorSink)]
+                        })
                 }
-                child.ended(result.terminationStatus.exitCode)
+                child.ended(code)
             } catch {
                 started.continuation.yield(.failure(ChildProcessError(executable: executable, reason: "\(error); check that it exists and is executable")))
                 child.ended(127)
@@ -110,6 +124,31 @@ public final class ChildProcess: Sendable {
             break
         }
         return child
+    }
+
+    /// Runs the configured child until it exits, reading the streams `readers` gives; those it does not give go
+    /// to files and count as read.
+    /// - Returns: its exit code.
+    private func run<Output: OutputProtocol, Error: ErrorOutputProtocol>(
+        _ configuration: Configuration, output: Output, error: Error,
+        started: AsyncStream<Result<Void, ChildProcessError>>.Continuation,
+        readers: (borrowing Execution<NoInput, Output, Error>) -> [(SubprocessOutputSequence, Sink)]
+    ) async throws -> Int32 {
+        let result = try await Subprocess.run(configuration, input: .none, output: output, error: error) { execution in
+            began(execution.processIdentifier.value) { signal in
+                try? execution.send(signal: Signal(rawValue: signal))
+            }
+            started.yield(.success(()))
+            let streams = readers(execution)
+            state.withLock { $0.streamsEnded += 2 - streams.count }
+            await withTaskGroup(of: Void.self) { group in
+                for (stream, sink) in streams { group.addTask { await self.read(stream, into: sink) } }
+            }
+            // The execution, and the pidfd it signals through, must not outlive this closure: once `run` closes
+            // the descriptor, its number may name another child's.
+            stopSignalling()
+        }
+        return result.terminationStatus.exitCode
     }
 
     private init(name: String, arguments: [String]) {
@@ -224,10 +263,8 @@ public final class ChildProcess: Sendable {
         do {
             for try await buffer in stream {
                 switch sink {
-                case .discard:
+                case .discard, .file:
                     continue
-                case .file(let descriptor):
-                    buffer.withUnsafeBytes { Self.write($0, to: descriptor) }
                 case .lines(let handle):
                     buffer.withUnsafeBytes { pending.append(contentsOf: $0) }
                     var start = 0
@@ -242,17 +279,6 @@ public final class ChildProcess: Sendable {
             // The pipe failed: what was read is all there is.
         }
         if case .lines(let handle) = sink, !pending.isEmpty { handle(pending[...]) }
-    }
-
-    /// Writes all of `bytes`; a full disk loses the rest of a log, not the child.
-    private static func write(_ bytes: UnsafeRawBufferPointer, to descriptor: Int32) {
-        var offset = 0
-        while offset < bytes.count {
-            let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
-            if written < 0, errno == EINTR { continue }
-            guard written > 0 else { return }
-            offset += written
-        }
     }
 
     /// The index of the next newline from `start`, found with memchr: a subscriber prints hundreds of megabytes a

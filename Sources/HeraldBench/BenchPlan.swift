@@ -192,8 +192,11 @@ public struct BenchPlan: Service {
     /// The subscribers print each message's header and latency but not its payload (`--payload none`): the raw
     /// baselines print nothing either, and at 16 KiB and 10,000 msg/s printing payloads means 160 MB/s of JSON
     /// written into a pipe and parsed by this process, a fourth busy process on the machine that the baselines
-    /// do not have. Broker mode then runs one more point, the largest size at the highest rate, into a subscriber
-    /// that prints its payloads (mode `printed`), to show that `--json` keeps up.
+    /// do not have. For the same reason they write their lines to a file, read once a point's publisher is done,
+    /// not into a pipe this process reads as they come (which cost it a fifth of a core at 10,000 msg/s, while the
+    /// raw baselines record in-process). Broker mode then runs one more point, the largest size at the highest
+    /// rate, into a subscriber that prints its payloads into a pipe read as they come (mode `printed`), to show
+    /// that `--json` keeps up.
     private func latency(into results: inout BenchResults, cluster: String, zookeeper: String, processes: BenchProcessSet)
         async throws
     {
@@ -210,7 +213,7 @@ public struct BenchPlan: Service {
             await probe.close()
             let subscriber = try await processes.start(
                 "subscriber", ["subscribe", "--json", "--payload", "none"] + topics.flatMap { ["--topic", $0] },
-                environment: env, output: .messages)
+                environment: env, output: .messagesInFile)
             clusters.append((mode, env, broker, subscriber))
         }
         try await Task.sleep(for: Self.subscriberSettle)

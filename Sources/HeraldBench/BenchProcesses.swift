@@ -41,8 +41,12 @@ enum BenchOutput: Sendable {
     case discard
     /// Lines counted, nothing kept: throughput runs.
     case count
-    /// `herald subscribe --json` lines parsed and kept: latency and failover runs.
+    /// `herald subscribe --json` lines parsed and kept as they are read: failover runs, which time their arrival.
     case messages
+    /// `herald subscribe --json` lines written by the child straight to a file, parsed when asked for: latency
+    /// runs. The raw baselines record in-process; reading a pipe line by line as it arrives cost this process
+    /// a fifth of a core at 10,000 msg/s, load on the machine that only Herald's measurements carried.
+    case messagesInFile
 }
 
 /// A `herald` child process started by the benchmark, with what it printed: a line count, parsed messages,
@@ -56,24 +60,45 @@ final class BenchChild: Sendable {
         let lineCount = Atomic<Int>(0)
         let kept = Mutex<[BenchMessage]>([])
         let errorText = Mutex<[UInt8]>([])
+        /// `.messagesInFile`: the file the child writes, read up to where the last call stopped.
+        let file: Mutex<OutputFile?>
+
+        init(file: consuming OutputFile?) { self.file = Mutex(file) }
+
+        func record(_ line: ArraySlice<UInt8>, parse: Bool) {
+            lineCount.add(1, ordering: .relaxed)
+            if parse, let message = BenchMessage(line: line, readAt: wallClockNanoseconds()) {
+                kept.withLock { $0.append(message) }
+            }
+        }
+
+        /// Reads and records what the child wrote to its file since the last call.
+        func catchUp() {
+            file.withLock { file in
+                guard var open = file.take() else { return }
+                open.readNewLines { record($0, parse: true) }
+                file = consume open
+            }
+        }
     }
 
     /// Starts `herald ARGUMENTS` with `environment` added to this process's environment.
     init(name: String, arguments: [String], environment: [String: String], output: BenchOutput) async throws {
-        let recorder = Recorder()
         let standardOutput: ChildProcess.Output
+        let recorder: Recorder
         switch output {
         case .discard:
+            recorder = Recorder(file: nil)
             standardOutput = .discard
         case .count, .messages:
+            recorder = Recorder(file: nil)
             let parse: Bool
             if case .messages = output { parse = true } else { parse = false }
-            standardOutput = .lines { line in
-                recorder.lineCount.add(1, ordering: .relaxed)
-                if parse, let message = BenchMessage(line: line, readAt: wallClockNanoseconds()) {
-                    recorder.kept.withLock { $0.append(message) }
-                }
-            }
+            standardOutput = .lines { line in recorder.record(line, parse: parse) }
+        case .messagesInFile:
+            let file = try OutputFile()
+            standardOutput = .file(file.path)
+            recorder = Recorder(file: file)
         }
         let standardError = ChildProcess.Output.lines { line in
             recorder.errorText.withLock {
@@ -90,12 +115,19 @@ final class BenchChild: Sendable {
     }
 
     /// Lines read from standard output so far.
-    var lines: Int { recorder.lineCount.load(ordering: .relaxed) }
-    /// Parsed messages so far (`.messages` output only).
-    var messages: [BenchMessage] { recorder.kept.withLock { $0 } }
+    var lines: Int {
+        recorder.catchUp()
+        return recorder.lineCount.load(ordering: .relaxed)
+    }
+    /// Parsed messages so far (`.messages` and `.messagesInFile` output only).
+    var messages: [BenchMessage] {
+        recorder.catchUp()
+        return recorder.kept.withLock { $0 }
+    }
     /// Parsed messages so far, handed over: the next call returns only those read after this one.
     func takeMessages() -> [BenchMessage] {
-        recorder.kept.withLock { kept in
+        recorder.catchUp()
+        return recorder.kept.withLock { kept in
             defer { kept = [] }
             return kept
         }
@@ -154,5 +186,48 @@ final class BenchProcessSet: Sendable {
         await withTaskGroup(of: Void.self) { group in
             for child in all { group.addTask { await child.stop() } }
         }
+    }
+}
+
+/// A file a child writes its standard output to, read from where the last read stopped; removed with the last
+/// reference to it.
+struct OutputFile: ~Copyable, Sendable {
+    let path: String
+    private let descriptor: Int32
+    /// The start of a line not yet ended when the file was last read.
+    private var pending: [UInt8] = []
+
+    /// Creates an empty file in the temporary directory.
+    init() throws(BenchError) {
+        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array("\(directory)/herald-bench-output-XXXXXX".utf8CString)
+        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard descriptor >= 0 else {
+            throw BenchError("cannot create a file in \(directory) for a subscriber's output: \(String(cString: strerror(errno))); set TMPDIR to a writable directory")
+        }
+        self.descriptor = descriptor
+        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    deinit {
+        close(descriptor)
+        unlink(path)
+    }
+
+    /// Hands each whole line written since the last call to `body`, without its newline.
+    mutating func readNewLines(_ body: (ArraySlice<UInt8>) -> Void) {
+        var chunk = [UInt8](repeating: 0, count: 1 << 18)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { break }
+            pending.append(contentsOf: chunk[..<count])
+        }
+        var start = pending.startIndex
+        while let newline = pending[start...].firstIndex(of: 10) {
+            body(pending[start..<newline])
+            start = newline + 1
+        }
+        pending.removeFirst(start)
     }
 }

@@ -89,6 +89,25 @@ struct ChildProcessTests {
         #expect(out.all.firstIndex(of: "first")! < out.all.firstIndex(of: "second")!)
     }
 
+    @Test func aFileIsTheChildsOwnOutputNotAPipeThisProcessCopiesFrom() async throws {
+        let path = "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        defer { unlink(path) }
+        let errors = Lines()
+        let child = try await ChildProcess.start(
+            name: "sh", executable: "/bin/sh",
+            arguments: ["-c", "readlink /proc/$$/fd/1; readlink /proc/$$/fd/2 >&2"],
+            standardOutput: .file(path), standardError: errors.output)
+        #expect(await child.waitForExit(timeout: .seconds(10)) == 0)
+        #expect(child.outputEnded)
+        let written = Lines()
+        let cat = try await ChildProcess.start(
+            name: "cat", executable: "/bin/cat", arguments: [path], standardOutput: written.output)
+        #expect(await cat.waitForExit(timeout: .seconds(10)) == 0)
+        #expect(written.all == [path])
+        // Standard error, read line by line, still goes through a pipe.
+        #expect(errors.all.count == 1 && errors.all.allSatisfy { $0.hasPrefix("pipe:") })
+    }
+
     @Test func aChildInItsOwnProcessGroupLeadsIt() async throws {
         let out = Lines()
         let child = try await ChildProcess.start(
