@@ -7,7 +7,7 @@ import Synchronization
     import Musl
 #endif
 
-/// A child process whose standard output and standard error are read as they arrive, line by line.
+/// A child process whose standard output and standard error are read as they arrive, line by line, or go to files.
 ///
 /// The one way Herald starts and watches processes: `herald demo`, `herald bench` and the integration tests all
 /// use it. It runs on swift-subprocess, which launches with `posix_spawn`, reads the pipes on its own I/O thread
