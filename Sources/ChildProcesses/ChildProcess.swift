@@ -144,11 +144,35 @@ public final class ChildProcess: Sendable {
             await withTaskGroup(of: Void.self) { group in
                 for (stream, sink) in streams { group.addTask { await self.read(stream, into: sink) } }
             }
+            // Streams that go to files end with nothing to read, and a child may close its pipes and run on; it
+            // must stay signallable (stoppable) until it has ended.
+            await Self.waitUntilEnded(execution.processIdentifier)
             // The execution, and the pidfd it signals through, must not outlive this closure: once `run` closes
             // the descriptor, its number may name another child's.
             stopSignalling()
         }
         return result.terminationStatus.exitCode
+    }
+
+    /// Returns once the child has ended (Subprocess reaps it only after the closure that runs it returns), or
+    /// when the task is cancelled.
+    private static func waitUntilEnded(_ identifier: ProcessIdentifier) async {
+        while true {
+            if identifier.processDescriptor >= 0 {
+                // A pidfd turns readable when its process ends; an error means there is nothing left to wait for.
+                var entry = pollfd(fd: identifier.processDescriptor, events: Int16(POLLIN), revents: 0)
+                if poll(&entry, 1, 0) != 0 { return }
+            } else if ProcFile.read("/proc/\(identifier.value)/stat").map({ Self.isZombie($0) }) ?? true {
+                return
+            }
+            do { try await Task.sleep(for: .milliseconds(10)) } catch { return }
+        }
+    }
+
+    /// Whether a `/proc/PID/stat` line says the process has exited and waits to be reaped.
+    private static func isZombie(_ stat: String) -> Bool {
+        guard let close = stat.lastIndex(of: ")") else { return true }
+        return stat[close...].dropFirst().drop(while: { $0 == " " }).first == "Z"
     }
 
     private init(name: String, arguments: [String]) {

@@ -108,6 +108,20 @@ struct ChildProcessTests {
         #expect(errors.all.count == 1 && errors.all.allSatisfy { $0.hasPrefix("pipe:") })
     }
 
+    @Test func aChildWritingOnlyToFilesCanStillBeStopped() async throws {
+        let path = "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        defer { unlink(path) }
+        let child = try await ChildProcess.start(
+            name: "sleep", executable: "/bin/sleep", arguments: ["60"], standardOutput: .file(path),
+            standardError: .file(path))
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(child.isRunning)
+        let clock = ContinuousClock()
+        let start = clock.now
+        #expect(await child.stop(grace: .seconds(5)) == 128 + SIGTERM)
+        #expect(clock.now - start < .seconds(5), "SIGTERM reached it")
+    }
+
     @Test func aChildInItsOwnProcessGroupLeadsIt() async throws {
         let out = Lines()
         let child = try await ChildProcess.start(
