@@ -161,11 +161,15 @@ public final class ChildProcess: Sendable {
             if identifier.processDescriptor >= 0 {
                 // A pidfd turns readable when its process ends; an error means there is nothing left to wait for.
                 var entry = pollfd(fd: identifier.processDescriptor, events: Int16(POLLIN), revents: 0)
-                if poll(&entry, 1, 0) != 0 { return }
+                let ready = poll(&entry, 1, 0)
+                if ready > 0 || (ready < 0 && errno != EINTR) { return }
             } else if ProcFile.read("/proc/\(identifier.value)/stat").map({ Self.isZombie($0) }) ?? true {
                 return
             }
-            do { try await Task.sleep(for: .milliseconds(10)) } catch { return }
+            // A child whose output all goes to files (a ZooKeeper server) is looked at for as long as it runs:
+            // often enough that stopping it is prompt, seldom enough not to wake a core for nothing while a
+            // benchmark measures.
+            do { try await Task.sleep(for: .milliseconds(50)) } catch { return }
         }
     }
 
@@ -283,26 +287,44 @@ public final class ChildProcess: Sendable {
     /// Reads one stream to its end, splitting lines across reads.
     private func read(_ stream: SubprocessOutputSequence, into sink: Sink) async {
         defer { state.withLock { $0.streamsEnded += 1 } }
-        var pending: [UInt8] = []
+        var lines = LineBuffer()
         do {
             for try await buffer in stream {
                 switch sink {
                 case .discard, .file:
                     continue
                 case .lines(let handle):
-                    buffer.withUnsafeBytes { pending.append(contentsOf: $0) }
-                    var start = 0
-                    while let newline = Self.newline(in: pending, from: start) {
-                        handle(pending[start..<newline])
-                        start = newline + 1
-                    }
-                    if start > 0 { pending.removeFirst(start) }
+                    buffer.withUnsafeBytes { lines.append($0, lines: handle) }
                 }
             }
         } catch {
             // The pipe failed: what was read is all there is.
         }
-        if case .lines(let handle) = sink, !pending.isEmpty { handle(pending[...]) }
+        if case .lines(let handle) = sink { lines.finish(handle) }
+    }
+}
+
+/// Bytes that arrive in chunks, handed on as whole lines: a line cut across two chunks waits for its end.
+public struct LineBuffer: Sendable {
+    private var pending: [UInt8] = []
+
+    public init() {}
+
+    /// Appends `bytes` and hands each line it completes to `body`, without its newline.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer, lines body: (ArraySlice<UInt8>) -> Void) {
+        pending.append(contentsOf: bytes)
+        var start = 0
+        while let newline = Self.newline(in: pending, from: start) {
+            body(pending[start..<newline])
+            start = newline + 1
+        }
+        if start > 0 { pending.removeFirst(start) }
+    }
+
+    /// Hands on a last line that has no newline, if there is one.
+    public mutating func finish(_ body: (ArraySlice<UInt8>) -> Void) {
+        if !pending.isEmpty { body(pending[...]) }
+        pending = []
     }
 
     /// The index of the next newline from `start`, found with memchr: a subscriber prints hundreds of megabytes a

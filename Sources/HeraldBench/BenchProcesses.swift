@@ -194,8 +194,8 @@ final class BenchProcessSet: Sendable {
 struct OutputFile: ~Copyable, Sendable {
     let path: String
     private let descriptor: Int32
-    /// The start of a line not yet ended when the file was last read.
-    private var pending: [UInt8] = []
+    /// A line not yet ended when the file was last read.
+    private var lines = LineBuffer()
 
     /// Creates an empty file in the temporary directory.
     init() throws(BenchError) {
@@ -221,13 +221,7 @@ struct OutputFile: ~Copyable, Sendable {
             let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
             if count < 0, errno == EINTR { continue }
             guard count > 0 else { break }
-            pending.append(contentsOf: chunk[..<count])
+            chunk.withUnsafeBytes { lines.append(UnsafeRawBufferPointer(rebasing: $0[..<count]), lines: body) }
         }
-        var start = pending.startIndex
-        while let newline = pending[start...].firstIndex(of: 10) {
-            body(pending[start..<newline])
-            start = newline + 1
-        }
-        pending.removeFirst(start)
     }
 }
