@@ -115,8 +115,12 @@ struct PublishLoop: Service {
         }
         let total = sent.load(ordering: .relaxed)
         if let count, total >= count {
-            // Messages wait in the retention buffer while no leader is known: give them a chance to leave.
-            await publisher.waitUntilAttached()
+            // Messages wait in the retention buffer while no leader is known, and while flow control holds them
+            // back for a slow subscriber: the count is published once they have left, or when told to stop.
+            try? await cancelWhenGracefulShutdown {
+                await publisher.waitUntilAttached()
+                await publisher.waitUntilSent()
+            }
             try? await Task.sleep(for: Self.drainPause)
             logger.info("published every message", metadata: ["count": "\(total)"])
         }

@@ -268,6 +268,23 @@ public final class Publisher: Service, Sendable {
         }
     }
 
+    /// Suspends until every message published so far has been sent to a leader, or the publisher stops, or the
+    /// task is cancelled. In broker mode a slow subscriber's flow control can hold messages back for as long as it
+    /// needs; direct mode keeps none back.
+    public func waitUntilSent() async {
+        var noted = false
+        let began = ContinuousClock.now
+        while !Task.isCancelled {
+            let unsent = link.withLock { $0.stopping || $0.mode == .direct ? 0 : $0.unsentCount }
+            guard unsent > 0 else { return }
+            if !noted, ContinuousClock.now - began >= .seconds(1) {
+                noted = true
+                logger.info("waiting for messages the leader's flow control holds back", metadata: ["unsent": "\(unsent)"])
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     /// Follows the leader until cancelled or shut down gracefully.
     public func run() async throws {
         // Direct mode with an allow-list: subscribers are authenticated before the publisher socket listens.
