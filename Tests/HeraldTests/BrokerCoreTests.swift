@@ -238,6 +238,61 @@ struct BrokerCoreTests {
         #expect(try #require(harness.output.credit(to: client)) > held, "credit flows again")
     }
 
+
+    /// Three busy topics, each behind at one slow subscriber by less than half its own log, but together by more
+    /// than the bound of all logs allows: per topic no publisher would wait, and the bound of all logs would take
+    /// messages the subscriber was never sent.
+    @Test func slowSubscribersOfManyTopicsHoldPublishersBackBeforeTheBoundOfAllLogsTakesWhatTheyWereNotSent() throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 64 * 1024
+            $0.logBytes = 96 * 1024
+            $0.publisherWindow = 8 * 1024
+        }
+        let names = ["a", "b", "c"]
+        let topics = try names.map { try Topic($0) }
+        let publishers = names.map { _ in PublisherID() }
+        let clients = names.indices.map { CoreHarness.id(UInt8(10 + $0)) }
+        harness.subscribe(subscription(topics: names, window: 0), from: subscriber)
+        for index in names.indices { harness.register(publishers[index], topics: [names[index]], from: clients[index]) }
+        let payload = [UInt8](repeating: 7, count: 1000)
+        let frameSize = UInt64(
+            dataFrame(topic: "a", header: MessageHeader(publisher: publishers[0], sequence: 1, sentAt: 0), payload: payload).count)
+        let perTopic: UInt64 = 400
+        var published = [UInt64](repeating: 0, count: names.count)
+        /// Each publisher sends what its credit allows, as a real one does.
+        func publishWhileCreditLasts(_ harness: inout CoreHarness) {
+            var progress = true
+            while progress {
+                progress = false
+                for index in names.indices where published[index] < perTopic {
+                    let credit = harness.output.credit(to: clients[index]) ?? 0
+                    guard (published[index] + 1) * frameSize <= credit else { continue }
+                    published[index] += 1
+                    harness.publish(
+                        publishers[index], published[index], topic: topics[index], payload: payload, from: clients[index])
+                    progress = true
+                }
+            }
+        }
+        // The subscriber takes nothing for a while (less than the stall timeout).
+        publishWhileCreditLasts(&harness)
+        #expect(published.allSatisfy { $0 < perTopic }, "the publishers wait")
+        #expect(harness.core.takeCounters().logBytes <= 96 * 1024)
+        // Then it takes everything it is sent, and the publishers go on to the end.
+        for _ in 0..<10_000 where published.contains(where: { $0 < perTopic }) {
+            harness.subscriberMessage(ControlFrame.count(.consumed, .max), from: subscriber)
+            publishWhileCreditLasts(&harness)
+        }
+        harness.subscriberMessage(ControlFrame.count(.consumed, .max), from: subscriber)
+        #expect(published.allSatisfy { $0 == perTopic })
+        let received = harness.output.deliveries.filter { $0.subscriber == subscriber }.compactMap { delivery in
+            delivery.bytes.withUnsafeBytes { try? DataLayout.decode($0).get().header }
+        }
+        for publisher in publishers {
+            #expect(received.filter { $0.publisher == publisher }.map(\.sequence) == Array(1...perTopic), "every message, once")
+        }
+        #expect(harness.core.takeCounters().skipped == 0)
+    }
     @Test func lateJoinersGetTheHistoryPublishersOffer() throws {
         var harness = try CoreHarness()
         harness.register(publisher, history: 3, from: client)

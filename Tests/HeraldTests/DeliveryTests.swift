@@ -167,6 +167,55 @@ struct DeliveryTests {
             "signal \(signal) to \(leader): \(successor) led after \(takeover), subscriber received again after \(resume)"
     }
 
+    // MARK: Broker mode: a slow subscriber of several busy topics
+
+    @Test("Broker mode: a subscriber slower than three full-speed publishers loses nothing when their topics together outgrow the bound of all logs")
+    func aSlowSubscriberOfSeveralBusyTopicsLosesNothing() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            // Each topic may lag by half its 1 MiB log before its publisher waits; three such topics hold more than
+            // the 1 MiB of all logs, so only holding publishers back for all logs together keeps what the
+            // subscriber is owed. Once held, each publisher may still send what its credit allows: three windows of
+            // 64 KiB (the smallest), well within the half of all logs left.
+            _ = try await cluster.broker(
+                "b1",
+                environment: [
+                    "HERALD_LOG_BYTES": "\(1 << 20)", "HERALD_TOPIC_LOG_BYTES": "\(1 << 20)",
+                    "HERALD_MAX_MESSAGE_SIZE": "\(16 << 10)", "HERALD_PUBLISHER_WINDOW": "\(64 << 10)",
+                ])
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let topics = ["slow-a", "slow-b", "slow-c"]
+            let subscriber = try await cluster.subscriber(topics)
+            try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            let count = 3000
+            var publishers: [HeraldProcess] = []
+            for topic in topics {
+                publishers.append(
+                    try await cluster.start(
+                        "publisher \(topic)",
+                        ["publish", "--topic", topic, "--rate", "0", "--count", "\(count)", "--size", "1024"]))
+            }
+            // Slow: the subscriber runs a fifth of the time, in stretches shorter than the stall timeout.
+            while publishers.contains(where: \.isRunning) {
+                subscriber.kill(SIGSTOP)
+                try await Task.sleep(for: .milliseconds(400))
+                subscriber.kill(SIGCONT)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            for publisher in publishers {
+                #expect(try await publisher.waitForExit(timeout: .seconds(5)) == 0, "\(publisher.diagnostics())")
+            }
+            let watcher = PrintedWatcher(subscriber)
+            try await watcher.wait("the last message of each publisher", timeout: .seconds(15)) { streams in
+                streams.count == topics.count && streams.values.allSatisfy { $0.last == UInt64(count) }
+            }
+            let summary = try await stopCleanly(publishers: [], subscriber: subscriber, settle: .zero)
+            let problems = sequenceProblems(in: subscriber.messages)
+            #expect(problems.isEmpty, "printed stream is not exactly-once in order:\n\(problems.joined(separator: "\n"))")
+            #expect(summary.lost == 0, "summary: \(summary)")
+            #expect(summary.received == count * topics.count, "summary: \(summary)")
+        }
+    }
+
     // MARK: Direct mode: a restarted publisher
 
     @Test("Direct mode: a publisher restarted after kill -9 is a new epoch, not duplicates; what it sent before discovery is counted")

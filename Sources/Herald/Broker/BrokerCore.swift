@@ -37,6 +37,9 @@ enum DeliveryOutcome: Sendable, Equatable {
 /// (``WireFormat/Kind/consumed``). Each publisher connection has credit, a cumulative byte limit the leader
 /// raises as it accepts data, unless a live subscriber of one of the publisher's topics lags more than half
 /// a topic log behind: then the publisher waits, and a full-speed publisher cannot outrun a slower subscriber.
+/// Many topics can each lag by less than that and together by more than the bound of all logs holds: when
+/// what live subscribers have yet to be sent passes half of that bound, a subscriber more than a publisher
+/// window behind holds its topics' publishers back too.
 /// A subscriber that takes nothing for ``BrokerConfiguration/stallTimeout`` stops holding publishers back;
 /// what leaves the log before it returns is lost to it, and counted on both sides.
 struct BrokerCore: ~Copyable {
@@ -49,6 +52,10 @@ struct BrokerCore: ~Copyable {
     private(set) var topics: [TopicState] = []
     private var logBytes = 0
     private var evictionCursor = 0
+    /// Data bytes appended to logs and sent to subscribers, in all: how far the measure of what subscribers have
+    /// yet to be sent may have moved since it was taken.
+    private var bytesMoved: UInt64 = 0
+    private var unsentMeasure: (bytes: UInt64, bytesMoved: UInt64)?
     private var connections: [RoutingID: PublisherConnection] = [:]
     private var registrations: [PublisherID: Registered] = [:]
     /// Direct mode: the publisher each advertised endpoint is registered by, so that no other key can claim
@@ -202,6 +209,8 @@ struct BrokerCore: ~Copyable {
             blockedSubscribers.remove(id)
             if let subscriber = subscribers[id] { pump(subscriber, now: now, output: &output) }
         }
+        // Subscribers stalled or went: what they had yet to be sent holds nobody back now.
+        unsentMeasure = nil
         retryWaitingGrants(output: &output)
         updateOwnership(now: now, output: &output)
     }
@@ -487,14 +496,43 @@ struct BrokerCore: ~Copyable {
         }
     }
 
-    /// Whether a live subscriber of a topic this connection publishes on lags more than half a topic log.
-    private func slowSubscriber(holdingBack connection: PublisherConnection) -> Bool {
-        let limit = UInt64(configuration.topicLogBytes / 2)
+    /// Whether a live subscriber of a topic this connection publishes on lags more than half a topic log, or,
+    /// when live subscribers have yet to be sent more than half the bound of all logs, more than a publisher
+    /// window.
+    private mutating func slowSubscriber(holdingBack connection: PublisherConnection) -> Bool {
+        let topicLimit = UInt64(configuration.topicLogBytes / 2)
+        let sharedLimit = min(topicLimit, UInt64(configuration.publisherWindow))
+        var largest: UInt64 = 0
         func lagging(_ topic: TopicState) -> Bool {
-            topic.subscribers.contains { !$0.stalled && $0.lag(on: topic) > limit }
+            for subscriber in topic.subscribers where !subscriber.stalled {
+                largest = max(largest, subscriber.lag(on: topic))
+                if largest > topicLimit { return true }
+            }
+            return false
         }
-        if connection.publishedOnManyTopics { return topics.contains(where: lagging) }
-        return connection.topics.contains(where: lagging)
+        if connection.publishedOnManyTopics ? topics.contains(where: lagging) : connection.topics.contains(where: lagging) {
+            return true
+        }
+        return largest > sharedLimit && unsentCost() > UInt64(configuration.logBytes / 2)
+    }
+
+    /// What the log entries that live subscribers have yet to be sent cost, in all logs, as the bound of all logs
+    /// counts it (a topic's counted once, for its furthest-behind subscriber); measured again once a sixty-fourth
+    /// of that bound has been appended or sent since, or after a tick: a measure looks at every topic and
+    /// subscription.
+    private mutating func unsentCost() -> UInt64 {
+        // Logs that cost less than half their bound hold less than that unsent.
+        guard logBytes > configuration.logBytes / 2 else { return UInt64(logBytes) }
+        if let unsentMeasure, bytesMoved - unsentMeasure.bytesMoved < UInt64(configuration.logBytes / 64) {
+            return unsentMeasure.bytes
+        }
+        for topic in topics { topic.unsent = 0 }
+        for subscriber in subscribers.values where !subscriber.stalled {
+            for follow in subscriber.follows { follow.topic.unsent = max(follow.topic.unsent, follow.unsentCost) }
+        }
+        let bytes = topics.reduce(0) { $0 + $1.unsent }
+        unsentMeasure = (bytes, bytesMoved)
+        return bytes
     }
 
     // MARK: Subscribers
@@ -786,6 +824,7 @@ struct BrokerCore: ~Copyable {
                     subscriber.follows[position].offset = outgoing.nextOffset
                 }
                 subscriber.sent += UInt64(size)
+                bytesMoved += UInt64(size)
                 topic.delivered += outgoing.last - outgoing.first + 1
             case .wouldBlock:
                 blockedSubscribers.insert(subscriber.id)
@@ -905,6 +944,7 @@ struct BrokerCore: ~Copyable {
                 frame: frame, publisher: run.publisher, firstSequence: run.firstSequence,
                 lastSequence: run.lastSequence, lastSentAt: run.lastSentAt, offset: topic.appendedBytes, cost: cost))
         topic.appendedBytes += UInt64(size)
+        bytesMoved += UInt64(size)
         topic.bytes += cost
         logBytes += cost
         while topic.bytes > configuration.topicLogBytes, topic.log.count > 1 { evictOldest(of: topic) }
@@ -1145,6 +1185,8 @@ final class TopicState {
     /// Data bytes ever appended.
     var appendedBytes: UInt64 = 0
     var subscribers: [SubscriberState] = []
+    /// What the entries its furthest-behind live subscriber had yet to be sent cost, when last measured.
+    var unsent: UInt64 = 0
     /// The most history any publisher of the topic offers.
     var offered = 0
     /// Messages received and delivered since the counters were last taken, and received in all.
@@ -1242,6 +1284,21 @@ final class SubscriberState {
             from = sequence
             offset = 0
         }
+
+        /// Data bytes of the topic appended after the cursor.
+        var lag: UInt64 {
+            guard cursor < topic.log.endIndex else { return 0 }
+            let from = max(cursor, topic.log.firstIndex)
+            let offset = topic.log.withElement(at: from) { $0.offset } ?? topic.appendedBytes
+            return topic.appendedBytes - offset
+        }
+
+        /// What the log entries from the cursor on cost, as the logs' bounds count it.
+        var unsentCost: UInt64 {
+            guard cursor < topic.log.endIndex else { return 0 }
+            let entries = topic.log.endIndex - max(cursor, topic.log.firstIndex)
+            return lag + entries * UInt64(LogEntry.overhead)
+        }
     }
 
     let id: RoutingID
@@ -1292,12 +1349,7 @@ final class SubscriberState {
     }
 
     /// Data bytes of `topic` appended after this subscriber's cursor.
-    func lag(on topic: TopicState) -> UInt64 {
-        guard let cursor = cursor(on: topic), cursor < topic.log.endIndex else { return 0 }
-        let from = max(cursor, topic.log.firstIndex)
-        let offset = topic.log.withElement(at: from) { $0.offset } ?? topic.appendedBytes
-        return topic.appendedBytes - offset
-    }
+    func lag(on topic: TopicState) -> UInt64 { following(topic)?.lag ?? 0 }
 }
 
 /// A publisher's registration and who sent it.
