@@ -374,4 +374,41 @@ struct PublisherBatchTests {
             #expect(try await publisher.waitForExit(timeout: .seconds(15)) == 0, "\(publisher.diagnostics(lines: 20))")
         }
     }
+
+    /// A counted publisher waits for its messages to leave for the leader; one that refuses its wire format will
+    /// never take them, and the publisher must say so and exit rather than wait for ever.
+    @Test("A counted publisher whose leader refuses its wire format says so and exits, counting what never left")
+    func aCountedPublisherExitsWhenTheLeaderRefusesItsWireFormat() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            let (layout, writer) = try await LeadershipTests.outsideSession(on: cluster)
+            defer { Task { await writer.close() } }
+            let context = try ZMQContext()
+            let router = try ZMQSocket(context: context, type: .router)
+            defer { router.close() }
+            try router.set(.linger(.zero))
+            let endpoint = try router.bind("tcp://127.0.0.1:0")
+            let record = LeaderRecord(
+                broker: "other-version", mode: .broker, requestEndpoint: endpoint, subscriberEndpoint: "tcp://127.0.0.1:1",
+                epoch: 1)
+            try await writer.create(layout.leaderPath, data: record.encoded(), mode: .ephemeral)
+            let publisher = try await cluster.start(
+                "publisher", ["publish", "--topic", "refused", "--rate", "0", "--count", "100", "--size", "64"])
+            let refusal = ControlFrame.encode(.refused, Refusal(reason: .versionMismatch, detail: "this leader speaks version 9"))
+            let deadline = ContinuousClock.now + .seconds(15)
+            while publisher.isRunning, ContinuousClock.now < deadline {
+                guard let message = try? router.receive(dontWait: true) else {
+                    try await Task.sleep(for: .milliseconds(5))
+                    continue
+                }
+                guard message.frames.count == 2 else { continue }
+                if message.frames[1].withUnsafeBytes({ try? WireFormat.kind(of: $0).get() }) == .register {
+                    try router.send(ZMQMessage(message.frames[0], refusal))
+                }
+            }
+            #expect(try await publisher.waitForExit(timeout: .seconds(5)) == 0, "\(publisher.diagnostics(lines: 20))")
+            #expect(publisher.stderrLines.contains { $0.contains("the leader refused this publisher's wire format") })
+            #expect(publisher.stderrLines.contains { $0.contains("unsent_at_stop=100") }, "\(publisher.diagnostics(lines: 20))")
+            #expect(!publisher.stderrLines.contains { $0.contains("published every message") })
+        }
+    }
 }

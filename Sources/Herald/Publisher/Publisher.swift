@@ -269,20 +269,29 @@ public final class Publisher: Service, Sendable {
     }
 
     /// Suspends until every message published so far has been sent to a leader, or the publisher stops, or the
-    /// task is cancelled. In broker mode a slow subscriber's flow control can hold messages back for as long as it
-    /// needs; direct mode keeps none back.
-    public func waitUntilSent() async {
+    /// task is cancelled, or the leader refused this publisher's wire format. In broker mode a slow subscriber's
+    /// flow control can hold messages back for as long as it needs; direct mode keeps none back.
+    /// - Returns: whether every message was sent.
+    @discardableResult
+    public func waitUntilSent() async -> Bool {
         var noted = false
         let began = ContinuousClock.now
         while !Task.isCancelled {
-            let unsent = link.withLock { $0.stopping || $0.mode == .direct ? 0 : $0.unsentCount }
-            guard unsent > 0 else { return }
+            // Direct mode sends at once on its own socket: nothing it published waits for a leader.
+            let (unsent, blocked) = link.withLock { link in
+                (link.mode == .direct ? 0 : link.unsentCount, link.stopping || link.formatRefused)
+            }
+            guard unsent > 0 else { return true }
+            guard !blocked else { return false }
             if !noted, ContinuousClock.now - began >= .seconds(1) {
                 noted = true
-                logger.info("waiting for messages the leader's flow control holds back", metadata: ["unsent": "\(unsent)"])
+                logger.info(
+                    "waiting for messages to leave for the leader (its flow control holds them back while a subscriber is slow)",
+                    metadata: ["unsent": "\(unsent)"])
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
+        return false
     }
 
     /// Follows the leader until cancelled or shut down gracefully.
@@ -489,6 +498,8 @@ private struct Link: ~Copyable {
     var waiters: [CheckedContinuation<Void, Never>] = []
     var nextRegistration: ContinuousClock.Instant = .now
     var refusalNoted: ContinuousClock.Instant?
+    /// The current leader refused this publisher's wire format: nothing will leave for it.
+    var formatRefused = false
     /// CurveZMQ: the connection to the leader, for a refused key.
     let handshakes = HandshakeWatch()
 
@@ -787,6 +798,7 @@ private struct Link: ~Copyable {
             }
             commands.insert(.attach(leader), at: 0)
         case .versionMismatch:
+            formatRefused = true
             logger?.error("the leader refused this publisher's wire format: \(refusal.detail)")
         default:
             logger?.warning("the leader refused a registration: \(refusal.detail)")
@@ -795,6 +807,7 @@ private struct Link: ~Copyable {
 
     private mutating func attach(_ record: LeaderRecord, context: ZMQContext, logger: Logger) {
         closeDealer(linger: .zero)
+        formatRefused = false
         do {
             let dealer = try ZMQSocket(context: context, type: .dealer)
             try dealer.setHeartbeats(every: configuration.heartbeatInterval)
