@@ -239,6 +239,19 @@ struct BrokerCoreTests {
     }
 
 
+    @Test func aTopicLogOfFewerThanFourPublisherWindowsDrawsAWarningNamingTheSettings() throws {
+        var configuration = BrokerConfiguration(
+            zookeeper: ZooKeeperConfiguration(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "test"))
+        #expect(configuration.flowControlWarnings.isEmpty, "the defaults leave flow control room")
+        configuration.topicLogBytes = 4 << 20
+        try configuration.validate()
+        let warnings = configuration.flowControlWarnings
+        #expect(warnings.count == 1)
+        #expect(warnings.allSatisfy { $0.contains("--topic-log-bytes") && $0.contains("--publisher-window") })
+        configuration.topicLogBytes = 4 * configuration.publisherWindow
+        #expect(configuration.flowControlWarnings.isEmpty)
+    }
+
     /// Three busy topics, each behind at one slow subscriber by less than half its own log, but together by more
     /// than the bound of all logs allows: per topic no publisher would wait, and the bound of all logs would take
     /// messages the subscriber was never sent.

@@ -151,6 +151,19 @@ public struct BrokerConfiguration: Sendable {
         }
     }
 
+    /// Limits that fit together but leave flow control too little room: a publisher held back at half a log may
+    /// still send what its credit allows, a window, and a log that cannot take that loses what a slow
+    /// subscriber was not yet sent. Each says which setting to change.
+    public var flowControlWarnings: [String] {
+        var warnings: [String] = []
+        if topicLogBytes < 4 * publisherWindow {
+            warnings.append(
+                "the topic log of \(topicLogBytes) bytes holds fewer than four publisher windows of \(publisherWindow) bytes: a publisher held back for a slow subscriber may still overrun it, and the subscriber lose messages; raise --topic-log-bytes or lower --publisher-window"
+            )
+        }
+        return warnings
+    }
+
     /// `<host>-<pid>-<6 hex digits>`, new for every broker started. Host and pid alone repeat: a restarted
     /// container keeps its host name and runs as pid 1, and a broker restarted before its predecessor's session
     /// expires would otherwise share its name in the election, the brokers list and `herald status`, and
