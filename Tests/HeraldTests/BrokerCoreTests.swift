@@ -239,6 +239,46 @@ struct BrokerCoreTests {
     }
 
 
+    /// A subscriber the log skipped is told which publishers' numbers left it, before what follows, when it asks;
+    /// one that does not ask (an older subscriber) gets no frame it does not know.
+    @Test(arguments: [true, false])
+    func aSubscriberTheLogSkippedIsToldWhatLeftItWhenItAsks(asks: Bool) throws {
+        var harness = try CoreHarness {
+            $0.topicLogBytes = 16 * 1024
+            $0.logBytes = 64 * 1024
+        }
+        let other = PublisherID()
+        harness.register(publisher, from: client)
+        harness.register(other, from: CoreHarness.id(3))
+        var request = subscription()
+        request.skipNotices = asks
+        harness.subscribe(request, from: subscriber)
+        harness.publish(publisher, 1, from: client)
+        #expect(harness.output.sequences(to: subscriber) == [1])
+        // Its queue full meanwhile, the topic's log gives up the oldest of what it was not sent.
+        harness.output.outcomes[subscriber] = .wouldBlock
+        let payload = [UInt8](repeating: 1, count: 1000)
+        for sequence in 2...40 as ClosedRange<UInt64> { harness.publish(publisher, sequence, payload: payload, from: client) }
+        for sequence in 1...3 as ClosedRange<UInt64> {
+            harness.publish(other, sequence, payload: payload, from: CoreHarness.id(3))
+        }
+        harness.output.outcomes[subscriber] = nil
+        harness.tick(after: .milliseconds(50))
+        let frames = harness.output.deliveries.filter { $0.subscriber == subscriber }.dropFirst(2)
+        let notices = frames.compactMap { frame in
+            frame.bytes.withUnsafeBytes { try? ControlFrame.decode(SkippedNotice.self, from: $0).get() }
+        }
+        let first = try #require(harness.output.sequences(to: subscriber).dropFirst().first)
+        #expect(first > 2, "the log gave some up")
+        if asks {
+            #expect(notices == [SkippedNotice(topic: "t", through: [publisher.description: first - 1])])
+            #expect(frames.first.map { $0.bytes[1] } == WireFormat.Kind.skipped.rawValue, "before what follows")
+        } else {
+            #expect(notices.isEmpty)
+        }
+        #expect(harness.core.takeCounters().skipped > 0)
+    }
+
     @Test func aTopicLogOfFewerThanFourPublisherWindowsDrawsAWarningNamingTheSettings() throws {
         var configuration = BrokerConfiguration(
             zookeeper: ZooKeeperConfiguration(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "test"))

@@ -216,6 +216,43 @@ struct DeliveryTests {
         }
     }
 
+    @Test("Broker mode: a stalled subscriber counts the end of a stream that left the log while it was stopped")
+    func aStalledSubscriberCountsTheEndOfAStreamThatLeftTheLog() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            // Small logs, and a subscriber left behind after half a second without taking anything.
+            _ = try await cluster.broker(
+                "b1",
+                environment: [
+                    "HERALD_LOG_BYTES": "\(1 << 20)", "HERALD_TOPIC_LOG_BYTES": "\(1 << 20)",
+                    "HERALD_MAX_MESSAGE_SIZE": "\(16 << 10)", "HERALD_PUBLISHER_WINDOW": "\(64 << 10)",
+                    "HERALD_STALL_TIMEOUT": "0.5",
+                ])
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let subscriber = try await cluster.subscriber(["tail"])
+            try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            let count = 2000
+            let tail = try await cluster.start(
+                "publisher tail", ["publish", "--topic", "tail", "--rate", "2000", "--count", "\(count)", "--size", "1024"])
+            let watcher = PrintedWatcher(subscriber)
+            try await watcher.wait("a first message", timeout: Self.startup) { !$0.isEmpty }
+            subscriber.kill(SIGSTOP)
+            #expect(try await tail.waitForExit(timeout: Self.startup) == 0, "\(tail.diagnostics())")
+            // Another topic's 3 MB push what is left of the stopped subscriber's stream out of the 1 MiB of all
+            // logs: no later message of that stream remains to show the subscriber a gap.
+            let other = try await cluster.start(
+                "publisher other", ["publish", "--topic", "other", "--rate", "0", "--count", "3000", "--size", "1024"])
+            #expect(try await other.waitForExit(timeout: Self.startup) == 0, "\(other.diagnostics())")
+            // Resumed within the 5 s after which the leader would forget it.
+            subscriber.kill(SIGCONT)
+            try await Task.sleep(for: .seconds(1))
+            let summary = try await stopCleanly(publishers: [], subscriber: subscriber, settle: .zero)
+            #expect(summary.lost > 0, "summary: \(summary)")
+            #expect(summary.received + Int(summary.lost) == count, "summary: \(summary)")
+            let printed = subscriber.messages.map(\.seq)
+            #expect(zip(printed, printed.dropFirst()).allSatisfy { $0 < $1 }, "each message once, in order")
+        }
+    }
+
     // MARK: Direct mode: a restarted publisher
 
     @Test("Direct mode: a publisher restarted after kill -9 is a new epoch, not duplicates; what it sent before discovery is counted")

@@ -53,11 +53,38 @@ struct SequencerHarness {
         return sink.delivered.map(\.sequence)
     }
 
+    mutating func giveUp(through: UInt64, topic: Int = 0, from publisher: PublisherID? = nil, now: ContinuousClock.Instant) -> [UInt64] {
+        var sink = RecordingSink()
+        sequencer.giveUp(topic: topic, publisher: publisher ?? self.publisher, through: through, now: now, into: &sink)
+        return sink.delivered.map(\.sequence)
+    }
+
     var statistics: Sequencer.Statistics { sequencer.statistics }
 }
 
 @Suite("Sequencer: each publisher's messages once and in order")
 struct SequencerTests {
+    @Test func numbersTheLeaderGaveUpAreCountedLostAndWhatWasHeldAmongThemIsDelivered() {
+        var harness = SequencerHarness()
+        let now = ContinuousClock.now
+        #expect(harness.accept(1, now: now) == [1])
+        #expect(harness.accept(4, now: now).isEmpty && harness.accept(6, now: now).isEmpty && harness.accept(9, now: now).isEmpty)
+        // 2-7 left the leader's log: 4 and 6 were received and are delivered, 2, 3, 5 and 7 are lost, and 9 waits
+        // for 8, which may still come.
+        #expect(harness.giveUp(through: 7, now: now) == [4, 6])
+        #expect(harness.statistics.lost == 4)
+        #expect(harness.accept(8, now: now) == [8, 9])
+        // The end of a stream, with nothing after it to show a gap.
+        #expect(harness.giveUp(through: 12, now: now).isEmpty)
+        #expect(harness.statistics.lost == 7)
+        #expect(harness.accept(11, now: now).isEmpty && harness.statistics.duplicates == 1, "already given up")
+        #expect(harness.accept(13, now: now) == [13])
+        // Numbers already delivered, and a stream never seen, change nothing.
+        #expect(harness.giveUp(through: 10, now: now).isEmpty)
+        #expect(harness.giveUp(through: 50, from: PublisherID(), now: now).isEmpty)
+        #expect(harness.statistics.lost == 7 && harness.statistics.delivered == 6)
+    }
+
     let start = ContinuousClock.now
 
     @Test func aStreamStartsAtTheFirstMessageSeen() {

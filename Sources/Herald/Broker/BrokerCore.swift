@@ -147,7 +147,7 @@ struct BrokerCore: ~Copyable {
             }
             reply(to: client, ControlFrame.encode(.status, status(now: now)), output: &output)
         case .success(.subscribe), .success(.subscribed), .success(.credit), .success(.consumed), .success(.refused),
-            .success(.owners):
+            .success(.owners), .success(.skipped):
             malformed(.unknownKind, from: client, frame: frame, output: &output)
         }
     }
@@ -597,6 +597,7 @@ struct BrokerCore: ~Copyable {
         subscriber.lastProgress = now
         subscriber.stalled = false
         subscriber.batchBytes = max(request.batchBytes ?? 0, 0)
+        subscriber.skipNotices = request.skipNotices ?? false
         let resume = Resume(request)
         var offered: [String: Int] = [:]
         var backlog: [String: Int] = [:]
@@ -779,7 +780,23 @@ struct BrokerCore: ~Copyable {
             let topic = subscriber.follows[position].topic
             var cursor = subscriber.follows[position].cursor
             if cursor < topic.log.firstIndex {
-                // Left the log before this subscriber got it: it sees the gap and counts the loss.
+                // Left the log before this subscriber got it. It sees a gap between two messages it receives, but
+                // not the end of a stream that stops, nor the start of one it never received from: it is told,
+                // before anything that follows.
+                let skipped = topic.evicted(since: cursor)
+                if subscriber.skipNotices, !skipped.isEmpty {
+                    let notice = SkippedNotice(topic: topic.name, through: skipped)
+                    guard var frame = try? ZMQFrame(ControlFrame.encode(.skipped, notice)) else { return }
+                    switch output.deliver(to: subscriber.id, &frame) {
+                    case .sent: break
+                    case .wouldBlock:
+                        blockedSubscribers.insert(subscriber.id)
+                        return
+                    case .unreachable:
+                        removeSubscriber(subscriber.id, reason: "gone")
+                        return
+                    }
+                }
                 counters.skipped += topic.log.firstIndex - cursor
                 cursor = topic.log.firstIndex
                 subscriber.follows[position].move(to: cursor)
@@ -996,6 +1013,7 @@ struct BrokerCore: ~Copyable {
 
     private mutating func evictOldest(of topic: TopicState) {
         guard let entry = topic.log.removeFirst() else { return }
+        topic.noteEvicted(entry.publisher, through: entry.lastSequence, at: topic.log.firstIndex - 1)
         topic.bytes -= entry.cost
         logBytes -= entry.cost
         counters.evicted += UInt64(entry.count)
@@ -1187,6 +1205,11 @@ final class TopicState {
     var subscribers: [SubscriberState] = []
     /// What the entries its furthest-behind live subscriber had yet to be sent cost, when last measured.
     var unsent: UInt64 = 0
+    /// Per publisher, the number of its last message that left the log and that message's place in it: what a
+    /// subscriber the log skipped is told (``SkippedNotice``). At most ``maximumEvictedStreams`` publishers, the
+    /// one whose message left longest ago making room for a new one: a few hundred bytes per topic.
+    private var evictedThrough: [PublisherID: (sequence: UInt64, index: UInt64)] = [:]
+    static let maximumEvictedStreams = 16
     /// The most history any publisher of the topic offers.
     var offered = 0
     /// Messages received and delivered since the counters were last taken, and received in all.
@@ -1195,6 +1218,28 @@ final class TopicState {
     var totalReceived: UInt64 = 0
 
     init(name: String) { self.name = name }
+
+    /// Notes that `publisher`'s messages through `sequence` left the log, the last of them from place `index`.
+    func noteEvicted(_ publisher: PublisherID, through sequence: UInt64, at index: UInt64) {
+        // Updated in place: one lookup, and no allocation once the publisher is known.
+        if let slot = evictedThrough.index(forKey: publisher) {
+            evictedThrough.values[slot] = (max(evictedThrough.values[slot].sequence, sequence), index)
+            return
+        }
+        if evictedThrough.count >= Self.maximumEvictedStreams,
+            let oldest = evictedThrough.min(by: { $0.value.index < $1.value.index })?.key
+        {
+            evictedThrough[oldest] = nil
+        }
+        evictedThrough[publisher] = (sequence, index)
+    }
+
+    /// Per publisher (UUID text), the number of its last message that left the log from place `cursor` on.
+    func evicted(since cursor: UInt64) -> [String: UInt64] {
+        var through: [String: UInt64] = [:]
+        for (publisher, last) in evictedThrough where last.index >= cursor { through[publisher.description] = last.sequence }
+        return through
+    }
 }
 
 /// A publisher connection's credit.
@@ -1317,6 +1362,8 @@ final class SubscriberState {
     var ownersOutdated = false
     /// The largest batch frame it takes (0: none, an older subscriber); a larger batch goes one message per frame.
     var batchBytes = 0
+    /// Whether it takes ``WireFormat/Kind/skipped`` notices.
+    var skipNotices = false
 
     init(id: RoutingID, now: ContinuousClock.Instant) {
         self.id = id

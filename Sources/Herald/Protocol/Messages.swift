@@ -191,6 +191,15 @@ struct OwnershipReport: Codable, Sendable, Equatable {
     var owners: [String: PublisherID]
 }
 
+/// The leader's word to a subscriber that messages of a topic left its log before the subscriber was sent them:
+/// per publisher (UUID text), the number of the last that left. Each publisher's messages are kept in the order
+/// they are numbered, so those of them not yet received up to that number will not come. Without it a
+/// subscriber sees a gap only between two messages it receives, and misses the end of a stream that stops.
+struct SkippedNotice: Codable, Sendable, Equatable {
+    var topic: String
+    var through: [String: UInt64]
+}
+
 /// A direct-mode subscriber's question to the leader.
 struct DiscoveryQuery: Codable, Sendable, Equatable {
     var topics: [String]
@@ -229,6 +238,9 @@ struct SubscribeRequest: Codable, Sendable, Equatable {
     /// absent from older subscribers. A leader sends a larger batch, or any batch to an older subscriber, one
     /// message per frame.
     var batchBytes: Int?
+    /// Whether the subscriber takes ``WireFormat/Kind/skipped`` notices; absent from older subscribers, which
+    /// would count one as malformed.
+    var skipNotices: Bool?
 
     /// The request as a control frame that a leader accepts. Publishers can be invented by anyone who can
     /// publish, and each one a subscriber knows adds a resume entry: a request over the leader's limit on

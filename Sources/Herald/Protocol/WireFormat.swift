@@ -78,6 +78,9 @@ enum WireFormat {
         /// takes batches (``LeaderRecord/batchBytes``), and from the leader to subscribers that take one that
         /// large (``SubscribeRequest/batchBytes``).
         case batch = 12
+        /// Leader to subscriber (broker mode), JSON ``SkippedNotice``: messages of a topic left the log before this
+        /// subscriber was sent them; to subscribers that ask for it (``SubscribeRequest/skipNotices``).
+        case skipped = 13
     }
 
     /// Why a frame could not be decoded; counted by reason on brokers and clients.

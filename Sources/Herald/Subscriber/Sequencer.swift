@@ -205,6 +205,29 @@ public struct Sequencer: Sendable {
             statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }
 
+    /// Gives up a stream's numbers through `through`, which its leader says will not come (they left its log
+    /// before this subscriber was sent them): those not received are counted as lost, the held ones among them
+    /// delivered, and then what follows on. A stream not seen yet, or whose topic changed owner, is left alone.
+    mutating func giveUp(
+        topic: Int, publisher: PublisherID, through: UInt64, now: ContinuousClock.Instant, into sink: inout some Sink
+    ) {
+        guard let index = streams.index(forKey: StreamKey(publisher: publisher, topic: topic)),
+            !streams.values[index].resyncing
+        else { return }
+        // Each pass delivers at least one held message or ends the gap: bounded by what the stream holds.
+        while !streams.values[index].exhausted, streams.values[index].next <= through {
+            if let lowest = streams.values[index].held.keys.min(), lowest <= through {
+                skipGap(at: index, now: now, into: &sink)
+                continue
+            }
+            statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
+            Self.advance(&streams.values[index], past: through)
+            Self.drain(
+                &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes,
+                into: &sink)
+        }
+    }
+
     /// Declares gaps older than the timeout lost and delivers the held messages that then follow on.
     mutating func expireGaps(now: ContinuousClock.Instant, into sink: inout some Sink) {
         // Keys first: iterating the dictionary's indices while changing its values would copy it.

@@ -592,7 +592,8 @@ private final class SubscriberLoop {
         let request = SubscribeRequest(
             topics: names, window: configuration.window,
             history: first && configuration.history > 0 ? configuration.history : nil,
-            resume: resume, since: first ? nil : subscribedSince, batchBytes: configuration.maximumMessageSize)
+            resume: resume, since: first ? nil : subscribedSince, batchBytes: configuration.maximumMessageSize,
+            skipNotices: true)
         request.encodedWithinLimit().withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
 
@@ -655,6 +656,14 @@ private final class SubscriberLoop {
                 return
             }
             applyOwners(report.owners, from: connection.group)
+        case .success(.skipped) where connection != nil:
+            guard case .success(let notice) = frame.withUnsafeBytes({ ControlFrame.decode(SkippedNotice.self, from: $0) })
+            else {
+                malformed += 1
+                return
+            }
+            var sink = BatchSink(loop: self)
+            core.acceptSkipped(notice, now: now, into: &sink)
         case .success(.subscribed) where connection != nil:
             if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
                 noteHistory(reply)

@@ -101,6 +101,15 @@ struct SubscriberCore {
         return .accepted
     }
 
+    /// Takes the leader's word that messages of a topic left its log before this subscriber was sent them.
+    mutating func acceptSkipped(_ notice: SkippedNotice, now: ContinuousClock.Instant, into sink: inout some Sequencer.Sink) {
+        guard let topic = Array(notice.topic.utf8).withUnsafeBytes({ topicIndex.find($0) }) else { return }
+        for (text, through) in notice.through {
+            guard let publisher = PublisherID(text) else { continue }
+            sequencer.giveUp(topic: topic, publisher: publisher, through: through, now: now, into: &sink)
+        }
+    }
+
     /// Numbers a name not seen before, when a pattern matches it.
     private mutating func matchNew(_ name: UnsafeRawBufferPointer) -> Result<Int, Outcome> {
         guard !patterns.isEmpty else { return .failure(.notSubscribed) }
