@@ -784,9 +784,9 @@ struct BrokerCore: ~Copyable {
                 // not the end of a stream that stops, nor the start of one it never received from: it is told,
                 // before anything that follows.
                 let skipped = topic.evicted(since: cursor)
-                if subscriber.skipNotices, !skipped.isEmpty {
-                    let notice = SkippedNotice(topic: topic.name, through: skipped)
-                    guard var frame = try? ZMQFrame(ControlFrame.encode(.skipped, notice)) else { return }
+                if subscriber.skipNotices, !skipped.isEmpty,
+                    var frame = try? ZMQFrame(ControlFrame.encode(.skipped, SkippedNotice(topic: topic.name, through: skipped)))
+                {
                     switch output.deliver(to: subscriber.id, &frame) {
                     case .sent: break
                     case .wouldBlock:

@@ -214,18 +214,20 @@ public struct Sequencer: Sendable {
         guard let index = streams.index(forKey: StreamKey(publisher: publisher, topic: topic)),
             !streams.values[index].resyncing
         else { return }
-        // Each pass delivers at least one held message or ends the gap: bounded by what the stream holds.
-        while !streams.values[index].exhausted, streams.values[index].next <= through {
-            if let lowest = streams.values[index].held.keys.min(), lowest <= through {
-                skipGap(at: index, now: now, into: &sink)
-                continue
-            }
-            statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
-            Self.advance(&streams.values[index], past: through)
+        // The held numbers it covers, in order, each found once: a stream may hold a hundred thousand.
+        let held = streams.values[index].held.keys.filter { $0 <= through }.sorted()
+        for number in held where number >= streams.values[index].next && !streams.values[index].exhausted {
+            statistics.lost = statistics.lost.addingSaturated(number - streams.values[index].next)
+            streams.values[index].next = number
             Self.drain(
                 &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes,
                 into: &sink)
         }
+        guard !streams.values[index].exhausted, streams.values[index].next <= through else { return }
+        statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
+        Self.advance(&streams.values[index], past: through)
+        Self.drain(
+            &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }
 
     /// Declares gaps older than the timeout lost and delivers the held messages that then follow on.
