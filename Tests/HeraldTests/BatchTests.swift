@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZeroMQ
+import ZooKeeper
 
 @testable import Herald
 
@@ -323,17 +324,9 @@ struct PublisherBatchTests {
         arguments: [65_536, nil] as [Int?])
     func aPublisherBatchesOnlyForALeaderThatSaysSo(batchBytes: Int?) async throws {
         try await withCluster(mode: "broker") { cluster in
-            let (layout, writer) = try await LeadershipTests.outsideSession(on: cluster)
-            defer { Task { await writer.close() } }
-            let context = try ZMQContext()
-            let router = try ZMQSocket(context: context, type: .router)
-            defer { router.close() }
-            try router.set(.linger(.zero))
-            let endpoint = try router.bind("tcp://127.0.0.1:0")
-            let record = LeaderRecord(
-                broker: "forged", mode: .broker, requestEndpoint: endpoint, subscriberEndpoint: "tcp://127.0.0.1:1",
-                epoch: 1, batchBytes: batchBytes)
-            try await writer.create(layout.leaderPath, data: record.encoded(), mode: .ephemeral)
+            let leader = try await ForgedLeader(on: cluster, batchBytes: batchBytes)
+            defer { leader.close() }
+            let router = leader.router
             let count = 20_000
             let publisher = try await cluster.start(
                 "publisher", ["publish", "--topic", "forged", "--rate", "0", "--count", "\(count)", "--size", "64"])
@@ -380,17 +373,9 @@ struct PublisherBatchTests {
     @Test("A counted publisher whose leader refuses its wire format says so and exits, counting what never left")
     func aCountedPublisherExitsWhenTheLeaderRefusesItsWireFormat() async throws {
         try await withCluster(mode: "broker") { cluster in
-            let (layout, writer) = try await LeadershipTests.outsideSession(on: cluster)
-            defer { Task { await writer.close() } }
-            let context = try ZMQContext()
-            let router = try ZMQSocket(context: context, type: .router)
-            defer { router.close() }
-            try router.set(.linger(.zero))
-            let endpoint = try router.bind("tcp://127.0.0.1:0")
-            let record = LeaderRecord(
-                broker: "other-version", mode: .broker, requestEndpoint: endpoint, subscriberEndpoint: "tcp://127.0.0.1:1",
-                epoch: 1)
-            try await writer.create(layout.leaderPath, data: record.encoded(), mode: .ephemeral)
+            let leader = try await ForgedLeader(on: cluster)
+            defer { leader.close() }
+            let router = leader.router
             let publisher = try await cluster.start(
                 "publisher", ["publish", "--topic", "refused", "--rate", "0", "--count", "100", "--size", "64"])
             let refusal = ControlFrame.encode(.refused, Refusal(reason: .versionMismatch, detail: "this leader speaks version 9"))
@@ -410,5 +395,31 @@ struct PublisherBatchTests {
             #expect(publisher.stderrLines.contains { $0.contains("unsent_at_stop=100") }, "\(publisher.diagnostics(lines: 20))")
             #expect(!publisher.stderrLines.contains { $0.contains("published every message") })
         }
+    }
+}
+
+/// A leader of a test's own: a ROUTER named in a forged leader record, for a real publisher to attach to; it
+/// answers only as the test does.
+private struct ForgedLeader {
+    let router: ZMQSocket
+    private let context: ZMQContext
+    private let writer: ZooKeeperSession
+
+    init(on cluster: HeraldCluster, batchBytes: Int? = nil) async throws {
+        let (layout, writer) = try await LeadershipTests.outsideSession(on: cluster)
+        self.writer = writer
+        context = try ZMQContext()
+        router = try ZMQSocket(context: context, type: .router)
+        try router.set(.linger(.zero))
+        let endpoint = try router.bind("tcp://127.0.0.1:0")
+        let record = LeaderRecord(
+            broker: "forged", mode: .broker, requestEndpoint: endpoint, subscriberEndpoint: "tcp://127.0.0.1:1",
+            epoch: 1, batchBytes: batchBytes)
+        try await writer.create(layout.leaderPath, data: record.encoded(), mode: .ephemeral)
+    }
+
+    func close() {
+        router.close()
+        Task { [writer] in await writer.close() }
     }
 }

@@ -167,7 +167,19 @@ struct DeliveryTests {
             "signal \(signal) to \(leader): \(successor) led after \(takeover), subscriber received again after \(resume)"
     }
 
-    // MARK: Broker mode: a slow subscriber of several busy topics
+    // MARK: Broker mode: slow and stalled subscribers
+
+    /// A broker with 1 MiB for all logs and for each topic's, messages of 16 KiB at most and the smallest
+    /// publisher window (64 KiB), so that slow subscribers reach the logs' bounds within a few megabytes; with
+    /// `environment` added.
+    private func smallLogBroker(on cluster: HeraldCluster, _ environment: [String: String] = [:]) async throws {
+        let small = [
+            "HERALD_LOG_BYTES": "\(1 << 20)", "HERALD_TOPIC_LOG_BYTES": "\(1 << 20)",
+            "HERALD_MAX_MESSAGE_SIZE": "\(16 << 10)", "HERALD_PUBLISHER_WINDOW": "\(64 << 10)",
+        ]
+        _ = try await cluster.broker("b1", environment: small.merging(environment) { _, new in new })
+        _ = try await cluster.waitForLeader(timeout: Self.startup)
+    }
 
     @Test("Broker mode: a subscriber slower than three full-speed publishers loses nothing when their topics together outgrow the bound of all logs")
     func aSlowSubscriberOfSeveralBusyTopicsLosesNothing() async throws {
@@ -175,14 +187,8 @@ struct DeliveryTests {
             // Each topic may lag by half its 1 MiB log before its publisher waits; three such topics hold more than
             // the 1 MiB of all logs, so only holding publishers back for all logs together keeps what the
             // subscriber is owed. Once held, each publisher may still send what its credit allows: three windows of
-            // 64 KiB (the smallest), well within the half of all logs left.
-            _ = try await cluster.broker(
-                "b1",
-                environment: [
-                    "HERALD_LOG_BYTES": "\(1 << 20)", "HERALD_TOPIC_LOG_BYTES": "\(1 << 20)",
-                    "HERALD_MAX_MESSAGE_SIZE": "\(16 << 10)", "HERALD_PUBLISHER_WINDOW": "\(64 << 10)",
-                ])
-            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            // 64 KiB, well within the half of all logs left.
+            try await smallLogBroker(on: cluster)
             let topics = ["slow-a", "slow-b", "slow-c"]
             let subscriber = try await cluster.subscriber(topics)
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
@@ -219,15 +225,8 @@ struct DeliveryTests {
     @Test("Broker mode: a stalled subscriber counts the end of a stream that left the log while it was stopped")
     func aStalledSubscriberCountsTheEndOfAStreamThatLeftTheLog() async throws {
         try await withCluster(mode: "broker") { cluster in
-            // Small logs, and a subscriber left behind after half a second without taking anything.
-            _ = try await cluster.broker(
-                "b1",
-                environment: [
-                    "HERALD_LOG_BYTES": "\(1 << 20)", "HERALD_TOPIC_LOG_BYTES": "\(1 << 20)",
-                    "HERALD_MAX_MESSAGE_SIZE": "\(16 << 10)", "HERALD_PUBLISHER_WINDOW": "\(64 << 10)",
-                    "HERALD_STALL_TIMEOUT": "0.5",
-                ])
-            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            // A subscriber is left behind after half a second without taking anything.
+            try await smallLogBroker(on: cluster, ["HERALD_STALL_TIMEOUT": "0.5"])
             let subscriber = try await cluster.subscriber(["tail"])
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
             let count = 2000

@@ -785,17 +785,10 @@ struct BrokerCore: ~Copyable {
                 // before anything that follows.
                 let skipped = topic.evicted(since: cursor)
                 if subscriber.skipNotices, !skipped.isEmpty,
-                    var frame = try? ZMQFrame(ControlFrame.encode(.skipped, SkippedNotice(topic: topic.name, through: skipped)))
+                    var frame = try? ZMQFrame(ControlFrame.encode(.skipped, SkippedNotice(topic: topic.name, through: skipped))),
+                    !send(&frame, to: subscriber, output: &output)
                 {
-                    switch output.deliver(to: subscriber.id, &frame) {
-                    case .sent: break
-                    case .wouldBlock:
-                        blockedSubscribers.insert(subscriber.id)
-                        return
-                    case .unreachable:
-                        removeSubscriber(subscriber.id, reason: "gone")
-                        return
-                    }
+                    return
                 }
                 counters.skipped += topic.log.firstIndex - cursor
                 cursor = topic.log.firstIndex
@@ -828,28 +821,38 @@ struct BrokerCore: ~Copyable {
                 }
             }) else { break }
             let size = outgoing.frame.count
-            switch output.deliver(to: subscriber.id, &outgoing.frame) {
-            case .sent:
-                // A subscriber's stall clock runs from when it was first owed something, not from its last
-                // acknowledgement: one that was idle longer than the stall timeout is not stalled by the first
-                // message of a burst, which would let publishers run past it and the log drop what it is owed.
-                if subscriber.inFlight == 0 { subscriber.lastProgress = now }
-                if outgoing.endsEntry {
-                    subscriber.follows[position].move(to: cursor + 1)
-                } else {
-                    subscriber.follows[position].from = outgoing.last + 1
-                    subscriber.follows[position].offset = outgoing.nextOffset
-                }
-                subscriber.sent += UInt64(size)
-                bytesMoved += UInt64(size)
-                topic.delivered += outgoing.last - outgoing.first + 1
-            case .wouldBlock:
-                blockedSubscribers.insert(subscriber.id)
-                return
-            case .unreachable:
-                removeSubscriber(subscriber.id, reason: "gone")
-                return
+            guard send(&outgoing.frame, to: subscriber, output: &output) else { return }
+            // A subscriber's stall clock runs from when it was first owed something, not from its last
+            // acknowledgement: one that was idle longer than the stall timeout is not stalled by the first
+            // message of a burst, which would let publishers run past it and the log drop what it is owed.
+            if subscriber.inFlight == 0 { subscriber.lastProgress = now }
+            if outgoing.endsEntry {
+                subscriber.follows[position].move(to: cursor + 1)
+            } else {
+                subscriber.follows[position].from = outgoing.last + 1
+                subscriber.follows[position].offset = outgoing.nextOffset
             }
+            subscriber.sent += UInt64(size)
+            bytesMoved += UInt64(size)
+            topic.delivered += outgoing.last - outgoing.first + 1
+        }
+    }
+
+    /// Hands a frame to a subscriber's queue.
+    /// - Returns: whether it was taken; when not, the subscriber's queue is full (it is pumped again once there
+    ///   is room) or it is gone (and forgotten), and the pump stops for it.
+    private mutating func send(
+        _ frame: inout ZMQFrame, to subscriber: SubscriberState, output: inout some BrokerOutput
+    ) -> Bool {
+        switch output.deliver(to: subscriber.id, &frame) {
+        case .sent:
+            return true
+        case .wouldBlock:
+            blockedSubscribers.insert(subscriber.id)
+            return false
+        case .unreachable:
+            removeSubscriber(subscriber.id, reason: "gone")
+            return false
         }
     }
 
