@@ -192,6 +192,10 @@ struct DeliveryTests {
             let topics = ["slow-a", "slow-b", "slow-c"]
             let subscriber = try await cluster.subscriber(topics)
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            // Stopped only once its subscription reached the leader: it is then owed every message from the first.
+            try await cluster.waitForStatus("the leader knows the subscription", timeout: Self.startup) {
+                ($0.leaderStatus?.subscribers ?? 0) == 1
+            }
             let count = 3000
             var publishers: [HeraldProcess] = []
             for topic in topics {

@@ -48,6 +48,10 @@ struct PublishCommandTests {
             let subscriber = try await cluster.start(
                 "subscriber", ["subscribe", "--topic", "held", "--count", "\(count)", "--json"])
             try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            // Stopped only once its subscription reached the leader, which otherwise holds nobody back for it.
+            try await cluster.waitForStatus("the leader knows the subscription", timeout: Self.startup) {
+                ($0.leaderStatus?.subscribers ?? 0) == 1
+            }
             subscriber.kill(SIGSTOP)
             let publisher = try await cluster.start(
                 "publisher", ["publish", "--topic", "held", "--rate", "0", "--count", "\(count)", "--size", "1024"])
