@@ -783,12 +783,14 @@ struct BrokerCore: ~Copyable {
                 // Left the log before this subscriber got it. It sees a gap between two messages it receives, but
                 // not the end of a stream that stops, nor the start of one it never received from: it is told,
                 // before anything that follows.
-                let skipped = topic.evicted(since: cursor)
-                if subscriber.skipNotices, !skipped.isEmpty,
-                    var frame = try? ZMQFrame(ControlFrame.encode(.skipped, SkippedNotice(topic: topic.name, through: skipped))),
-                    !send(&frame, to: subscriber, output: &output)
-                {
-                    return
+                if subscriber.skipNotices {
+                    let skipped = topic.evicted(since: cursor)
+                    if !skipped.isEmpty,
+                        var frame = try? ZMQFrame(ControlFrame.encode(.skipped, SkippedNotice(topic: topic.name, through: skipped))),
+                        !send(&frame, to: subscriber, output: &output)
+                    {
+                        return
+                    }
                 }
                 counters.skipped += topic.log.firstIndex - cursor
                 cursor = topic.log.firstIndex
