@@ -73,7 +73,7 @@ struct ChildProcessTests {
     }
 
     @Test func fileOutputIsAppendedToTheFile() async throws {
-        let path = "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        let path = scratchPath("log")
         defer { unlink(path) }
         for word in ["first", "second"] {
             let child = try await ChildProcess.start(
@@ -90,7 +90,7 @@ struct ChildProcessTests {
     }
 
     @Test func aFileIsTheChildsOwnOutputNotAPipeThisProcessCopiesFrom() async throws {
-        let path = "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        let path = scratchPath("out")
         defer { unlink(path) }
         let errors = Lines()
         let child = try await ChildProcess.start(
@@ -109,7 +109,7 @@ struct ChildProcessTests {
     }
 
     @Test func aChildWritingOnlyToFilesCanStillBeStopped() async throws {
-        let path = "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        let path = scratchPath("log")
         defer { unlink(path) }
         let child = try await ChildProcess.start(
             name: "sleep", executable: "/bin/sleep", arguments: ["60"], standardOutput: .file(path),
@@ -138,4 +138,9 @@ extension String {
     fileprivate func trimmingCharacters() -> String {
         String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
+}
+
+/// A path in /tmp that no other test or run uses, ending in `.extension`.
+private func scratchPath(_ extension: String) -> String {
+    "/tmp/herald-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).\(`extension`)"
 }

@@ -66,9 +66,14 @@ struct CoreHarness: ~Copyable {
     var output = RecordingOutput()
     var now = ContinuousClock.now
 
-    init(configure: (inout BrokerConfiguration) -> Void = { _ in }) throws {
-        var configuration = BrokerConfiguration(
+    /// The defaults, for a cluster that no test reaches through ZooKeeper.
+    static func configuration() throws -> BrokerConfiguration {
+        BrokerConfiguration(
             zookeeper: ZooKeeperConfiguration(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "test"))
+    }
+
+    init(configure: (inout BrokerConfiguration) -> Void = { _ in }) throws {
+        var configuration = try Self.configuration()
         configuration.brokerID = "core"
         configure(&configuration)
         core = BrokerCore(configuration: configuration, epoch: 1, now: now, logger: .init(label: "test"))
@@ -280,16 +285,14 @@ struct BrokerCoreTests {
     }
 
     @Test func aTopicLogOfFewerThanFourPublisherWindowsDrawsAWarningNamingTheSettings() throws {
-        var configuration = BrokerConfiguration(
-            zookeeper: ZooKeeperConfiguration(connectionString: "127.0.0.1:1"), layout: try ClusterLayout(cluster: "test"))
-        #expect(configuration.flowControlWarnings.isEmpty, "the defaults leave flow control room")
+        var configuration = try CoreHarness.configuration()
+        #expect(configuration.flowControlWarning == nil, "the defaults leave flow control room")
         configuration.topicLogBytes = 4 << 20
         try configuration.validate()
-        let warnings = configuration.flowControlWarnings
-        #expect(warnings.count == 1)
-        #expect(warnings.allSatisfy { $0.contains("--topic-log-bytes") && $0.contains("--publisher-window") })
+        let warning = try #require(configuration.flowControlWarning)
+        #expect(warning.contains("--topic-log-bytes") && warning.contains("--publisher-window"))
         configuration.topicLogBytes = 4 * configuration.publisherWindow
-        #expect(configuration.flowControlWarnings.isEmpty)
+        #expect(configuration.flowControlWarning == nil)
     }
 
     /// Three busy topics, each behind at one slow subscriber by less than half its own log, but together by more

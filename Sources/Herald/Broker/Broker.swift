@@ -58,7 +58,7 @@ public final class Broker: Service, Sendable {
     /// - Throws: ``HeraldConfigurationError`` when the cluster has the other mode or a port cannot be bound;
     ///   ZooKeeper and network faults are retried, never thrown.
     public func run() async throws {
-        for warning in configuration.flowControlWarnings { logger.warning("\(warning)") }
+        if let warning = configuration.flowControlWarning { logger.warning("\(warning)") }
         // The broker keeps received frames in its logs: each must own its bytes, not pin a shared read buffer.
         let context = try ZMQContext(zeroCopyReceive: false)
         defer { context.terminate() }

@@ -151,17 +151,13 @@ public struct BrokerConfiguration: Sendable {
         }
     }
 
-    /// Limits that fit together but leave flow control too little room: a publisher held back at half a log may
-    /// still send what its credit allows, a window, and a log that cannot take that loses what a slow
-    /// subscriber was not yet sent. Each says which setting to change.
-    public var flowControlWarnings: [String] {
-        var warnings: [String] = []
-        if topicLogBytes < 4 * publisherWindow {
-            warnings.append(
-                "the topic log of \(topicLogBytes) bytes holds fewer than four publisher windows of \(publisherWindow) bytes: a publisher held back for a slow subscriber may still overrun it, and the subscriber lose messages; raise --topic-log-bytes or lower --publisher-window"
-            )
-        }
-        return warnings
+    /// Limits that fit together but leave flow control too little room, with the settings to change: a publisher
+    /// held back at half a log may still send what its credit allows, a window, and a log that cannot take that
+    /// loses what a slow subscriber was not yet sent.
+    public var flowControlWarning: String? {
+        guard topicLogBytes < 4 * publisherWindow else { return nil }
+        return
+            "the topic log of \(topicLogBytes) bytes holds fewer than four publisher windows of \(publisherWindow) bytes: a publisher held back for a slow subscriber may still overrun it, and the subscriber lose messages; raise --topic-log-bytes or lower --publisher-window"
     }
 
     /// `<host>-<pid>-<6 hex digits>`, new for every broker started. Host and pid alone repeat: a restarted

@@ -217,11 +217,7 @@ public struct Sequencer: Sendable {
         // The held numbers it covers, in order, each found once: a stream may hold a hundred thousand.
         let held = streams.values[index].held.keys.filter { $0 <= through }.sorted()
         for number in held where number >= streams.values[index].next && !streams.values[index].exhausted {
-            statistics.lost = statistics.lost.addingSaturated(number - streams.values[index].next)
-            streams.values[index].next = number
-            Self.drain(
-                &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes,
-                into: &sink)
+            skip(at: index, to: number, now: now, into: &sink)
         }
         guard !streams.values[index].exhausted, streams.values[index].next <= through else { return }
         statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
@@ -341,14 +337,22 @@ public struct Sequencer: Sendable {
     private mutating func skipGap(
         at index: Dictionary<StreamKey, Stream>.Index, now: ContinuousClock.Instant, into sink: inout some Sink
     ) {
-        let topic = streams.keys[index].topic
         guard let lowest = streams.values[index].held.keys.min() else {
             streams.values[index].gapOpenedAt = nil
             return
         }
+        skip(at: index, to: lowest, now: now, into: &sink)
+    }
+
+    /// Counts the missing numbers before held message `number` as lost and delivers from it what follows on.
+    private mutating func skip(
+        at index: Dictionary<StreamKey, Stream>.Index, to number: UInt64, now: ContinuousClock.Instant,
+        into sink: inout some Sink
+    ) {
+        let topic = streams.keys[index].topic
         // Sequence numbers come from the network: a sender may jump to any of them, so the count saturates.
-        statistics.lost = statistics.lost.addingSaturated(lowest - streams.values[index].next)
-        streams.values[index].next = lowest
+        statistics.lost = statistics.lost.addingSaturated(number - streams.values[index].next)
+        streams.values[index].next = number
         Self.drain(
             &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }
