@@ -192,9 +192,10 @@ struct OwnershipReport: Codable, Sendable, Equatable {
 }
 
 /// The leader's word to a subscriber that messages of a topic left its log before the subscriber was sent them:
-/// per publisher (UUID text), the number of the last that left. Each publisher's messages are kept in the order
-/// they are numbered, so those of them not yet received up to that number will not come. Without it a
-/// subscriber sees a gap only between two messages it receives, and misses the end of a stream that stops.
+/// per publisher (UUID text), the number of the last that left. Without it a subscriber sees a gap only between
+/// two messages it receives, and misses the end of a stream that stops. The numbers up to it may still come (a
+/// publisher that registered again replays into the same log; a topic moving between groups arrives from two
+/// leaders), so the subscriber counts those still missing as lost only when its gap timeout expires.
 struct SkippedNotice: Codable, Sendable, Equatable {
     var topic: String
     var through: [String: UInt64]

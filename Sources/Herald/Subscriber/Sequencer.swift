@@ -86,6 +86,9 @@ public struct Sequencer: Sendable {
         /// Its topic's owner changed: its next message continues it from there, since what its publisher sent
         /// while another owned the topic was never owed.
         var resyncing = false
+        /// The highest number a leader said left its log before this subscriber was sent it: those not received
+        /// by the time the gap expires are lost.
+        var givenUpThrough: UInt64?
     }
 
     /// How long a gap may stay open.
@@ -205,25 +208,18 @@ public struct Sequencer: Sendable {
             statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }
 
-    /// Gives up a stream's numbers through `through`, which its leader says will not come (they left its log
-    /// before this subscriber was sent them): those not received are counted as lost, the held ones among them
-    /// delivered, and then what follows on. A stream not seen yet, or whose topic changed owner, is left alone.
-    mutating func giveUp(
-        topic: Int, publisher: PublisherID, through: UInt64, now: ContinuousClock.Instant, into sink: inout some Sink
-    ) {
-        guard let index = streams.index(forKey: StreamKey(publisher: publisher, topic: topic)),
-            !streams.values[index].resyncing
-        else { return }
-        // The held numbers it covers, in order, each found once: a stream may hold a hundred thousand.
-        let held = streams.values[index].held.keys.filter { $0 <= through }.sorted()
-        for number in held where number >= streams.values[index].next && !streams.values[index].exhausted {
-            skip(at: index, to: number, now: now, into: &sink)
-        }
-        guard !streams.values[index].exhausted, streams.values[index].next <= through else { return }
-        statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
-        Self.advance(&streams.values[index], past: through)
-        Self.drain(
-            &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
+    /// Takes a leader's word that a stream's numbers through `through` left its log before this subscriber was
+    /// sent them. They are not counted lost at once: the same numbers may still come, in a publisher's replay
+    /// into that log or from another group's leader while a topic moves. So the word opens a gap up to `through`,
+    /// which a stream that stopped has no later message to show, and when the gap expires (``gapTimeout``) the
+    /// numbers through it still missing are counted lost. A stream not seen yet, or whose topic changed owner, is
+    /// left alone. Constant work, whatever the stream holds: a notice may name thousands of streams.
+    mutating func giveUp(topic: Int, publisher: PublisherID, through: UInt64, now: ContinuousClock.Instant) {
+        guard let index = streams.index(forKey: StreamKey(publisher: publisher, topic: topic)) else { return }
+        let stream = streams.values[index]
+        guard !stream.resyncing, !stream.exhausted, through >= stream.next else { return }
+        streams.values[index].givenUpThrough = max(stream.givenUpThrough ?? 0, through)
+        if stream.gapOpenedAt == nil { streams.values[index].gapOpenedAt = now }
     }
 
     /// Declares gaps older than the timeout lost and delivers the held messages that then follow on.
@@ -256,6 +252,7 @@ public struct Sequencer: Sendable {
             streams.values[index].held[number] = nil
         }
         streams.values[index].next = sequence
+        streams.values[index].givenUpThrough = nil
         if streams.values[index].held.isEmpty { streams.values[index].gapOpenedAt = nil }
     }
 
@@ -308,7 +305,8 @@ public struct Sequencer: Sendable {
             statistics.duplicates = statistics.duplicates.addingSaturated(UInt64(stream.held.count))
             stream.held = [:]
         }
-        stream.gapOpenedAt = stream.held.isEmpty ? nil : now
+        if let through = stream.givenUpThrough, stream.exhausted || stream.next > through { stream.givenUpThrough = nil }
+        stream.gapOpenedAt = stream.held.isEmpty && stream.givenUpThrough == nil ? nil : now
     }
 
     private mutating func hold(
@@ -333,10 +331,12 @@ public struct Sequencer: Sendable {
         }
     }
 
-    /// Counts the missing numbers before the lowest held message as lost and delivers what follows on.
+    /// Counts the missing numbers before the lowest held message as lost and delivers what follows on; or, when
+    /// a leader gave numbers up, those of them still missing, then what follows on.
     private mutating func skipGap(
         at index: Dictionary<StreamKey, Stream>.Index, now: ContinuousClock.Instant, into sink: inout some Sink
     ) {
+        if let through = streams.values[index].givenUpThrough { return skip(at: index, through: through, now: now, into: &sink) }
         guard let lowest = streams.values[index].held.keys.min() else {
             streams.values[index].gapOpenedAt = nil
             return
@@ -353,6 +353,26 @@ public struct Sequencer: Sendable {
         // Sequence numbers come from the network: a sender may jump to any of them, so the count saturates.
         statistics.lost = statistics.lost.addingSaturated(number - streams.values[index].next)
         streams.values[index].next = number
+        Self.drain(
+            &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
+    }
+
+    /// Counts the numbers through `through` not received as lost, delivering the held ones among them, then
+    /// what follows on.
+    private mutating func skip(
+        at index: Dictionary<StreamKey, Stream>.Index, through: UInt64, now: ContinuousClock.Instant,
+        into sink: inout some Sink
+    ) {
+        // The held numbers it covers, in order, each found once: a stream may hold a hundred thousand.
+        let held = streams.values[index].held.keys.filter { $0 <= through }.sorted()
+        for number in held where number >= streams.values[index].next && !streams.values[index].exhausted {
+            skip(at: index, to: number, now: now, into: &sink)
+        }
+        let topic = streams.keys[index].topic
+        if !streams.values[index].exhausted, streams.values[index].next <= through {
+            statistics.lost = statistics.lost.addingSaturated((through - streams.values[index].next).addingSaturated(1))
+            Self.advance(&streams.values[index], past: through)
+        }
         Self.drain(
             &streams.values[index], topic: topic, now: now, statistics: &statistics, heldBytes: &heldBytes, into: &sink)
     }

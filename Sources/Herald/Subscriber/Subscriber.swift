@@ -662,8 +662,7 @@ private final class SubscriberLoop {
                 malformed += 1
                 return
             }
-            var sink = BatchSink(loop: self)
-            core.acceptSkipped(notice, now: now, into: &sink)
+            core.acceptSkipped(notice, now: now)
         case .success(.subscribed) where connection != nil:
             if case .success(let reply) = frame.withUnsafeBytes({ ControlFrame.decode(SubscribeReply.self, from: $0) }) {
                 noteHistory(reply)

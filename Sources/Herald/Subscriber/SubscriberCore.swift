@@ -102,11 +102,11 @@ struct SubscriberCore {
     }
 
     /// Takes the leader's word that messages of a topic left its log before this subscriber was sent them.
-    mutating func acceptSkipped(_ notice: SkippedNotice, now: ContinuousClock.Instant, into sink: inout some Sequencer.Sink) {
+    mutating func acceptSkipped(_ notice: SkippedNotice, now: ContinuousClock.Instant) {
         guard let topic = Array(notice.topic.utf8).withUnsafeBytes({ topicIndex.find($0) }) else { return }
         for (text, through) in notice.through {
             guard let publisher = PublisherID(text) else { continue }
-            sequencer.giveUp(topic: topic, publisher: publisher, through: through, now: now, into: &sink)
+            sequencer.giveUp(topic: topic, publisher: publisher, through: through, now: now)
         }
     }
 
