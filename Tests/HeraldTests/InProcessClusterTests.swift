@@ -232,3 +232,48 @@ struct ReceiveTimeTests {
         }
     }
 }
+
+@Suite("Waiting for published messages to leave")
+struct WaitUntilSentTests {
+    /// Messages that outlive the retention age while no leader is there leave the buffer unsent: once the rest
+    /// has gone to the next leader, the wait must not report every message sent (`herald publish --count` says
+    /// "published every message" on it).
+    @Test func messagesThatExpiredUnsentAreNotReportedAsSent() async throws {
+        try await withServer { server in
+            let zookeeper = ZooKeeperConfiguration(connectionString: server.connectionString, sessionTimeout: .seconds(2))
+            let layout = try ClusterLayout(cluster: "expired-unsent")
+            func broker() -> Broker {
+                var configuration = BrokerConfiguration(zookeeper: zookeeper, layout: layout, brokerID: "b1")
+                configuration.bindHost = "127.0.0.1"
+                configuration.requestPort = 0
+                configuration.subscriberPort = 0
+                return Broker(configuration: configuration, logger: testLogger("broker"))
+            }
+            var configuration = PublisherConfiguration(zookeeper: zookeeper, layout: layout)
+            configuration.retentionAge = .milliseconds(200)
+            let publisher = try Publisher(configuration: configuration, topics: ["t"], logger: testLogger("publisher"))
+            let publishing = Task { _ = try? await publisher.run() }
+            // A first leader tells the publisher the cluster's mode; it then goes away.
+            let first = Task { _ = try? await broker().run() }
+            try await eventually(.seconds(20), "attached to the first leader") { publisher.attachedLeader != nil }
+            first.cancel()
+            await first.value
+            try await eventually(.seconds(20), "detached from the first leader") { publisher.attachedLeader == nil }
+
+            for _ in 0..<3 { try await publisher.publish([1], on: "t") }
+            try await Task.sleep(for: .milliseconds(300))
+            // Each publish drops what is older than the retention age: the three above, unsent.
+            for _ in 0..<3 { try await publisher.publish([2], on: "t") }
+            #expect(publisher.expiredCount == 3)
+
+            let second = Task { _ = try? await broker().run() }
+            let allSent = await publisher.waitUntilSent()
+            #expect(!allSent, "three of the six messages never left")
+            #expect(publisher.attachedLeader != nil)
+            second.cancel()
+            publishing.cancel()
+            await second.value
+            await publishing.value
+        }
+    }
+}

@@ -268,8 +268,8 @@ public final class Publisher: Service, Sendable {
         }
     }
 
-    /// Suspends until every message published so far has been sent to a leader, or the publisher stops, or the
-    /// task is cancelled, or the leader refused this publisher's wire format. In broker mode a slow subscriber's
+    /// Suspends until every message published so far has been sent to a leader or has expired unsent, or the
+    /// publisher stops, or the task is cancelled, or the leader refused this publisher's wire format. In broker mode a slow subscriber's
     /// flow control can hold messages back for as long as it needs; direct mode keeps none back.
     /// - Returns: whether every message was sent.
     @discardableResult
@@ -278,10 +278,11 @@ public final class Publisher: Service, Sendable {
         let began = ContinuousClock.now
         while !Task.isCancelled {
             // Direct mode sends at once on its own socket: nothing it published waits for a leader.
-            let (unsent, blocked) = link.withLock { link in
-                (link.mode == .direct ? 0 : link.unsentCount, link.stopping || link.formatRefused)
+            let (unsent, expired, blocked) = link.withLock { link in
+                (link.mode == .direct ? 0 : link.unsentCount, link.expired, link.stopping || link.formatRefused)
             }
-            guard unsent > 0 else { return true }
+            // Messages that left the retention buffer unsent (an outage longer than its age) never will be.
+            guard unsent > 0 else { return expired == 0 }
             guard !blocked else { return false }
             if !noted, ContinuousClock.now - began >= .seconds(1) {
                 noted = true
