@@ -269,9 +269,10 @@ public final class Publisher: Service, Sendable {
     }
 
     /// Suspends until every message published so far has been sent to a leader or has expired unsent, or the
-    /// publisher stops, or the task is cancelled, or the leader refused this publisher's wire format. In broker mode a slow subscriber's
-    /// flow control can hold messages back for as long as it needs; direct mode keeps none back.
-    /// - Returns: whether every message was sent.
+    /// publisher stops, or the task is cancelled, or the leader refused this publisher's wire format. In broker
+    /// mode a slow subscriber's flow control can hold messages back for as long as it needs; direct mode keeps
+    /// none back.
+    /// - Returns: whether every message was sent: none expired unsent, and none is left.
     @discardableResult
     public func waitUntilSent() async -> Bool {
         var noted = false
