@@ -781,8 +781,8 @@ struct BrokerCore: ~Copyable {
             var cursor = subscriber.follows[position].cursor
             if cursor < topic.log.firstIndex {
                 // Left the log before this subscriber got it. It sees a gap between two messages it receives, but
-                // not the end of a stream that stops, nor the start of one it never received from: it is told,
-                // before anything that follows.
+                // not the end of a stream that stops: it is told, before anything that follows. (A stream it never
+                // received from, it cannot place, and this broker's count alone has its loss.)
                 if subscriber.skipNotices {
                     let skipped = topic.evicted(since: cursor)
                     if !skipped.isEmpty,
