@@ -368,6 +368,58 @@ struct PublisherBatchTests {
         }
     }
 
+    /// A leader that forgot a paused publisher's connection takes its next heartbeat for a new one, and counts its
+    /// credit from zero again, below what the publisher was granted: waiting for more would wait for ever.
+    @Test("A publisher whose leader's credit goes back reconnects and replays rather than wait for credit for ever")
+    func aPublisherWhoseCreditGoesBackReconnectsAndReplays() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            let leader = try await ForgedLeader(on: cluster)
+            defer { leader.close() }
+            let router = leader.router
+            let count = 5_000
+            let publisher = try await cluster.start(
+                "publisher", ["publish", "--topic", "forgotten", "--rate", "0", "--count", "\(count)", "--size", "64"])
+            var first: [UInt8]?
+            var firstSequences: [UInt64] = []
+            var replayed: [UInt64] = []
+            var wentBack = false
+            let deadline = ContinuousClock.now + .seconds(20)
+            while replayed.count < count, ContinuousClock.now < deadline {
+                guard let message = try? router.receive(dontWait: true) else {
+                    // The first connection stopped at its credit: the leader now counts it from zero.
+                    if first != nil, !wentBack, firstSequences.count > 100 {
+                        try await Task.sleep(for: .milliseconds(200))
+                        try router.send(ZMQMessage(try #require(first), ControlFrame.count(.credit, 16 << 10)))
+                        wentBack = true
+                    }
+                    try await Task.sleep(for: .milliseconds(5))
+                    continue
+                }
+                guard message.frames.count == 2 else { continue }
+                let (peer, body) = (message.frames[0], message.frames[1])
+                let onFirst = first == nil || peer == first
+                switch body.withUnsafeBytes({ try? WireFormat.kind(of: $0).get() }) {
+                case .register where first == nil:
+                    first = peer
+                    try router.send(ZMQMessage(peer, ControlFrame.count(.credit, 64 << 10)))
+                case .register where !onFirst && replayed.isEmpty:
+                    try router.send(ZMQMessage(peer, ControlFrame.count(.credit, .max)))
+                case .data, .batch:
+                    let run = try body.withUnsafeBytes { try DataRun.decode($0).get() }
+                    if onFirst { firstSequences += Array(run.firstSequence...run.lastSequence) } else {
+                        replayed += Array(run.firstSequence...run.lastSequence)
+                    }
+                default:
+                    continue
+                }
+            }
+            #expect(wentBack && firstSequences.count < count, "the first connection stopped at its credit")
+            #expect(replayed.elementsEqual(1...UInt64(count)), "a new connection replayed every message: \(replayed.count), from \(replayed.first ?? 0)")
+            #expect(try await publisher.waitForExit(timeout: .seconds(15)) == 0, "\(publisher.diagnostics(lines: 20))")
+            #expect(publisher.stderrLines.contains { $0.contains("the leader counts this connection anew") })
+        }
+    }
+
     /// A counted publisher waits for its messages to leave for the leader; one that refuses its wire format will
     /// never take them, and the publisher must say so and exit rather than wait for ever.
     @Test("A counted publisher whose leader refuses its wire format says so and exits, counting what never left")

@@ -389,6 +389,30 @@ struct BrokerCoreTests {
         #expect(harness.output.sequences(to: subscriber).suffix(4) == [2, 3, 5, 6])
     }
 
+    @Test func aRenewalFromAConnectionTheLeaderForgotIsRefusedSoThePublisherAttachesAgain() throws {
+        var harness = try CoreHarness()
+        func renewal(from client: RoutingID) {
+            harness.request(
+                ControlFrame.encode(
+                    .register, PublisherRegistration(publisher: publisher, endpoint: "", topics: ["t"], renewal: true)),
+                from: client)
+        }
+        harness.register(publisher, from: client)
+        renewal(from: client)
+        #expect(harness.output.refusals(to: client).isEmpty, "a heartbeat of a connection the leader knows")
+        // Silent past its registration (a paused process): forgotten, and its next heartbeat is refused rather
+        // than taken as a new connection whose credit and messages start from zero.
+        harness.tick(after: BrokerCore.registrationTimeToLive + .seconds(1))
+        renewal(from: client)
+        #expect(harness.output.refusals(to: client) == [.notRegistered])
+        harness.publish(publisher, 1, from: client)
+        #expect(harness.output.refusals(to: client) == [.notRegistered, .notRegistered], "and so is its data")
+        // Attached again: a new connection's first registration is taken.
+        let again = CoreHarness.id(3)
+        harness.register(publisher, from: again)
+        #expect(harness.output.credit(to: again) == UInt64(BrokerConfiguration.defaultPublisherWindow))
+    }
+
     @Test func topicLogsAreBoundedInBytesAndWhatASubscriberMissedIsCounted() throws {
         var harness = try CoreHarness {
             $0.topicLogBytes = 16 * 1024

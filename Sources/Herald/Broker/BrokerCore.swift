@@ -268,6 +268,12 @@ struct BrokerCore: ~Copyable {
         _ registration: PublisherRegistration, from client: RoutingID, key: String?, now: ContinuousClock.Instant,
         output: inout some BrokerOutput
     ) {
+        if registration.renewal == true, configuration.mode == .broker, connections[client] == nil {
+            return refuse(
+                .notRegistered,
+                "this leader no longer knows this connection (silent for more than \(Self.registrationTimeToLive)); attach again and replay",
+                to: client, output: &output)
+        }
         // CurveZMQ: a publisher identity begins with its key's first bytes, so only that key can register it;
         // and a direct-mode publisher's advertised key must be the one it authenticated with, since
         // subscribers trust it.

@@ -175,6 +175,11 @@ struct PublisherRegistration: Codable, Sendable, Equatable {
     /// Ownership strength: the strongest live publisher of a topic owns it, and subscribers deliver only its
     /// messages (``OwnershipTable``); `nil` for a publisher that does not contend.
     var strength: Int?
+    /// Broker mode: `true` on the heartbeats of a connection a leader already took a registration on. A leader
+    /// that no longer knows the connection (silent past its registration: a paused process, a reconnected socket)
+    /// refuses it rather than count the connection's credit and messages from zero, which would lose what was in
+    /// flight and stall a publisher that was granted more; the publisher attaches again and replays.
+    var renewal: Bool?
 
     /// The longest endpoint accepted: real ones (`tcp://host:port`) are far shorter.
     static let maximumEndpointLength = 1024

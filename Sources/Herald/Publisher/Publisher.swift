@@ -492,6 +492,10 @@ private struct Link: ~Copyable {
     /// Data bytes sent on the current connection, and the credit the leader granted for it.
     var sent: UInt64 = 0
     var granted: UInt64 = 0
+    /// Whether the leader took a registration on the current connection (it granted credit): the next ones are
+    /// renewals. Not before: a registration it refused (a limit, a grant) is sent again as a first one, and
+    /// refused again for its own reason.
+    var acceptedOnConnection = false
     /// Per topic: the last sequence number given, the topic's key, and messages not yet counted in metrics.
     var streams: [Topic: (sequence: UInt64, key: [UInt8], uncounted: Int)] = [:]
     /// The number of the first retained message not yet sent to the current leader (see ``unsent``).
@@ -777,7 +781,17 @@ private struct Link: ~Copyable {
             switch kind {
             case .success(.credit):
                 if case .success(let value) = frame.withUnsafeBytes({ ControlFrame.decodeCount($0) }) {
+                    // A leader's credit only grows on one connection. Less than before: it forgot this connection
+                    // (a pause longer than its registration lives) and took a heartbeat for a new one, whose count
+                    // starts at zero where ours does not; waiting for credit would wait for ever. Start over. (A
+                    // leader that reads renewals refuses such a heartbeat instead; older ones do not.)
+                    if value < granted, let leader {
+                        logger?.info("the leader counts this connection anew; reconnecting and replaying")
+                        commands.insert(.attach(leader), at: 0)
+                        return
+                    }
                     granted = max(granted, value)
+                    acceptedOnConnection = true
                 }
             case .success(.refused):
                 let refusal = frame.withUnsafeBytes { ControlFrame.decode(Refusal.self, from: $0) }
@@ -860,6 +874,7 @@ private struct Link: ~Copyable {
         sent = 0
         granted = 0
         nextRegistration = .now
+        acceptedOnConnection = false
         let replaying = record.mode == .broker ? retention.count : 0
         unsent = retention.start
         unsentNumber = retention.startNumber
@@ -909,7 +924,8 @@ private struct Link: ~Copyable {
         let registration = PublisherRegistration(
             publisher: publisher, endpoint: mode == .direct ? directEndpoint ?? "" : "", topics: topics.map(\.name),
             history: configuration.historyOffered, startedAt: startedAt,
-            curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil, strength: configuration.strength)
+            curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil, strength: configuration.strength,
+            renewal: mode == .broker && acceptedOnConnection ? true : nil)
         let frame = ControlFrame.encode(kind, registration)
         frame.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
