@@ -81,6 +81,16 @@ public struct ZMQFrame: ~Copyable {
         return try body(UnsafeRawBufferPointer(start: count == 0 ? nil : zmq_msg_data(&message), count: count))
     }
 
+    /// Lends the frame's bytes for writing, in place. Only for a frame whose content no other frame shares
+    /// (``share()``): every sharer reads the same bytes. Package-only, for the forward micro-benchmark, which
+    /// renumbers frames that no log holds any more rather than allocate new ones.
+    /// - Parameter body: writes the bytes.
+    /// - Returns: what `body` returns.
+    package mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R {
+        let count = zmq_msg_size(&message)
+        return body(UnsafeMutableRawBufferPointer(start: count == 0 ? nil : zmq_msg_data(&message), count: count))
+    }
+
     /// A metadata property of a received frame, such as `"User-Id"` (what the ZAP handler said the peer is) or
     /// `"Peer-Address"`; `nil` for frames not received, or without that property.
     /// - Parameter property: the property's name.

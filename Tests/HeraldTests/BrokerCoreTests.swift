@@ -389,6 +389,24 @@ struct BrokerCoreTests {
         #expect(harness.output.sequences(to: subscriber).suffix(4) == [2, 3, 5, 6])
     }
 
+    @Test func aPublisherThatRegistersAgainReplaysNothingTheLogTookIntoItTwice() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        for sequence in 1...10 as ClosedRange<UInt64> { harness.publish(publisher, sequence, from: client) }
+        // A reconnection: a new connection, the whole retention buffer again, then what is new.
+        let again = CoreHarness.id(3)
+        harness.register(publisher, from: again)
+        for sequence in 1...12 as ClosedRange<UInt64> { harness.publish(publisher, sequence, from: again) }
+        #expect(harness.output.sequences(to: subscriber) == Array(1...12))
+        #expect(harness.core.takeCounters().duplicates == 10)
+        // Nor is what is already taken taken again by a late joiner's history.
+        harness.register(publisher, history: 100, from: again)
+        let late = CoreHarness.id(4)
+        harness.subscribe(subscription(history: 100), from: late)
+        #expect(harness.output.sequences(to: late) == Array(1...12))
+    }
+
     @Test func aRenewalFromAConnectionTheLeaderForgotIsRefusedSoThePublisherAttachesAgain() throws {
         var harness = try CoreHarness()
         func renewal(from client: RoutingID) {
@@ -411,6 +429,59 @@ struct BrokerCoreTests {
         let again = CoreHarness.id(3)
         harness.register(publisher, from: again)
         #expect(harness.output.credit(to: again) == UInt64(BrokerConfiguration.defaultPublisherWindow))
+    }
+
+    @Test func aReplayFillsGapsAndNothingTheLogDidNotTakeIsRefused() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        // 4, 5 and 8 to 10 never came (refused on a connection the leader forgot); the replay brings them back.
+        for sequence in [1, 2, 3, 6, 7, 11, 12] as [UInt64] { harness.publish(publisher, sequence, from: client) }
+        for sequence in 1...13 as ClosedRange<UInt64> { harness.publish(publisher, sequence, from: client) }
+        #expect(harness.output.sequences(to: subscriber) == [1, 2, 3, 6, 7, 11, 12, 4, 5, 8, 9, 10, 13], "each once")
+        #expect(harness.core.takeCounters().duplicates == 7)
+    }
+
+    @Test func aBatchIsTakenWholeUnlessTheLogHadEveryMessageOfIt() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        func batch(_ numbers: ClosedRange<UInt64>) -> [UInt8] {
+            DataRun.batch(of: numbers.map { dataFrame(topic: "t", header: MessageHeader(publisher: publisher, sequence: $0, sentAt: 0), payload: [1]) })
+        }
+        harness.request(batch(1...10), from: client)
+        harness.request(batch(8...12), from: client)
+        harness.request(batch(3...5), from: client)
+        harness.request(batch(11...12), from: client)
+        #expect(
+            harness.output.sequences(to: subscriber) == Array(1...10) + Array(8...12),
+            "the overlapping batch whole, for the subscriber to drop 8 to 10")
+        #expect(harness.core.takeCounters().duplicates == 5)
+    }
+
+    @Test func forgedNumbersAtTheTopOfTheRangeAndManyPublishersNeitherTrapNorRefuseWhatTheLogNeverTook() throws {
+        var harness = try CoreHarness()
+        harness.subscribe(subscription(), from: subscriber)
+        harness.register(publisher, from: client)
+        for sequence in [UInt64.max, .max, 2, 1, .max - 1, .max] { harness.publish(publisher, sequence, from: client) }
+        #expect(harness.output.sequences(to: subscriber) == [.max, 2, 1, .max - 1])
+        // Four ranges apart are kept; a fifth makes the lowest forgotten, whose numbers are then taken again.
+        let gaps = PublisherID()
+        harness.register(gaps, from: CoreHarness.id(9))
+        for sequence in [10, 20, 30, 40, 50, 20, 30, 40, 50, 10] as [UInt64] { harness.publish(gaps, sequence, from: CoreHarness.id(9)) }
+        #expect(harness.output.sequences(to: subscriber).suffix(6) == [10, 20, 30, 40, 50, 10])
+        // One more publisher than a topic remembers: the one heard from longest ago is forgotten, and its
+        // messages are taken as they come again.
+        let others = (0...TopicState.maximumTakenStreams).map { _ in PublisherID() }
+        for (index, other) in others.enumerated() {
+            harness.register(other, from: CoreHarness.id(UInt8(10 + index)))
+            harness.publish(other, 1, from: CoreHarness.id(UInt8(10 + index)))
+        }
+        let before = harness.output.sequences(to: subscriber).count
+        harness.publish(others[others.count - 1], 1, from: CoreHarness.id(UInt8(10 + others.count - 1)))
+        #expect(harness.output.sequences(to: subscriber).count == before, "still remembered: refused")
+        harness.publish(publisher, .max, from: client)
+        #expect(harness.output.sequences(to: subscriber).count == before + 1, "forgotten: taken again")
     }
 
     @Test func topicLogsAreBoundedInBytesAndWhatASubscriberMissedIsCounted() throws {

@@ -257,6 +257,41 @@ struct DeliveryTests {
         }
     }
 
+    @Test("Broker mode: a busy publisher paused past its registration resumes, and the leader takes nothing twice")
+    func aPublisherPausedPastItsRegistrationResumesWithoutDuplicates() async throws {
+        try await withCluster(mode: "broker") { cluster in
+            _ = try await cluster.broker("b1")
+            _ = try await cluster.waitForLeader(timeout: Self.startup)
+            let subscriber = try await cluster.subscriber(["paused"])
+            try await subscriber.waitForLine(containing: "attached to leader", timeout: Self.startup)
+            let count = 200_000
+            let publisher = try await cluster.start(
+                "publisher", ["publish", "--topic", "paused", "--rate", "20000", "--count", "\(count)", "--size", "64"])
+            // Paused once it has sent two credit windows (2 MiB each) on its connection, long before its end.
+            let watcher = PrintedWatcher(subscriber)
+            try await watcher.wait("40,000 messages", timeout: Self.startup) { ($0.values.first?.count ?? 0) >= 40_000 }
+            // Longer than the leader keeps a silent publisher (3 s): on waking, the publisher meets a leader that
+            // forgot its connection, and must neither wait for credit that counts from zero again (it did, for
+            // ever) nor have its replay of what it kept (10 s of messages) taken twice.
+            publisher.kill(SIGSTOP)
+            try await Task.sleep(for: .seconds(4))
+            publisher.kill(SIGCONT)
+            #expect(try await publisher.waitForExit(timeout: .seconds(60)) == 0, "\(publisher.diagnostics())")
+            let replay = try #require(
+                publisher.stderrLines.last { $0.contains("attached to leader") && !$0.contains("replaying=0") },
+                "the publisher attached again and replayed: \(publisher.diagnostics(lines: 30))")
+            let replayed = try #require(
+                replay.split(separator: " ").first { $0.hasPrefix("replaying=") }.flatMap { Int($0.dropFirst(10)) })
+            try await watcher.wait("the last message", timeout: Self.startup) { $0.values.first?.last == UInt64(count) }
+            let summary = try await stopCleanly(publishers: [], subscriber: subscriber, settle: .zero)
+            #expect(summary.received == count && summary.lost == 0, "summary: \(summary)")
+            // Of the tens of thousands replayed, the leader sends again only the batch (1,024 messages at most)
+            // that straddles the last number it took; nothing after the pause reached it before the replay, so it
+            // has no gap to fill.
+            #expect(replayed > 10_000 && summary.duplicates <= 1024, "summary: \(summary), after: \(replay)")
+        }
+    }
+
     // MARK: Direct mode: a restarted publisher
 
     @Test("Direct mode: a publisher restarted after kill -9 is a new epoch, not duplicates; what it sent before discovery is counted")

@@ -253,11 +253,18 @@ struct BrokerCore: ~Copyable {
         }
         connection.received += UInt64(size)
         connection.notePublished(on: topic)
-        topic.received += UInt64(run.count)
-        topic.totalReceived += UInt64(run.count)
-        append(take(&frame), run: run, size: size, to: topic)
-        for subscriber in topic.subscribers where subscriber.isCaughtUp(on: topic) {
-            pump(subscriber, now: now, output: &output)
+        // A publisher that registers again with this leader replays what it kept, most of which this log took
+        // already: taking it twice would cost the log the bytes of older messages and every subscriber the
+        // bandwidth (as a Kafka broker drops an idempotent producer's resent batches).
+        if topic.takes(run) {
+            topic.received += UInt64(run.count)
+            topic.totalReceived += UInt64(run.count)
+            append(take(&frame), run: run, size: size, to: topic)
+            for subscriber in topic.subscribers where subscriber.isCaughtUp(on: topic) {
+                pump(subscriber, now: now, output: &output)
+            }
+        } else {
+            counters.duplicates += UInt64(run.count)
         }
         if connection.granted - connection.received < UInt64(configuration.publisherWindow / 2) {
             grant(client, connection, output: &output)
@@ -1175,6 +1182,8 @@ struct BrokerCounts: Sendable {
     var malformed: [WireFormat.DecodeFailure: UInt64] = [:]
     var refused: [Refusal.Reason: UInt64] = [:]
     var evicted: UInt64 = 0
+    /// Messages a publisher sent again that the log had taken already, dropped.
+    var duplicates: UInt64 = 0
     /// Log entries (messages, or batches of them) subscribers never got because they left the log first.
     var skipped: UInt64 = 0
     var stalls: UInt64 = 0
@@ -1221,6 +1230,12 @@ final class TopicState {
     /// one whose message left longest ago making room for a new one: a few hundred bytes per topic.
     private var evictedThrough: [PublisherID: (sequence: UInt64, index: UInt64)] = [:]
     static let maximumEvictedStreams = 16
+    /// Per publisher, the numbers of its messages this log took: what it does not take again (``takes(_:)``).
+    /// At most ``maximumTakenStreams`` publishers, the one heard from longest ago making room.
+    private var taken: [TakenNumbers] = []
+    static let maximumTakenStreams = 16
+    /// Runs this log was asked to take, to tell which publisher was heard from longest ago.
+    private var runsOffered: UInt64 = 0
     /// The most history any publisher of the topic offers.
     var offered = 0
     /// Messages received and delivered since the counters were last taken, and received in all.
@@ -1245,11 +1260,91 @@ final class TopicState {
         evictedThrough[publisher] = (sequence, index)
     }
 
+    /// Whether the log should take `run`: not when every message of it was taken already. Only numbers known to
+    /// have been taken are refused; a run partly taken is taken whole (for the subscribers to drop the rest), and
+    /// a publisher the table has no room for is taken as it comes. Updated in place: no allocation but for a
+    /// publisher new to the topic.
+    func takes(_ run: DataRun) -> Bool {
+        runsOffered &+= 1
+        guard let slot = taken.firstIndex(where: { $0.publisher == run.publisher }) else {
+            let numbers = TakenNumbers(publisher: run.publisher, first: run.firstSequence, last: run.lastSequence, heard: runsOffered)
+            if taken.count < Self.maximumTakenStreams {
+                taken.append(numbers)
+            } else if let oldest = taken.indices.min(by: { taken[$0].heard < taken[$1].heard }) {
+                taken[oldest] = numbers
+            }
+            return true
+        }
+        taken[slot].heard = runsOffered
+        if taken[slot].contains(run.firstSequence, through: run.lastSequence) { return false }
+        taken[slot].insert(run.firstSequence, through: run.lastSequence)
+        return true
+    }
+
     /// Per publisher (UUID text), the number of its last message that left the log from place `cursor` on.
     func evicted(since cursor: UInt64) -> [String: UInt64] {
         var through: [String: UInt64] = [:]
         for (publisher, last) in evictedThrough where last.index >= cursor { through[publisher.description] = last.sequence }
         return through
+    }
+}
+
+/// Numbers of one publisher's messages that a topic's log took, as a few ranges: a publisher that loses messages
+/// on a connection (a pause past its registration) and replays them opens a gap above what was taken, then fills
+/// it from below, and each side of the gap must be known to be taken.
+struct TakenNumbers {
+    let publisher: PublisherID
+    /// When the publisher was last heard on the topic, in runs the log was offered.
+    var heard: UInt64
+    /// `firsts[i]...lasts[i]` for `i` below `count`: apart from each other, neither overlapping nor adjacent.
+    private var firsts = InlineArray<4, UInt64>(repeating: 0)
+    private var lasts = InlineArray<4, UInt64>(repeating: 0)
+    private var count = 0
+
+    init(publisher: PublisherID, first: UInt64, last: UInt64, heard: UInt64) {
+        self.publisher = publisher
+        self.heard = heard
+        insert(first, through: last)
+    }
+
+    /// Whether every number of `first...last` was taken.
+    func contains(_ first: UInt64, through last: UInt64) -> Bool {
+        for index in 0..<count where firsts[index] <= first && last <= lasts[index] { return true }
+        return false
+    }
+
+    /// Notes that `first...last` was taken: the ranges it overlaps or adjoins join it, and past four ranges the
+    /// lowest is forgotten, the numbers a replay (which climbs from the oldest message its publisher kept) is
+    /// least likely to bring again.
+    mutating func insert(_ first: UInt64, through last: UInt64) {
+        var (first, last) = (first, last)
+        var index = count - 1
+        while index >= 0 {
+            // Written without `+ 1`, which a forged number at the top of the range would trap on.
+            let touches =
+                (first <= lasts[index] || first - lasts[index] == 1)
+                && (last >= firsts[index] || firsts[index] - last == 1)
+            if touches {
+                first = min(first, firsts[index])
+                last = max(last, lasts[index])
+                remove(at: index)
+            }
+            index -= 1
+        }
+        if count == firsts.count {
+            var lowest = 0
+            for candidate in 1..<count where firsts[candidate] < firsts[lowest] { lowest = candidate }
+            remove(at: lowest)
+        }
+        firsts[count] = first
+        lasts[count] = last
+        count += 1
+    }
+
+    private mutating func remove(at index: Int) {
+        count -= 1
+        firsts[index] = firsts[count]
+        lasts[index] = lasts[count]
     }
 }
 

@@ -230,6 +230,7 @@ private struct BrokerMetrics {
     let messagesOut = TopicCounters(label: Instruments.brokerMessagesOut)
     let evicted = Counter(label: Instruments.brokerEvicted)
     let skipped = Counter(label: Instruments.brokerSkipped)
+    let duplicates = Counter(label: Instruments.brokerDuplicates)
     let stalls = Counter(label: Instruments.brokerStalls)
     let logBytes = Gauge(label: Instruments.brokerLogBytes)
     let subscribers = Gauge(label: Instruments.brokerClients, dimensions: [("kind", "subscribers")])
@@ -255,6 +256,7 @@ private struct BrokerMetrics {
         }
         if counts.evicted > 0 { evicted.increment(by: Int(clamping: counts.evicted)) }
         if counts.skipped > 0 { skipped.increment(by: Int(clamping: counts.skipped)) }
+        if counts.duplicates > 0 { duplicates.increment(by: Int(clamping: counts.duplicates)) }
         if counts.stalls > 0 { stalls.increment(by: Int(clamping: counts.stalls)) }
         logBytes.record(counts.logBytes)
         subscribers.record(counts.subscriberCount)

@@ -69,7 +69,10 @@ extension EncodeLoop {
     private var core: BrokerCore
     private var output: CountingOutput
     private var frames: Ring<ZMQFrame>
-    private static let distinctFrames = 64
+    /// Where each message's number sits in a frame: a frame is numbered anew each time it goes, since a broker
+    /// takes each of a publisher's numbers once.
+    private let sequenceOffsets: [Int]
+    private var sequence: UInt64 = 0
     private let publisher: RoutingID
     private let subscribers: [RoutingID]
     private var now: ContinuousClock.Instant
@@ -101,15 +104,19 @@ extension EncodeLoop {
                 ControlFrame.encode(.subscribe, SubscribeRequest(
                         topics: ["bench"], window: 4 << 20, history: nil, batchBytes: subscriberBatchBytes)))
         }
-        var encoded: [[UInt8]] = []
-        for _ in 0..<Self.distinctFrames {
-            var messages: [[UInt8]] = []
-            for _ in 0..<messagesPerFrame {
-                encode.run(1)
-                messages.append(encode.frame)
-            }
-            encoded.append(messagesPerFrame == 1 ? messages[0] : DataRun.batch(of: messages))
+        var messages: [[UInt8]] = []
+        for _ in 0..<messagesPerFrame {
+            encode.run(1)
+            messages.append(encode.frame)
         }
+        let encoded = messagesPerFrame == 1 ? messages[0] : DataRun.batch(of: messages)
+        let message = messages[0]
+        let numberOffset = (try? message.withUnsafeBytes { try DataLayout.decode($0).get() }.topicKey.upperBound + 16) ?? 0
+        let sequenceOffsets = messagesPerFrame == 1
+            ? [numberOffset]
+            : (0..<messagesPerFrame).map { 2 + $0 * (4 + message.count) + 4 + numberOffset }
+        // More frames than the log holds entries, so that a frame is renumbered only once no entry shares it.
+        let logEntries = configuration.topicLogBytes / (encoded.count + LogEntry.overhead) + 1
         var core = BrokerCore(configuration: configuration, epoch: 1, now: now, logger: silentLogger)
         var output = CountingOutput()
         core.handleRequest(from: RoutingID.loop(1), &register, now: now, output: &output)
@@ -119,12 +126,13 @@ extension EncodeLoop {
         }
         // Frames made once; each iteration forwards a shared copy, as libzmq would hand the broker a new one.
         var frames = Ring<ZMQFrame>()
-        for bytes in encoded {
-            if let frame = try? ZMQFrame(bytes) { frames.append(frame) }
+        for _ in 0..<(logEntries + 64) {
+            if let frame = try? ZMQFrame(encoded) { frames.append(frame) }
         }
         self.core = core
         self.output = output
         self.frames = frames
+        self.sequenceOffsets = sequenceOffsets
         self.subscribers = subscriberIDs
         self.now = now
         self.publisher = RoutingID.loop(1)
@@ -141,7 +149,15 @@ extension EncodeLoop {
         // Acknowledged every 256 messages or every frame, well within the subscribers' window.
         let acknowledgeEvery = max(1, 256 / messagesPerFrame)
         for _ in 0..<frameCount {
-            guard var frame = frames.updateElement(at: UInt64(iteration % Self.distinctFrames), { try? $0.share() })
+            guard var frame = frames.updateElement(at: UInt64(iteration % frames.count), { master -> ZMQFrame? in
+                master.withUnsafeMutableBytes { bytes in
+                    for offset in sequenceOffsets {
+                        sequence += 1
+                        bytes.storeBytes(of: sequence.bigEndian, toByteOffset: offset, as: UInt64.self)
+                    }
+                }
+                return try? master.share()
+            })
             else { break }
             core.handleRequest(from: publisher, &frame, now: now, output: &output)
             iteration += 1

@@ -11,6 +11,7 @@ enum Instruments {
     static let brokerRefused = "herald_broker_refused_requests_total"
     static let brokerEvicted = "herald_broker_log_evicted_total"
     static let brokerSkipped = "herald_broker_subscriber_skipped_total"
+    static let brokerDuplicates = "herald_broker_duplicates_dropped_total"
     static let brokerStalls = "herald_broker_subscriber_stalls_total"
     static let brokerLogBytes = "herald_broker_log_bytes"
     static let brokerTopics = "herald_broker_topics"
