@@ -16,6 +16,11 @@ final class SessionCore: Sendable {
     let connectionString: String
     let logger: Logger
     private let state = Mutex(State())
+    /// Held while states are handed to the streams, so that they arrive in order; never while `state` is, and
+    /// never taken by a stream's `onTermination`. Yielding under `state` deadlocked: a yield that wakes a waiting
+    /// task takes that task's status lock, and cancelling the task runs `onTermination`, which takes `state`,
+    /// with that same status lock held (a broker whose session expired as it stepped down hung for good).
+    private let delivery = Mutex(())
 
     private struct State {
         var session: SessionState = .connecting
@@ -106,12 +111,14 @@ final class SessionCore: Sendable {
         continuation.onTermination = { [weak self] _ in
             self?.state.withLock { _ = $0.streams.removeValue(forKey: id) }
         }
-        let terminal = state.withLock { state -> Bool in
-            // Yield under the lock so that a concurrent transition cannot overtake the initial state.
-            continuation.yield(state.session)
-            guard !state.session.isTerminal else { return true }
-            state.streams[id] = continuation
-            return false
+        let terminal = delivery.withLock { _ -> Bool in
+            // Under `delivery`, so that no transition can overtake the initial state.
+            let current = state.withLock { state -> SessionState in
+                if !state.session.isTerminal { state.streams[id] = continuation }
+                return state.session
+            }
+            continuation.yield(current)
+            return current.isTerminal
         }
         if terminal { continuation.finish() }
         return stream
@@ -127,17 +134,21 @@ final class SessionCore: Sendable {
     /// A terminal state is kept (the C client reports nothing meaningful after expiry) unless `force`
     /// (``SessionState/closed`` after `zookeeper_close`).
     private func transition(to next: SessionState, force: Bool) {
-        let (changed, endedStreams, lostWatches) = state.withLock {
-            state -> (Bool, [AsyncStream<SessionState>.Continuation], [Watch]) in
-            guard state.session != next, force || !state.session.isTerminal else { return (false, [], []) }
-            state.session = next
-            for stream in state.streams.values { stream.yield(next) }
-            guard next.isTerminal else { return (true, [], []) }
-            defer {
-                state.streams = [:]
-                state.watches = [:]
+        let (changed, endedStreams, lostWatches) = delivery.withLock { _ in
+            let (changed, streams, lostWatches) = state.withLock {
+                state -> (Bool, [AsyncStream<SessionState>.Continuation], [Watch]) in
+                guard state.session != next, force || !state.session.isTerminal else { return (false, [], []) }
+                state.session = next
+                let streams = Array(state.streams.values)
+                guard next.isTerminal else { return (true, streams, []) }
+                defer {
+                    state.streams = [:]
+                    state.watches = [:]
+                }
+                return (true, streams, Array(state.watches.values))
             }
-            return (true, Array(state.streams.values), Array(state.watches.values))
+            for stream in streams { stream.yield(next) }
+            return (changed, next.isTerminal ? streams : [], lostWatches)
         }
         guard changed else { return }
         // Finished outside the lock: `finish()` runs the stream's `onTermination`, which takes the lock.
@@ -167,16 +178,14 @@ final class SessionCore: Sendable {
     /// simply ignored.
     func registerWatch(path: String) -> (UInt, Watch) {
         let watch = Watch(path: path)
-        let id = state.withLock { state -> UInt in
+        let (id, ended) = state.withLock { state -> (UInt, Bool) in
             state.nextID += 1
             let id = UInt(state.nextID)
-            if state.session.isTerminal {
-                watch.fire(WatchEvent(kind: .sessionClosed, path: path))
-            } else {
-                state.watches[id] = watch
-            }
-            return id
+            if !state.session.isTerminal { state.watches[id] = watch }
+            return (id, state.session.isTerminal)
         }
+        // Fired outside the lock, as every resumption of a waiting task should be (see `delivery`).
+        if ended { watch.fire(WatchEvent(kind: .sessionClosed, path: path)) }
         return (id, watch)
     }
 
