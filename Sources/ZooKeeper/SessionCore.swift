@@ -31,6 +31,8 @@ final class SessionCore: Sendable {
         var closed = false
         var closeWaiters: [CheckedContinuation<Void, Never>] = []
         var callsInFlight = 0
+        /// C calls waiting for their completion, failed here when the session ends (``track(_:)``).
+        var pending: [UInt64: CompletionBox] = [:]
     }
 
     init(connectionString: String, logger: Logger) {
@@ -54,6 +56,33 @@ final class SessionCore: Sendable {
 
     func endCall() {
         state.withLock { $0.callsInFlight -= 1 }
+    }
+
+    /// Keeps a call's completion until ``untrack(_:)``, so that it is answered when the session ends: the C
+    /// client checks the state before it takes its lock, so a call made as the session expires can be queued
+    /// after the client failed every pending one, and its completion then comes only at `zookeeper_close`
+    /// (ZOOKEEPER-2802), which a caller waiting for it would never reach.
+    /// - Returns: the call's id, or `nil` when the session has ended (the call must not start).
+    func track(_ box: CompletionBox) -> UInt64? {
+        state.withLock { state -> UInt64? in
+            guard !state.session.isTerminal else { return nil }
+            state.nextID += 1
+            state.pending[state.nextID] = box
+            return state.nextID
+        }
+    }
+
+    func untrack(_ id: UInt64) {
+        state.withLock { _ = $0.pending.removeValue(forKey: id) }
+    }
+
+    /// What a call the session's end answers fails with.
+    static func returnCode(endedBy state: SessionState) -> Int32 {
+        switch state {
+        case .expired: ZSESSIONEXPIRED.rawValue
+        case .authenticationFailed: ZAUTHFAILED.rawValue
+        default: ZCLOSING.rawValue
+        }
     }
 
     /// Marks the session as closing; returns whether this caller must do the close.
@@ -134,23 +163,27 @@ final class SessionCore: Sendable {
     /// A terminal state is kept (the C client reports nothing meaningful after expiry) unless `force`
     /// (``SessionState/closed`` after `zookeeper_close`).
     private func transition(to next: SessionState, force: Bool) {
-        let (changed, endedStreams, lostWatches) = delivery.withLock { _ in
-            let (changed, streams, lostWatches) = state.withLock {
-                state -> (Bool, [AsyncStream<SessionState>.Continuation], [Watch]) in
-                guard state.session != next, force || !state.session.isTerminal else { return (false, [], []) }
+        let (changed, endedStreams, lostWatches, lostCalls) = delivery.withLock { _ in
+            let (changed, streams, lostWatches, lostCalls) = state.withLock {
+                state -> (Bool, [AsyncStream<SessionState>.Continuation], [Watch], [CompletionBox]) in
+                guard state.session != next, force || !state.session.isTerminal else { return (false, [], [], []) }
                 state.session = next
                 let streams = Array(state.streams.values)
-                guard next.isTerminal else { return (true, streams, []) }
+                guard next.isTerminal else { return (true, streams, [], []) }
                 defer {
                     state.streams = [:]
                     state.watches = [:]
+                    state.pending = [:]
                 }
-                return (true, streams, Array(state.watches.values))
+                return (true, streams, Array(state.watches.values), Array(state.pending.values))
             }
             for stream in streams { stream.yield(next) }
-            return (changed, next.isTerminal ? streams : [], lostWatches)
+            return (changed, next.isTerminal ? streams : [], lostWatches, lostCalls)
         }
         guard changed else { return }
+        // Answered here, once: a completion the C client still calls later finds its call answered. Its box is
+        // not released early: the C client may still hold it.
+        for call in lostCalls { call.resume(.failure(Self.returnCode(endedBy: next))) }
         // Finished outside the lock: `finish()` runs the stream's `onTermination`, which takes the lock.
         for stream in endedStreams { stream.finish() }
         let kind: WatchEvent.Kind =

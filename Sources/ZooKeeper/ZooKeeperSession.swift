@@ -412,8 +412,16 @@ extension ZooKeeperSession {
             throw ZooKeeperError(code: error.code, path: path, connectionString: configuration.connectionString)
         }
         let raw = handle.raw
+        var tracked: UInt64?
+        defer { if let tracked { core.untrack(tracked) } }
         let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
             let box = CompletionBox(continuation)
+            guard let id = core.track(box) else {
+                core.endCall()
+                box.resume(.failure(SessionCore.returnCode(endedBy: core.currentState)))
+                return
+            }
+            tracked = id
             let data = Unmanaged.passRetained(box).toOpaque()
             let rc = start(raw, data)
             core.endCall()
