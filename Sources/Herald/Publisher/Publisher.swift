@@ -492,10 +492,6 @@ private struct Link: ~Copyable {
     /// Data bytes sent on the current connection, and the credit the leader granted for it.
     var sent: UInt64 = 0
     var granted: UInt64 = 0
-    /// Whether the leader took a registration on the current connection (it granted credit): the next ones are
-    /// renewals. Not before: a registration it refused (a limit, a grant) is sent again as a first one, and
-    /// refused again for its own reason.
-    var acceptedOnConnection = false
     /// Per topic: the last sequence number given, the topic's key, and messages not yet counted in metrics.
     var streams: [Topic: (sequence: UInt64, key: [UInt8], uncounted: Int)] = [:]
     /// The number of the first retained message not yet sent to the current leader (see ``unsent``).
@@ -785,13 +781,11 @@ private struct Link: ~Copyable {
                     // (a pause longer than its registration lives) and took a heartbeat for a new one, whose count
                     // starts at zero where ours does not; waiting for credit would wait for ever. Start over. (A
                     // leader that reads renewals refuses such a heartbeat instead; older ones do not.)
-                    if value < granted, let leader {
-                        logger?.info("the leader counts this connection anew; reconnecting and replaying")
-                        commands.insert(.attach(leader), at: 0)
+                    if value < granted {
+                        startOver("the leader counts this connection anew; reconnecting and replaying", logger: logger)
                         return
                     }
                     granted = max(granted, value)
-                    acceptedOnConnection = true
                 }
             case .success(.refused):
                 let refusal = frame.withUnsafeBytes { ControlFrame.decode(Refusal.self, from: $0) }
@@ -807,18 +801,26 @@ private struct Link: ~Copyable {
     private mutating func refused(_ refusal: Refusal, logger: Logger?) {
         switch refusal.reason {
         case .notRegistered, .overCredit:
-            guard let leader else { return }
-            if let logger, refusalNoted.map({ ContinuousClock.now - $0 > .seconds(10) }) ?? true {
-                logger.info("the leader no longer knows this connection; reconnecting and replaying", metadata: ["reason": "\(refusal.reason.rawValue)"])
-                refusalNoted = .now
-            }
-            commands.insert(.attach(leader), at: 0)
+            startOver(
+                "the leader no longer knows this connection; reconnecting and replaying",
+                metadata: ["reason": "\(refusal.reason.rawValue)"], logger: logger)
         case .versionMismatch:
             formatRefused = true
             logger?.error("the leader refused this publisher's wire format: \(refusal.detail)")
         default:
             logger?.warning("the leader refused a registration: \(refusal.detail)")
         }
+    }
+
+    /// Attaches to the leader again on a new connection, which replays what is kept: the leader no longer counts
+    /// this connection as the publisher does. Said at most every 10 s.
+    private mutating func startOver(_ message: Logger.Message, metadata: Logger.Metadata = [:], logger: Logger?) {
+        guard let leader else { return }
+        if let logger, refusalNoted.map({ ContinuousClock.now - $0 > .seconds(10) }) ?? true {
+            logger.info(message, metadata: metadata)
+            refusalNoted = .now
+        }
+        commands.insert(.attach(leader), at: 0)
     }
 
     private mutating func attach(_ record: LeaderRecord, context: ZMQContext, logger: Logger) {
@@ -874,7 +876,6 @@ private struct Link: ~Copyable {
         sent = 0
         granted = 0
         nextRegistration = .now
-        acceptedOnConnection = false
         let replaying = record.mode == .broker ? retention.count : 0
         unsent = retention.start
         unsentNumber = retention.startNumber
@@ -925,7 +926,9 @@ private struct Link: ~Copyable {
             publisher: publisher, endpoint: mode == .direct ? directEndpoint ?? "" : "", topics: topics.map(\.name),
             history: configuration.historyOffered, startedAt: startedAt,
             curveKey: mode == .direct ? configuration.security?.keyPair.publicKey : nil, strength: configuration.strength,
-            renewal: mode == .broker && acceptedOnConnection ? true : nil)
+            // Once the leader took this connection (it granted credit), heartbeats renew it. Not before: a
+            // registration it refused (a limit, a grant) is sent again as a first one, refused for its own reason.
+            renewal: mode == .broker && granted > 0 ? true : nil)
         let frame = ControlFrame.encode(kind, registration)
         frame.withUnsafeBytes { _ = try? dealer.send(bytes: $0, dontWait: true) }
     }
