@@ -111,7 +111,7 @@ extension EncodeLoop {
         }
         let encoded = messagesPerFrame == 1 ? messages[0] : DataRun.batch(of: messages)
         let message = messages[0]
-        let numberOffset = (try? message.withUnsafeBytes { try DataLayout.decode($0).get() }.topicKey.upperBound + 16) ?? 0
+        let numberOffset = (try? message.withUnsafeBytes { try DataLayout.decode($0).get() }.sequenceOffset) ?? 0
         let sequenceOffsets = messagesPerFrame == 1
             ? [numberOffset]
             : (0..<messagesPerFrame).map { 2 + $0 * (4 + message.count) + 4 + numberOffset }
@@ -211,7 +211,7 @@ extension RoutingID {
         var encode = EncodeLoop(payloadSize: payloadSize)
         encode.run(1)
         frame = encode.frame
-        sequenceOffset = (try? frame.withUnsafeBytes { try DataLayout.decode($0).get() }.topicKey.upperBound + 16) ?? 0
+        sequenceOffset = (try? frame.withUnsafeBytes { try DataLayout.decode($0).get() }.sequenceOffset) ?? 0
         batch = MessageBatch(topics: topics, capacity: 1 << 20)
         run(10_000)
     }

@@ -137,6 +137,8 @@ struct DataLayout: Sendable, Equatable {
     var payload: Range<Int>
     /// The topic key: version, kind, name and the ending zero.
     var topicKey: Range<Int> { 0..<(topic.upperBound + 1) }
+    /// Where the header's sequence number is (after the publisher's 16 bytes), big-endian.
+    var sequenceOffset: Int { topicKey.upperBound + 16 }
 
     /// Decodes a data frame's layout. The topic's bytes are only found, not checked: a receiver matches them
     /// against the names it knows, and checks a new name once (``Topic/init(validating:)``).
