@@ -117,13 +117,13 @@ struct PublishLoop: Service {
         if let count, total >= count {
             // Messages wait in the retention buffer while no leader is known, and while flow control holds them
             // back for a slow subscriber: the count is published once they have left, or when told to stop.
-            let allSent = try? await cancelWhenGracefulShutdown {
+            let allSent = await cancelWhenGracefulShutdown {
                 await publisher.waitUntilAttached()
                 return await publisher.waitUntilSent()
             }
             try? await Task.sleep(for: Self.drainPause)
             // Otherwise the publisher says, as it stops, how many never left.
-            if allSent == true { logger.info("published every message", metadata: ["count": "\(total)"]) }
+            if allSent { logger.info("published every message", metadata: ["count": "\(total)"]) }
         }
     }
 
