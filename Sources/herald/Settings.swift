@@ -157,6 +157,10 @@ enum Settings {
     static let reorderBytes = Setting.integer(
         "HERALD_REORDER_BYTES", "Bytes of out-of-order messages held for reordering at most.",
         default: Sequencer.defaultHeldBytes, in: 0...(1 << 34))
+    static let busyPoll = Setting.integer(
+        "HERALD_BUSY_POLL_US",
+        "Microseconds the socket thread checks for messages before sleeping: lower latency at high rates on a machine with a core to spare, at the price of that core.",
+        default: 0, in: 0...10_000)
     static let subscriberMaxMessageSize = Setting.integer(
         "HERALD_MAX_MESSAGE_SIZE", "Largest message accepted from a leader or publisher, in bytes.",
         default: BrokerConfiguration.defaultMaximumMessageSize, in: 1024...(1 << 30))

@@ -46,6 +46,9 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(help: Settings.subscriberMaxMessageSize.help)
     var maxMessageSize: Int?
 
+    @Option(name: .customLong("busy-poll-us"), help: Settings.busyPoll.help)
+    var busyPoll: Int?
+
     func run() async throws {
         let names = try Settings.subscribeTopics.optionalValue(topic.isEmpty ? nil : topic) ?? []
         guard !names.isEmpty else { throw ValidationError("at least one topic is required: --topic NAME or HERALD_TOPIC") }
@@ -64,6 +67,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         configuration.bufferBytes = try Settings.bufferBytes.value(bufferBytes)
         configuration.reorderBytes = try Settings.reorderBytes.value(reorderBytes)
         configuration.maximumMessageSize = try Settings.subscriberMaxMessageSize.value(maxMessageSize)
+        configuration.busyPoll = .microseconds(try Settings.busyPoll.value(busyPoll))
         let subscriber = try Subscriber(configuration: configuration, filters: filters, logger: logger)
         let printer = MessagePrinter(
             subscriber: subscriber, count: count, encoder: MessageLineEncoder(json: json, payload: payloadStyle))

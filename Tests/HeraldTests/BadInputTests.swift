@@ -207,6 +207,9 @@ struct BadInputTests {
             label: "a rate too small for any clock", arguments: ["publish", "--topic", "t", "--rate", "1e-300"],
             message: "--rate must be 0 (as fast as possible) or a rate in 0.001...1000000000"),
         Refusal(
+            label: "a busy-poll longer than a subscriber may spin", arguments: ["subscribe", "--topic", "t", "--busy-poll-us", "20000"],
+            message: "--busy-poll-us must be a whole number in 0...10000, got 20000"),
+        Refusal(
             label: "a stall timeout that is not a number", arguments: ["broker"], environment: ["HERALD_STALL_TIMEOUT": "nan"],
             message: "HERALD_STALL_TIMEOUT must be a number of seconds in 0.001...3600, got 'nan'"),
     ]

@@ -20,7 +20,7 @@ final class InProcessCluster: Sendable {
 
     init(
         zookeeper: String, cluster: String, sessionTimeout: Duration = .seconds(2),
-        subscriberBufferBytes: Int = SubscriberConfiguration.defaultBufferBytes
+        subscriberBufferBytes: Int = SubscriberConfiguration.defaultBufferBytes, subscriberBusyPoll: Duration = .zero
     ) throws {
         let configuration = ZooKeeperConfiguration(connectionString: zookeeper, sessionTimeout: sessionTimeout)
         let layout = try ClusterLayout(cluster: cluster)
@@ -34,6 +34,7 @@ final class InProcessCluster: Sendable {
         publisher = try Publisher(configuration: publisherConfiguration, topics: ["t"], logger: testLogger("publisher"))
         var subscriberConfiguration = SubscriberConfiguration(zookeeper: configuration, layout: layout)
         subscriberConfiguration.bufferBytes = subscriberBufferBytes
+        subscriberConfiguration.busyPoll = subscriberBusyPoll
         subscriber = try Subscriber(configuration: subscriberConfiguration, topics: ["t"], logger: testLogger("subscriber"))
     }
 
@@ -229,6 +230,34 @@ struct ReceiveTimeTests {
             // Frames taken one after another, each decoded and sequenced in between, read the clock nanoseconds
             // apart at least; one reading per wake-up gave most of them the same time.
             #expect(Set(times).count > stamped.count / 2, "\(Set(times).count) distinct receive times for \(stamped.count) frames")
+        }
+    }
+}
+
+@Suite("Busy-poll")
+struct BusyPollTests {
+    /// A socket thread that checks its sockets before it sleeps changes when it looks, never what it delivers:
+    /// bursts closer together than its spin and pauses longer than it arrive once each, in order.
+    @Test func aSubscriberThatSpinsBeforeSleepingDeliversEveryMessageOnceInOrder() async throws {
+        try await withServer { server in
+            let cluster = try InProcessCluster(
+                zookeeper: server.connectionString, cluster: "spin", subscriberBusyPoll: .microseconds(500))
+            cluster.start(publishing: false)
+            try await eventually(.seconds(20), "a first message") {
+                _ = try? await cluster.publisher.publish([0], on: "t")
+                return cluster.count > 0
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let before = cluster.count
+            for _ in 0..<20 {
+                for _ in 0..<50 { try await cluster.publisher.publish([1], on: "t") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            try await cluster.waitForMore(1000 - (cluster.count - before), within: .seconds(20), "1,000 messages")
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(cluster.payloads.withLock { $0.dropFirst(before).filter { $0 == [1] }.count } == 1000)
+            await cluster.stop()
+            cluster.expectExactlyOnceInOrder()
         }
     }
 }

@@ -197,4 +197,36 @@ struct SocketTests {
         #expect(poller.readyEvents(entry).contains(.readable))
         #expect(try pull.readiness().contains(.readable))
     }
+
+    /// A spinning poll sees a message that arrives over TCP while it spins, and one that arrives only after the
+    /// spin, once it sleeps; with none it waits out the whole timeout, not just the spin.
+    @Test func aSpinningPollSeesMessagesDuringAndAfterTheSpin() throws {
+        let pull = try ZMQSocket(context: context, type: .pull)
+        let endpoint = try pull.bind("tcp://127.0.0.1:*")
+        let poller = ZMQPoller()
+        let entry = poller.register(pull, for: .readable)
+
+        let clock = ContinuousClock()
+        var start = clock.now
+        #expect(try poller.poll(timeout: .milliseconds(100), spinningUpTo: .milliseconds(20)) == 0)
+        #expect(clock.now - start >= .milliseconds(100), "waited \(clock.now - start), not the timeout")
+
+        // The spin below is 30 ms: one message comes during it, one after it.
+        for delay in [0.005, 0.06] {
+            let context = context
+            let sender = Thread {
+                // A socket of the sending thread's own, connected before the pause.
+                guard let push = try? ZMQSocket(context: context, type: .push), (try? push.connect(endpoint)) != nil
+                else { return }
+                Thread.sleep(forTimeInterval: delay)
+                try? push.send(ZMQMessage([42]))
+            }
+            start = clock.now
+            sender.start()
+            #expect(try poller.poll(timeout: .seconds(5), spinningUpTo: .milliseconds(30)) == 1, "sent after \(delay) s")
+            #expect(clock.now - start < .seconds(5), "sent after \(delay) s: not seen until the timeout")
+            #expect(poller.readyEvents(entry).contains(.readable))
+            #expect(try receive(pull) == ZMQMessage([42]))
+        }
+    }
 }

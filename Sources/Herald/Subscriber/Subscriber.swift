@@ -42,6 +42,13 @@ public struct SubscriberConfiguration: Sendable {
     public var reorderBytes: Int = Sequencer.defaultHeldBytes
     /// The largest message accepted from a leader or publisher, in bytes (`--max-message-size`).
     public var maximumMessageSize: Int = BrokerConfiguration.defaultMaximumMessageSize
+    /// How long the socket thread checks for messages without sleeping before it waits (`--busy-poll-us`; zero:
+    /// it sleeps at once). Messages that come closer together than this skip a thread wake-up each, which
+    /// lowers latency when a core is free for the spinning thread and raises it when the cores are all busy
+    /// (BENCHMARKS.md, Busy-poll). At most ``maximumBusyPoll``.
+    public var busyPoll: Duration = .zero
+    /// The longest ``busyPoll``: past it a spin keeps a core busy far longer than a wake-up costs.
+    public static let maximumBusyPoll: Duration = .milliseconds(10)
 
     /// Creates a configuration.
     /// - Parameters:
@@ -134,6 +141,10 @@ public final class Subscriber: Service, Sendable {
         }
         guard configuration.window >= 64 * 1024 else {
             throw HeraldConfigurationError("the window must be at least 65536 bytes, got \(configuration.window)")
+        }
+        guard configuration.busyPoll >= .zero, configuration.busyPoll <= SubscriberConfiguration.maximumBusyPoll else {
+            throw HeraldConfigurationError(
+                "busy-poll must be between 0 (off) and \(SubscriberConfiguration.maximumBusyPoll), got \(configuration.busyPoll)")
         }
         self.configuration = configuration
         self.filters = Set(filters)
@@ -409,7 +420,7 @@ private final class SubscriberLoop {
             for entry in entries where !entry.lookups { poller.update(entry.entry, events: paused ? [] : .readable) }
             let timeout = max(.zero, min(nextTick - ContinuousClock.now, Self.tickInterval))
             do {
-                try poller.poll(timeout: timeout)
+                try poller.poll(timeout: timeout, spinningUpTo: paused ? .zero : configuration.busyPoll)
             } catch where error.kind == .interrupted {
                 continue
             } catch {
