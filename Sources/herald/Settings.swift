@@ -160,7 +160,7 @@ enum Settings {
     static let busyPoll = Setting.integer(
         "HERALD_BUSY_POLL_US",
         "Microseconds the socket thread checks for messages before sleeping: lower latency at high rates on a machine with a core to spare, at the price of that core.",
-        default: 0, in: 0...10_000)
+        default: 0, in: 0...Int(SubscriberConfiguration.maximumBusyPoll / .microseconds(1)))
     static let subscriberMaxMessageSize = Setting.integer(
         "HERALD_MAX_MESSAGE_SIZE", "Largest message accepted from a leader or publisher, in bytes.",
         default: BrokerConfiguration.defaultMaximumMessageSize, in: 1024...(1 << 30))

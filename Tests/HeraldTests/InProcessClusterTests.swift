@@ -71,7 +71,22 @@ final class InProcessCluster: Sendable {
         for task in tasks { await task.value }
     }
 
-    var count: Int { received.withLock { $0.count } }
+        var count: Int { received.withLock { $0.count } }
+
+    /// Starts everything but the publishing task and publishes until the subscriber receives: what is published
+    /// before its subscription is in place is not its own. Any other first message still on its way arrives
+    /// during `settle`.
+    /// - Returns: how many messages the subscriber had then, to count the test's own from.
+    func startReceiving(settle: Duration) async throws -> Int {
+        start(publishing: false)
+        try await eventually(.seconds(20), "a first message") {
+            _ = try? await self.publisher.publish([0], on: "t")
+            return self.count > 0
+        }
+        try await Task.sleep(for: settle)
+        return count
+    }
+
 
     /// Waits until the subscriber received `more` messages beyond what it had.
     func waitForMore(_ more: Int, within limit: Duration, _ what: String) async throws {
@@ -156,16 +171,9 @@ struct ZooKeeperFaultTests {
 struct PublishContentsTests {
     @Test func anyCollectionOfPayloadsIsPublishedInOrderAndAnOversizedOneRefusesTheCall() async throws {
         try await withServer { server in
-            let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "contents")
-            cluster.start(publishing: false)
-            // Until the subscription is in place: what is published before it is not this subscriber's.
-            try await eventually(.seconds(20), "a first message") {
-                _ = try? await cluster.publisher.publish([0], on: "t")
-                return cluster.count > 0
-            }
-            // Any other first message still on its way arrives before the count is taken.
-            try await Task.sleep(for: .milliseconds(500))
-            let before = cluster.count
+                        let cluster = try InProcessCluster(zookeeper: server.connectionString, cluster: "contents")
+            let before = try await cluster.startReceiving(settle: .milliseconds(500))
+
             let numbered: [[UInt8]] = (1...5).map { [UInt8($0)] }
             // A slice lends its storage; a repeated element has none to lend and is copied once.
             try await cluster.publisher.publish(contentsOf: numbered[1...], on: "t")
@@ -241,19 +249,14 @@ struct BusyPollTests {
     @Test func aSubscriberThatSpinsBeforeSleepingDeliversEveryMessageOnceInOrder() async throws {
         try await withServer { server in
             let cluster = try InProcessCluster(
-                zookeeper: server.connectionString, cluster: "spin", subscriberBusyPoll: .microseconds(500))
-            cluster.start(publishing: false)
-            try await eventually(.seconds(20), "a first message") {
-                _ = try? await cluster.publisher.publish([0], on: "t")
-                return cluster.count > 0
-            }
-            try await Task.sleep(for: .milliseconds(300))
-            let before = cluster.count
+                                zookeeper: server.connectionString, cluster: "spin", subscriberBusyPoll: .microseconds(500))
+            let before = try await cluster.startReceiving(settle: .milliseconds(300))
+
             for _ in 0..<20 {
                 for _ in 0..<50 { try await cluster.publisher.publish([1], on: "t") }
                 try await Task.sleep(for: .milliseconds(5))
             }
-            try await cluster.waitForMore(1000 - (cluster.count - before), within: .seconds(20), "1,000 messages")
+            try await eventually(.seconds(20), "1,000 messages") { cluster.count >= before + 1000 }
             try await Task.sleep(for: .milliseconds(200))
             #expect(cluster.payloads.withLock { $0.dropFirst(before).filter { $0 == [1] }.count } == 1000)
             await cluster.stop()
